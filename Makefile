@@ -1,0 +1,39 @@
+# Vision Suite. `make demo` and `make test` each set up a fresh machine first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+PYTEST_WORKERS ?= 2
+
+.PHONY: setup demo test test-slow lint bench-overhead clean
+
+setup: $(STAMP)
+
+# Re-runs only when pyproject.toml changed; torch comes from the machine's local wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m experiments demo --config configs/visformer/toy.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check experiments lightning_modules datamodules tests benchmarks
+	$(BIN)/ruff format --check experiments lightning_modules datamodules tests benchmarks
+
+bench-overhead: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf runs .pytest_cache

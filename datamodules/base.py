@@ -1,0 +1,59 @@
+"""What every DataModule shares: loader settings, the toy switch, and DataLoader construction."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from datamodules.images import collate_skipping_corrupt
+
+
+class SuiteDataModule(L.LightningDataModule):
+    """Common loader options. Subclasses read one on-disk format from ``root``.
+
+    Args:
+        root: dataset folder in the real on-disk format (written there first when ``dataset: toy``).
+        dataset: ``toy`` writes a small deterministic dataset in the same format under ``root``, once.
+        batch_size: samples per device per step.
+        num_workers: DataLoader worker processes per device.
+        pin_memory: page-locked host memory for faster host-to-GPU copies.
+        persistent_workers: keep workers alive across epochs.
+        on_corrupt: ``raise`` stops at an undecodable file naming it; ``skip`` skips and counts it.
+        seed: seed of data subsets and toy generation.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        dataset: str,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        persistent_workers: bool,
+        on_corrupt: str,
+        seed: int,
+    ) -> None:
+        super().__init__()
+        self.root = root
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.on_corrupt = on_corrupt
+        self.seed = seed
+
+    def loader(
+        self, dataset: Dataset, train: bool, sampler: Sampler | None = None, drop_last: bool = False
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            drop_last=drop_last,
+            collate_fn=collate_skipping_corrupt,
+        )

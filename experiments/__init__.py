@@ -1,0 +1,1 @@
+"""Vision Suite's command line: runs, sweeps, paper tables and launchers around LightningCLI."""

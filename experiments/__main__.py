@@ -1,0 +1,72 @@
+"""``python -m experiments <command>``.
+
+fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
+demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from experiments.errors import SuiteError
+
+LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict"}
+USAGE = __doc__
+
+
+def find_suite_error(exc: BaseException | None) -> SuiteError | None:
+    """The first SuiteError in an exception's cause/context chain (jsonargparse wraps errors raised in __init__)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SuiteError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def demo(args: list[str]) -> int:
+    from experiments.cli import main as cli_main
+
+    start = time.time()
+    cli = cli_main(["fit", *args, "--test_after_fit", "true"])
+    metrics = json.loads((cli.run_dir / "metrics.json").read_text())
+    num_classes = cli.datamodule.num_classes
+    top1 = metrics["test"].get("test/top1")
+    chance = 1.0 / num_classes
+    print("\n=== demo finished ===")
+    print(f"run dir      : {cli.run_dir}")
+    print(f"best ckpt    : {metrics.get('best', {}).get('ckpt')}")
+    print(f"test top-1   : {top1:.4f}  (chance {chance:.4f}, {top1 / chance:.1f}x chance, {num_classes} classes)")
+    print(f"wall time    : {time.time() - start:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in LIGHTNING_COMMANDS:
+            from experiments.cli import main as cli_main
+
+            cli_main([command, *rest])
+            return 0
+        if command == "demo":
+            return demo(rest)
+    except Exception as exc:
+        err = find_suite_error(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Callbacks every run gets from the command line."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from experiments.io import atomic_write_json
+
+
+def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if not key.startswith(prefix):
+            continue
+        value = value.item() if isinstance(value, torch.Tensor) else float(value)
+        if math.isfinite(value):
+            out[key] = value
+    return out
+
+
+class MetricsJSON(L.Callback):
+    """Writes ``<run_dir>/metrics.json`` atomically: final validation and test metrics of the run.
+
+    Layout: ``{"val": {...}, "test": {...}, "best": {"metric", "score", "ckpt"}, "epoch", "global_step",
+    "ckpt_path", "config", "scale", "finished"}``; rewritten after every validation and at test end, so a run
+    that stops early still leaves its latest numbers.
+    """
+
+    def __init__(self, run_dir: str, config_path: str | None = None, scale: str | None = None) -> None:
+        self.path = Path(run_dir) / "metrics.json"
+        self.record: dict = {"config": config_path, "scale": scale, "val": {}, "test": {}, "finished": False}
+        self.started = time.time()
+
+    def _write(self, trainer: L.Trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        self.record.update(epoch=trainer.current_epoch, global_step=trainer.global_step,
+                           wall_seconds=round(time.time() - self.started, 2))
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_path", ""):
+            score = ckpt.best_model_score
+            self.record["best"] = {"metric": ckpt.monitor, "ckpt": ckpt.best_model_path,
+                                   "score": None if score is None else float(score)}
+        atomic_write_json(self.path, self.record)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.record["val"] = _scalars(trainer.callback_metrics, "val/")
+        self._write(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record["test"] = _scalars(trainer.callback_metrics, "test/")
+        self.record["ckpt_path"] = trainer.ckpt_path
+        self.record["finished"] = True
+        self._write(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.record["finished"] = True
+        self._write(trainer)

@@ -1,0 +1,125 @@
+"""The suite's LightningCLI: ``python -m experiments fit|validate|test|predict --config X.yaml [--key value ...]``.
+
+* Subclass mode for model and data: a config names ``model.class_path`` / ``data.class_path``; any
+  LightningModule / LightningDataModule of the suite (or elsewhere) plugs in. ``parser_mode="omegaconf"`` allows
+  ``${...}`` interpolation inside configs. Unknown keys and wrong types fail naming the key.
+* Every run writes ``<runs_dir>/<config-stem>/version_N/``: ``config.yaml`` (the resolved config), ``checkpoints/``
+  (``last.ckpt`` and ``best.ckpt`` by the module's ``monitor``), TensorBoard and CSV logs, and ``metrics.json``
+  (:class:`~experiments.callbacks.MetricsJSON`). Checkpoints and metrics are written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
+from experiments.callbacks import MetricsJSON
+from experiments.io import AtomicCheckpointIO
+
+
+def next_version_dir(base: Path) -> Path:
+    """``base/version_N`` with N one above the highest existing version (0 for a new base)."""
+    versions = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    return base / f"version_{max(versions, default=-1) + 1}"
+
+
+class SuiteCLI(LightningCLI):
+    """LightningCLI with the suite's run directories, loggers, checkpointing and metrics file."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_kwargs={"parser_mode": "omegaconf"},
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Where run directories are created.")
+        parser.add_argument("--run_name", type=str | None, default=None, help="Run folder name (default: config stem).")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="Test the best checkpoint after fit.")
+
+    # -- run directory ---------------------------------------------------------------------------------------
+    def _subconfig(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_name(self) -> str:
+        cfg = self._subconfig()
+        if cfg.get("run_name"):
+            return cfg["run_name"]
+        configs = cfg.get("config") or []
+        return Path(str(configs[-1])).stem if configs else "cli"
+
+    def scale(self) -> str:
+        data_args = self._subconfig().get("data", {}).get("init_args", {})
+        return "toy" if data_args.get("dataset") == "toy" else "full"
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        cfg = self._subconfig()
+        base = Path(cfg.get("runs_dir") or "runs") / self.run_name()
+        self.run_dir = next_version_dir(base)
+        trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        if trainer_cfg.get("logger") in (None, True):
+            kwargs["logger"] = [
+                TensorBoardLogger(str(base.parent), name=base.name, version=self.run_dir.name, default_hp_metric=False),
+                CSVLogger(str(base.parent), name=base.name, version=self.run_dir.name),
+            ]
+        callbacks = list(trainer_cfg.get("callbacks") or [])
+        if trainer_cfg.get("enable_checkpointing") is not False and not any(
+            isinstance(c, ModelCheckpoint) for c in callbacks
+        ):
+            callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(self.run_dir / "checkpoints"),
+                    filename="best",
+                    monitor=getattr(self.model, "monitor", None),
+                    mode=getattr(self.model, "monitor_mode", "min"),
+                    save_last=True,
+                    save_top_k=1,
+                    auto_insert_metric_name=False,
+                )
+            )
+        configs = cfg.get("config") or []
+        callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
+        kwargs["callbacks"] = callbacks
+        if not trainer_cfg.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
+        kwargs["default_root_dir"] = str(self.run_dir)
+        return super().instantiate_trainer(**kwargs)
+
+    # -- after each subcommand -------------------------------------------------------------------------------
+    def _report(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"\nrun dir: {self.run_dir}\nmetrics: {self.run_dir / 'metrics.json'}", file=sys.stderr)
+
+    def after_fit(self) -> None:
+        if self._subconfig().get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+        self._report()
+
+    def after_validate(self) -> None:
+        self._report()
+
+    def after_test(self) -> None:
+        self._report()
+
+
+def main(args: list[str] | None = None) -> SuiteCLI:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args is not None:  # LightningCLI reads sys.argv; passing both makes it warn
+        sys.argv = [sys.argv[0], *args]
+    return SuiteCLI()

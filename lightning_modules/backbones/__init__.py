@@ -1,0 +1,76 @@
+"""Shared backbones, registered in timm's registry so that every task builds them by name.
+
+``create_backbone("visformer_small", num_classes=100)`` works for any timm model and for ours; an unknown name
+raises a :class:`~experiments.errors.ConfigError` that lists close matches. ``pretrained`` is an optional path to
+a checkpoint file (official layouts are mapped by the family's ``checkpoint_filter_fn``) or a Hugging Face hub id
+for clusters with network access; nothing is downloaded unless a hub id is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os
+from collections.abc import Callable
+
+import timm
+import torch
+from torch import nn
+
+from experiments.errors import ConfigError
+from lightning_modules.backbones import visformer
+
+log = logging.getLogger(__name__)
+
+# timm model module -> filter mapping an official checkpoint layout onto ours (timm's convention).
+CHECKPOINT_FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {
+    "timm.models.visformer": visformer.checkpoint_filter_fn,
+}
+
+
+def check_backbone_name(name: str) -> None:
+    """Raise a ConfigError naming close matches when ``name`` is not in timm's registry."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    raise ConfigError(f"unknown backbone '{name}'.{hint} See `timm.list_models('*pattern*')` for all names.")
+
+
+def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
+    """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"pretrained checkpoint '{path}' does not exist; give a file path or a hub id")
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    filter_fn = CHECKPOINT_FILTERS.get(type(model).__module__)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    elif isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    target = model.state_dict()
+    skipped = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
+    if skipped and not strict_head:
+        log.warning("pretrained %s: skipping %d tensors with other shapes (new classifier?): %s", path, len(skipped),
+                    skipped)
+        state = {k: v for k, v in state.items() if k not in skipped}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ConfigError(f"pretrained {path}: keys not in {type(model).__name__}: {unexpected[:10]}")
+    allowed_missing = set(skipped)
+    really_missing = [k for k in missing if k not in allowed_missing]
+    if really_missing:
+        raise ConfigError(f"pretrained {path}: model keys missing from the checkpoint: {really_missing[:10]}")
+
+
+def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
+    """Build ``name`` from timm's registry; ``pretrained``: checkpoint path or hub id (None: random init)."""
+    check_backbone_name(name)
+    if pretrained and not os.path.exists(pretrained) and not pretrained.startswith(("/", ".")):
+        # a hub id for machines with network access, e.g. "timm/visformer_small.in1k"
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": pretrained}, **kwargs)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    if pretrained:
+        load_checkpoint_file(model, pretrained)
+    return model

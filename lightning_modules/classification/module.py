@@ -1,0 +1,172 @@
+"""Image classification: supervised training (DeiT recipe), fine-tuning and linear probing of any timm backbone.
+
+Loss: cross-entropy with label smoothing; with mixup/cutmix (timm's ``Mixup``, Zhang et al. 2018 / Yun et al.
+2019) the targets are soft and the loss is the soft-target cross-entropy ``-sum_c y_c log softmax(z)_c``.
+Metrics: top-1 / top-5 accuracy (torchmetrics). Optional exponential moving average of the weights (timm
+``ModelEmaV3``), evaluated beside the raw weights as ``val/top1_ema``.
+
+Mixup lives here, not in the DataModule: it needs the loss's label smoothing and number of classes, and it is a
+per-batch operation that runs on the device after transfer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_modules.backbones import create_backbone
+from lightning_modules.base import SuiteModule
+from lightning_modules.optim import OptimConfig
+
+
+class ImageClassifier(SuiteModule):
+    """Classify images with a timm backbone.
+
+    Args:
+        backbone: timm model name (ours are registered too: ``visformer_small``, ``visformer_net3`` ...).
+        num_classes: output classes.
+        pretrained: optional checkpoint path or hub id (official layouts load through the family's filter).
+        backbone_kwargs: extra constructor arguments for the backbone (``img_size``, ``embed_dim``, ``depth`` ...).
+        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        drop_rate: dropout before the classifier.
+        label_smoothing: label smoothing epsilon (also used inside mixup's soft targets).
+        mixup_alpha: mixup Beta(alpha, alpha); 0 disables.
+        cutmix_alpha: cutmix Beta(alpha, alpha); 0 disables.
+        mixup_prob: probability of applying mixup or cutmix to a batch.
+        mixup_switch_prob: probability of cutmix instead of mixup when both are on.
+        ema_decay: weight EMA decay per step (None disables).
+        linear_probe: freeze everything but the classifier (backbone kept in eval mode).
+        optim: optimizer and schedule (see :class:`~lightning_modules.optim.OptimConfig`).
+        channels_last: use the channels-last memory format (faster convolutions on GPU).
+        compile: wrap the backbone in ``torch.compile``.
+    """
+
+    monitor = "val/top1"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: str = "visformer_small",
+        num_classes: int = 1000,
+        pretrained: str | None = None,
+        backbone_kwargs: dict | None = None,
+        drop_path_rate: float = 0.1,
+        drop_rate: float = 0.0,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.8,
+        cutmix_alpha: float = 1.0,
+        mixup_prob: float = 1.0,
+        mixup_switch_prob: float = 0.5,
+        ema_decay: float | None = None,
+        linear_probe: bool = False,
+        optim: OptimConfig | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.backbone = create_backbone(
+            backbone,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            drop_path_rate=drop_path_rate,
+            drop_rate=drop_rate,
+            **(backbone_kwargs or {}),
+        )
+        self.num_classes = num_classes
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mixup_prob,
+                switch_prob=mixup_switch_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+        self.soft_loss = SoftTargetCrossEntropy()
+        self.label_smoothing = label_smoothing
+        self.linear_probe = linear_probe
+        if linear_probe:
+            head = self.backbone.get_classifier()
+            head_params = {id(p) for p in head.parameters()}
+            for p in self.backbone.parameters():
+                p.requires_grad_(id(p) in head_params)
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = ModelEmaV3(self.backbone, decay=ema_decay)
+            self.ema.requires_grad_(False)
+        # kept out of the module tree so the state_dict holds the weights once
+        self.__dict__["_compiled_backbone"] = torch.compile(self.backbone) if compile else None
+
+        top_k = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+        if num_classes > 5:
+            top_k["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+        metrics = MetricCollection(top_k)
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_ema_metrics = metrics.clone(prefix="val/", postfix="_ema") if self.ema is not None else None
+
+    def optimizer_root(self) -> nn.Module:
+        return self.backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` images -> ``[B, num_classes]`` logits."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        compiled = self.__dict__["_compiled_backbone"]
+        return compiled(images) if compiled is not None else self.backbone(images)
+
+    def on_train_epoch_start(self) -> None:
+        if self.linear_probe:
+            self.backbone.eval()  # frozen statistics: a linear probe trains the classifier only
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        images, targets = batch["image"], batch["target"]
+        if self.mixup is not None:
+            if images.shape[0] % 2:
+                raise ValueError("mixup needs an even batch size; set data.drop_last: true or an even batch_size")
+            images, soft_targets = self.mixup(images, targets)
+            loss = self.soft_loss(self(images), soft_targets)
+        else:
+            loss = F.cross_entropy(self(images), targets, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], batch_size=images.shape[0])
+        if "skipped" in batch:
+            self.log("data/skipped", batch["skipped"].float(), reduce_fx="sum", on_step=False, on_epoch=True,
+                     batch_size=1)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.backbone, step=self.global_step)
+
+    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+        logits = self(batch["image"])
+        loss = F.cross_entropy(logits, batch["target"])
+        metrics.update(logits, batch["target"])
+        batch_size = batch["target"].shape[0]
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch_size)
+        self.log_dict(metrics, prog_bar=True, batch_size=batch_size)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+        if self.ema is not None:
+            self.val_ema_metrics.update(self.ema.module(batch["image"]), batch["target"])
+            self.log_dict(self.val_ema_metrics, batch_size=batch["target"].shape[0])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self(batch["image"]).softmax(-1)
+        return {"probs": probs, "pred": probs.argmax(-1)}

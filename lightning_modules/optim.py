@@ -1,0 +1,127 @@
+"""The one optimizer / learning-rate schedule helper every task uses.
+
+* Optimizers come from timm's factory (``create_optimizer_v2``): ``adamw``, ``sgd``, ``lars``, ``lamb`` ...
+* Parameter groups: no weight decay on 1-D parameters (norm weights, biases) and on names matching
+  ``no_weight_decay`` (position embeddings, class/mask tokens by default); optional layer-wise lr decay
+  (BEiT/MAE style, ``lr_scale = layer_decay ** (num_layers - layer_id)``) through timm's ``group_matcher``.
+* Learning rate is scaled explicitly by the global batch: ``lr = base_lr * global_batch / base_batch_size``
+  (the DeiT recipe uses ``base_batch_size=512``; MAE/BEiT use 256).
+* Schedule: linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, updated every optimizer step
+  (timm's ``CosineLRScheduler`` with ``t_in_epochs=False``; it honours each group's ``lr_scale``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from timm.optim import create_optimizer_v2
+from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from experiments.errors import ConfigError
+
+DEFAULT_NO_WEIGHT_DECAY = ["*pos_embed*", "*cls_token*", "*mask_token*", "*relative_position_bias_table*"]
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule of one experiment (``model.init_args.optim`` in a config).
+
+    Args:
+        name: timm optimizer name (``adamw``, ``sgd``, ``lars``, ``lamb`` ...).
+        base_lr: learning rate at ``base_batch_size``; the run uses ``base_lr * global_batch / base_batch_size``.
+        base_batch_size: batch size at which ``base_lr`` was quoted.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay of the decayed group.
+        momentum: SGD/LARS momentum.
+        betas: Adam betas; ``None`` keeps timm's default (0.9, 0.999).
+        eps: Adam epsilon.
+        layer_decay: layer-wise lr decay factor (``None`` or 1.0 to disable); needs a model with ``group_matcher``.
+        no_weight_decay: fnmatch patterns of parameter names that get no weight decay (besides all 1-D params).
+        warmup_epochs: linear warm-up length in epochs (converted to optimizer steps).
+        warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
+        warmup_lr: learning rate at step 0.
+        min_lr: final learning rate of the cosine.
+    """
+
+    name: str = "adamw"
+    base_lr: float = 5e-4
+    base_batch_size: int = 256
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    betas: tuple[float, float] | None = None
+    eps: float = 1e-8
+    layer_decay: float | None = None
+    no_weight_decay: list[str] = field(default_factory=lambda: list(DEFAULT_NO_WEIGHT_DECAY))
+    warmup_epochs: float = 5.0
+    warmup_steps: int | None = None
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """``base_lr * global_batch / base_batch_size`` (the linear scaling rule, made explicit)."""
+    if global_batch <= 0 or cfg.base_batch_size <= 0:
+        raise ConfigError(f"global batch ({global_batch}) and optim.base_batch_size ({cfg.base_batch_size}) must be > 0")
+    return cfg.base_lr * global_batch / cfg.base_batch_size
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Split ``model``'s trainable parameters into weight-decay / no-weight-decay (and layer-scale) groups."""
+    names = list(cfg.no_weight_decay)
+    if hasattr(model, "no_weight_decay"):
+        names += [f"{n}*" for n in model.no_weight_decay()]
+    if cfg.layer_decay is not None and cfg.layer_decay != 1.0:
+        if not hasattr(model, "group_matcher"):
+            raise ConfigError(
+                f"optim.layer_decay={cfg.layer_decay} needs a backbone with timm's group_matcher(); "
+                f"{type(model).__name__} has none. Set optim.layer_decay: null."
+            )
+        return param_groups_layer_decay(
+            model, weight_decay=cfg.weight_decay, no_weight_decay_list=names, layer_decay=cfg.layer_decay
+        )
+    return param_groups_weight_decay(model, weight_decay=cfg.weight_decay, no_weight_decay_list=names)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, global_batch: int):
+    """timm optimizer over :func:`param_groups` at the batch-scaled learning rate."""
+    lr = scaled_lr(cfg, global_batch)
+    kwargs = {"eps": cfg.eps} if cfg.name.lower() in {"adamw", "adam", "lamb", "nadamw", "adan"} else {}
+    if cfg.betas is not None:
+        kwargs["betas"] = tuple(cfg.betas)
+    return create_optimizer_v2(
+        param_groups(model, cfg),
+        opt=cfg.name,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        **kwargs,
+    )
+
+
+def warmup_steps(cfg: OptimConfig, total_steps: int, max_epochs: int | None) -> int:
+    """Warm-up length in optimizer steps (explicit ``warmup_steps`` or ``warmup_epochs`` of the run's steps)."""
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    if not max_epochs or max_epochs <= 0:
+        if cfg.warmup_epochs:
+            raise ConfigError("optim.warmup_epochs needs trainer.max_epochs; with max_steps set optim.warmup_steps")
+        return 0
+    return int(math.floor(cfg.warmup_epochs * total_steps / max_epochs))
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int, max_epochs: int | None) -> CosineLRScheduler:
+    """Linear warm-up then cosine decay, both counted in optimizer steps."""
+    warm = warmup_steps(cfg, total_steps, max_epochs)
+    if total_steps <= warm:
+        raise ConfigError(f"the run has {total_steps} optimizer steps but warm-up takes {warm}; shorten the warm-up")
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=total_steps - warm,
+        lr_min=cfg.min_lr,
+        warmup_t=warm,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
