@@ -127,7 +127,12 @@ class ImageNetDataModule(SuiteDataModule):
             std=tuple(std),
         )
         self.eval_transform = create_transform(
-            img_size, is_training=False, interpolation=interpolation, crop_pct=crop_pct, mean=tuple(mean), std=tuple(std)
+            img_size,
+            is_training=False,
+            interpolation=interpolation,
+            crop_pct=crop_pct,
+            mean=tuple(mean),
+            std=tuple(std),
         )
         self.repeated_aug = repeated_aug
         self.repeated_aug_repeats = repeated_aug_repeats
@@ -164,11 +169,13 @@ class ImageNetDataModule(SuiteDataModule):
     @property
     def num_classes(self) -> int:
         if self.classes is None:
-            self.classes = select_classes(list_classes(Path(self.root) / self.splits["train"], LAYOUT), self.class_subset)
+            self.classes = select_classes(
+                list_classes(Path(self.root) / self.splits["train"], LAYOUT), self.class_subset
+            )
         return len(self.classes)
 
     def _dataset(self, stage: str, train: bool) -> ImageFolderDataset:
-        self.num_classes  # resolves self.classes
+        _ = self.num_classes  # resolves self.classes
         return ImageFolderDataset(
             Path(self.root) / self.splits[stage],
             self.classes,

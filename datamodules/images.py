@@ -94,12 +94,16 @@ class ImageFolderDataset(Dataset):
         for label, name in enumerate(self.classes):
             folder = self.split_dir / name
             if not folder.is_dir():
-                raise DataError(f"class folder {folder} is missing (it exists in the training split). "
-                                f"Expected layout: {layout_hint}")
+                raise DataError(
+                    f"class folder {folder} is missing (it exists in the training split). "
+                    f"Expected layout: {layout_hint}"
+                )
             files = sorted(e.path for e in os.scandir(folder) if e.name.lower().endswith(IMAGE_EXTENSIONS))
             if not files:
-                raise DataError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
-                                "Add its images or remove the folder.")
+                raise DataError(
+                    f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                    "Add its images or remove the folder."
+                )
             if subset_fraction < 1:
                 keep = max(1, round(len(files) * subset_fraction))
                 files = sorted(random.Random(f"{seed}:{name}").sample(files, keep))

@@ -39,13 +39,19 @@ class MetricsJSON(L.Callback):
     def _write(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
             return
-        self.record.update(epoch=trainer.current_epoch, global_step=trainer.global_step,
-                           wall_seconds=round(time.time() - self.started, 2))
+        self.record.update(
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            wall_seconds=round(time.time() - self.started, 2),
+        )
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and getattr(ckpt, "best_model_path", ""):
             score = ckpt.best_model_score
-            self.record["best"] = {"metric": ckpt.monitor, "ckpt": ckpt.best_model_path,
-                                   "score": None if score is None else float(score)}
+            self.record["best"] = {
+                "metric": ckpt.monitor,
+                "ckpt": ckpt.best_model_path,
+                "score": None if score is None else float(score),
+            }
         atomic_write_json(self.path, self.record)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -23,6 +24,10 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
 from experiments.callbacks import MetricsJSON
 from experiments.io import AtomicCheckpointIO
+
+# Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
+# events already there) is about its own metrics.csv only, which does not exist yet.
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
 def next_version_dir(base: Path) -> Path:
@@ -107,7 +112,11 @@ class SuiteCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self._subconfig().get("test_after_fit"):
-            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            ckpt = (
+                "best"
+                if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path
+                else None
+            )
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
         self._report()
 

@@ -63,7 +63,9 @@ class OptimConfig:
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
     """``base_lr * global_batch / base_batch_size`` (the linear scaling rule, made explicit)."""
     if global_batch <= 0 or cfg.base_batch_size <= 0:
-        raise ConfigError(f"global batch ({global_batch}) and optim.base_batch_size ({cfg.base_batch_size}) must be > 0")
+        raise ConfigError(
+            f"global batch ({global_batch}) and optim.base_batch_size ({cfg.base_batch_size}) must be > 0"
+        )
     return cfg.base_lr * global_batch / cfg.base_batch_size
 
 

@@ -6,9 +6,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import lightning_modules  # noqa: F401
+from experiments.errors import ConfigError
 from lightning_modules.backbones import check_backbone_name, create_backbone, load_checkpoint_file
 from lightning_modules.backbones.visformer import TRANSITION_MODELS, checkpoint_filter_fn
-from experiments.errors import ConfigError
 
 
 def macs_at_224(model) -> float:

@@ -34,7 +34,9 @@ def ensure_written(root: str | os.PathLike, write: Callable[..., None], **option
             )
         return root
     if root.exists() and any(root.iterdir()):
-        raise DataError(f"{root} exists, is not empty and is not a complete toy dataset; delete it or choose another root")
+        raise DataError(
+            f"{root} exists, is not empty and is not a complete toy dataset; delete it or choose another root"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:

@@ -14,19 +14,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star", "ring", "hexagon", "crescent", "bar")
+SHAPES = ("circle", "bar", "cross", "triangle", "ring", "square", "star", "hexagon", "crescent", "diamond")
 SPLIT_OFFSETS = {"train": 0, "val": 1_000_003, "test": 2_000_003}
 
 
 def _polygon(cx: float, cy: float, radius: float, sides: int, start_deg: float) -> list[tuple[float, float]]:
     angles = np.deg2rad(start_deg + np.arange(sides) * 360.0 / sides)
-    return list(zip((cx + radius * np.cos(angles)).tolist(), (cy + radius * np.sin(angles)).tolist()))
+    return list(zip((cx + radius * np.cos(angles)).tolist(), (cy + radius * np.sin(angles)).tolist(), strict=True))
 
 
 def _star(cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
     angles = np.deg2rad(-90 + np.arange(10) * 36.0)
     radii = np.where(np.arange(10) % 2 == 0, radius, radius * 0.42)
-    return list(zip((cx + radii * np.cos(angles)).tolist(), (cy + radii * np.sin(angles)).tolist()))
+    return list(zip((cx + radii * np.cos(angles)).tolist(), (cy + radii * np.sin(angles)).tolist(), strict=True))
 
 
 def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, colour: tuple, bg: tuple) -> None:
@@ -70,8 +70,8 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
         mix = 0.5 + 0.5 * np.sin((xx * math.cos(theta) + yy * math.sin(theta)) * 2 * math.pi / period)
     else:
         mix = ((xx // int(period) + yy // int(period)) % 2).astype(np.float64)
-    mix = mix[..., None] * rng.uniform(0.2, 0.6)
-    img = (1 - mix) * a + mix * b + rng.normal(0, 12, size=(size, size, 3))
+    mix = mix[..., None] * rng.uniform(0.1, 0.35)
+    img = (1 - mix) * a + mix * b + rng.normal(0, 8, size=(size, size, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -81,7 +81,7 @@ def render(shape: str, seed: int, size: int) -> Image.Image:
     background = _texture(rng, size)
     img = Image.fromarray(background)
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.2, 0.34) * size
+    r = rng.uniform(0.24, 0.38) * size
     cx, cy = rng.uniform(r, size - r, size=2)
     colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
     # keep the shape visible: push its colour away from the mean background colour

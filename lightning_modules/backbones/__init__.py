@@ -52,8 +52,9 @@ def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False)
     target = model.state_dict()
     skipped = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
     if skipped and not strict_head:
-        log.warning("pretrained %s: skipping %d tensors with other shapes (new classifier?): %s", path, len(skipped),
-                    skipped)
+        log.warning(
+            "pretrained %s: skipping %d tensors with other shapes (new classifier?): %s", path, len(skipped), skipped
+        )
         state = {k: v for k, v in state.items() if k not in skipped}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:

@@ -142,8 +142,9 @@ class ImageClassifier(SuiteModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         self.log("train/lr", self.trainer.optimizers[0].param_groups[-1]["lr"], batch_size=images.shape[0])
         if "skipped" in batch:
-            self.log("data/skipped", batch["skipped"].float(), reduce_fx="sum", on_step=False, on_epoch=True,
-                     batch_size=1)
+            self.log(
+                "data/skipped", batch["skipped"].float(), reduce_fx="sum", on_step=False, on_epoch=True, batch_size=1
+            )
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:

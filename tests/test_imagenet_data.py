@@ -1,0 +1,123 @@
+"""ImageNet DataModule: layout checks, bad input, limited-data subsets and the repeated-augmentation sampler."""
+
+import shutil
+
+import pytest
+import torch
+
+from datamodules.imagenet import DistributedRepeatAugSampler, ImageNetDataModule
+from datamodules.images import ImageFolderDataset, collate_skipping_corrupt, select_classes
+from experiments.errors import CorruptFileError, DataError
+
+
+def make_dm(root, **kwargs):
+    defaults = dict(
+        batch_size=4,
+        num_workers=0,
+        img_size=32,
+        auto_augment=None,
+        re_prob=0.0,
+        repeated_aug=False,
+        pin_memory=False,
+        test_split="test",
+    )
+    return ImageNetDataModule(root=str(root), **{**defaults, **kwargs})
+
+
+def test_missing_root_names_path_and_layout():
+    with pytest.raises(DataError) as err:
+        make_dm("/nonexistent/imagenet")
+    assert "/nonexistent/imagenet" in str(err.value) and "train/<wnid>/*.JPEG" in str(err.value)
+
+
+def test_missing_val_split_is_named(tmp_path):
+    (tmp_path / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(DataError, match="has no 'val/' folder"):
+        make_dm(tmp_path)
+
+
+def test_empty_class_folder_is_named(toy_imagenet, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(toy_imagenet, root)
+    (root / "train" / "zzz_empty").mkdir()
+    dm = make_dm(root)
+    with pytest.raises(DataError, match="zzz_empty holds no images"):
+        dm.setup("fit")
+
+
+def test_reads_toy_imagenet_with_labels(toy_imagenet):
+    dm = make_dm(toy_imagenet)
+    dm.setup("fit")
+    assert dm.num_classes == 4 and len(dm.train_set) == 48 and len(dm.val_set) == 16
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["skipped"] == 0
+    assert set(t for _, t in dm.val_set.samples) == {0, 1, 2, 3}
+    # labels follow sorted folder names
+    name, label = dm.val_set.samples[-1]
+    assert dm.classes[label] in name
+
+
+@pytest.fixture
+def corrupt_root(toy_imagenet, tmp_path):
+    root = tmp_path / "corrupt"
+    shutil.copytree(toy_imagenet, root)
+    bad = sorted((root / "val").rglob("*.JPEG"))[0]
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root, bad
+
+
+def test_corrupt_jpeg_raises_naming_the_file(corrupt_root):
+    root, bad = corrupt_root
+    dm = make_dm(root)
+    dm.setup("validate")
+    with pytest.raises(CorruptFileError) as err:
+        for _ in dm.val_dataloader():
+            pass
+    assert str(bad) in str(err.value) and "on_corrupt: skip" in str(err.value)
+
+
+def test_corrupt_jpeg_skipped_and_counted(corrupt_root):
+    root, _ = corrupt_root
+    dm = make_dm(root, on_corrupt="skip")
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    assert sum(int(b["skipped"]) for b in batches) == 1
+    assert sum(len(b["target"]) for b in batches) == 15
+
+
+def test_collate_of_only_corrupt_items_is_an_error():
+    with pytest.raises(DataError):
+        collate_skipping_corrupt([None, None])
+
+
+def test_class_subset_is_evenly_spaced_and_consistent(toy_imagenet):
+    classes = [f"n{i:04d}" for i in range(1000)]
+    subset = select_classes(classes, 100)
+    assert len(subset) == 100 and subset[:3] == ["n0000", "n0010", "n0020"]
+    assert select_classes(classes, ["n0005", "n0001"]) == ["n0001", "n0005"]
+    with pytest.raises(DataError, match="not folders"):
+        select_classes(classes, ["n9999"])
+    dm = make_dm(toy_imagenet, class_subset=2)
+    dm.setup("fit")
+    assert dm.num_classes == 2
+    assert {t for _, t in dm.train_set.samples} == {t for _, t in dm.val_set.samples} == {0, 1}
+
+
+def test_subset_fraction_is_per_class_and_deterministic(toy_imagenet):
+    a = ImageFolderDataset(toy_imagenet / "train", ["circle", "bar"], subset_fraction=0.25, seed=1)
+    b = ImageFolderDataset(toy_imagenet / "train", ["circle", "bar"], subset_fraction=0.25, seed=1)
+    c = ImageFolderDataset(toy_imagenet / "train", ["circle", "bar"], subset_fraction=0.25, seed=2)
+    assert a.samples == b.samples and len(a) == 6
+    assert sum(t == 0 for _, t in a.samples) == 3
+    assert a.samples != c.samples
+
+
+def test_repeated_augmentation_shards_are_disjoint_and_repeat_each_image():
+    data = list(range(512))
+    shards = [list(DistributedRepeatAugSampler(data, num_replicas=2, rank=r, num_repeats=3)) for r in range(2)]
+    assert isinstance(DistributedRepeatAugSampler(data, 1, 0), torch.utils.data.DistributedSampler)
+    assert len(shards[0]) == len(shards[1]) == 256
+    # each image appears (up to) 3 times in the full epoch, spread over ranks
+    both = shards[0] + shards[1]
+    counts = torch.bincount(torch.tensor(both), minlength=512)
+    assert counts.max() <= 3 and (counts == 3).sum() > 100
