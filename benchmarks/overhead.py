@@ -41,6 +41,18 @@ class SameBatch(Dataset):
         return self.batch
 
 
+class SameBatchData(L.LightningDataModule):
+    """The suite scales lr by the DataModule's batch size; this one serves the pre-made batch."""
+
+    def __init__(self, batch: dict, length: int) -> None:
+        super().__init__()
+        self.batch, self.length = batch, length
+        self.batch_size = batch["image"].shape[0]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(SameBatch(self.batch, self.length), batch_size=None, shuffle=False)
+
+
 class StepTimer(L.Callback):
     def __init__(self) -> None:
         self.starts: list[float] = []
@@ -58,7 +70,6 @@ def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
         backbone="visformer_small", num_classes=1000, drop_path_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
         optim=OptimConfig(base_batch_size=512, warmup_steps=0),
     )  # fmt: skip
-    loader = DataLoader(SameBatch(batch, warmup + steps), batch_size=None, shuffle=False)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = L.Trainer(
@@ -73,7 +84,7 @@ def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
-        trainer.fit(model, train_dataloaders=loader)
+        trainer.fit(model, datamodule=SameBatchData(batch, warmup + steps))
     deltas = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
     return deltas[warmup:]
 

@@ -134,6 +134,7 @@ class ImageNetDataModule(SuiteDataModule):
             mean=tuple(mean),
             std=tuple(std),
         )
+        self.mean, self.std = tuple(mean), tuple(std)
         self.repeated_aug = repeated_aug
         self.repeated_aug_repeats = repeated_aug_repeats
         self.subset_fraction = subset_fraction

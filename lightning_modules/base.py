@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
+from torchvision.utils import make_grid
 
+from experiments.errors import ConfigError
 from lightning_modules.optim import OptimConfig, build_optimizer, build_scheduler
 
 
@@ -28,11 +32,12 @@ class SuiteModule(L.LightningModule):
 
     def global_batch_size(self) -> int:
         """Samples per optimizer step across all devices: batch x world size x gradient accumulation."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        batch = getattr(datamodule, "batch_size", None)
+        batch = getattr(self.trainer.datamodule, "batch_size", None)
         if batch is None:
-            loader = self.trainer.fit_loop._combined_loader  # a Trainer.fit(model, loader) call without datamodule
-            batch = loader.flattened[0].batch_size if loader is not None else 1
+            raise ConfigError(
+                "the learning rate is scaled by the global batch, but the run has no DataModule with a batch_size "
+                "attribute; train through a DataModule (every suite config does)"
+            )
         return int(batch) * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def configure_optimizers(self):
@@ -40,6 +45,18 @@ class SuiteModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.optim, total, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def log_image_grid(self, tag: str, images: torch.Tensor, mean=None, std=None, nrow: int = 8) -> None:
+        """Log ``[N, 3, H, W]`` images as one grid to TensorBoard (un-normalised with ``mean``/``std`` if given)."""
+        if not self.trainer.is_global_zero:
+            return
+        images = images.detach().float().cpu()
+        if mean is not None and std is not None:
+            images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+        grid = make_grid(images.clamp(0, 1), nrow=nrow)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, grid, self.global_step)
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         # timm schedulers are driven by the number of optimizer updates done so far

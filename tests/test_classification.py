@@ -87,3 +87,16 @@ def test_weight_ema_follows_the_weights():
 def test_compile_switch_keeps_weights_once_in_state_dict():
     model = tiny_classifier(compile=True)
     assert all(k.startswith("backbone.") for k in model.state_dict())
+
+
+def test_fewer_model_classes_than_data_classes_is_a_config_error(toy_imagenet):
+    import lightning as L
+
+    from datamodules.imagenet import ImageNetDataModule
+    from experiments.errors import ConfigError
+
+    dm = ImageNetDataModule(root=str(toy_imagenet), batch_size=4, num_workers=0, img_size=32, auto_augment=None,
+                            re_prob=0.0, repeated_aug=False, pin_memory=False)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="num_classes=3 but the dataset has 4"):
+        trainer.fit(tiny_classifier(num_classes=3), datamodule=dm)

@@ -20,6 +20,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig
@@ -126,15 +127,26 @@ class ImageClassifier(SuiteModule):
         compiled = self.__dict__["_compiled_backbone"]
         return compiled(images) if compiled is not None else self.backbone(images)
 
+    def setup(self, stage: str) -> None:
+        data_classes = getattr(self.trainer.datamodule, "num_classes", None)
+        if data_classes is not None and data_classes > self.num_classes:
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but the dataset has {data_classes} classes; "
+                f"set --model.init_args.num_classes {data_classes}"
+            )
+
     def on_train_epoch_start(self) -> None:
         if self.linear_probe:
             self.backbone.eval()  # frozen statistics: a linear probe trains the classifier only
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, targets = batch["image"], batch["target"]
+        if self.mixup is not None and images.shape[0] % 2:
+            raise ValueError("mixup needs an even batch size; set data.drop_last: true or an even batch_size")
+        if batch_idx == 0 and self.current_epoch == 0 and self._trainer is not None:
+            dm = self.trainer.datamodule  # log what the network is fed, after augmentation
+            self.log_image_grid("train/inputs", images[:32], getattr(dm, "mean", None), getattr(dm, "std", None))
         if self.mixup is not None:
-            if images.shape[0] % 2:
-                raise ValueError("mixup needs an even batch size; set data.drop_last: true or an even batch_size")
             images, soft_targets = self.mixup(images, targets)
             loss = self.soft_loss(self(images), soft_targets)
         else:
