@@ -4,7 +4,8 @@
 
 The suite path is the real one: ``ImageClassifier`` (timm optimizer factory with weight-decay groups, per-step
 warm-up/cosine scheduler, torchmetrics, logging) driven by a Lightning ``Trainer`` with the suite's loggers and
-metrics callback. The bare path is ``model(x) -> cross_entropy -> backward -> AdamW.step`` in a for loop. Both see
+metrics callback. The bare path is ``model(x) -> cross_entropy -> backward -> AdamW.step`` in a for loop, with the
+same optimizer (timm's AdamW over the same parameter groups) but no scheduler, logging or metrics. Both see
 the same in-memory batch, so the difference is what the suite adds per step. Steps are timed from the start of
 one step to the start of the next (data fetch, logging and scheduler included); medians over the timed steps.
 """
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from experiments.callbacks import MetricsJSON
 from lightning_modules.classification import ImageClassifier
-from lightning_modules.optim import OptimConfig
+from lightning_modules.optim import OptimConfig, build_optimizer
 
 
 class SameBatch(Dataset):
@@ -92,7 +93,10 @@ def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
 def bare_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
     torch.manual_seed(0)
     model = timm.create_model("visformer_small", num_classes=1000).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    # the same optimizer the suite builds, so the difference is the suite's per-step work, not the optimizer
+    optimizer = build_optimizer(
+        model, OptimConfig(base_batch_size=512, warmup_steps=0), global_batch=len(batch["target"])
+    )
     images, targets = batch["image"], batch["target"]
     times = []
     for _ in range(warmup + steps):
