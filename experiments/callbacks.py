@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
-from experiments.io import atomic_write_json
+from experiments.io import atomic_write_bytes, atomic_write_json
 
 
 def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
@@ -69,3 +71,17 @@ class MetricsJSON(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["finished"] = True
         self._write(trainer)
+
+
+class PredictionsWriter(BasePredictionWriter):
+    """Saves ``predict`` outputs to ``<run_dir>/predictions[_rank<r>].pt`` (a list of per-batch dicts), atomically."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__(write_interval="epoch")
+        self.run_dir = Path(run_dir)
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        name = "predictions.pt" if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.pt"
+        buffer = io.BytesIO()
+        torch.save({"predictions": predictions, "batch_indices": batch_indices}, buffer)
+        atomic_write_bytes(self.run_dir / name, buffer.getvalue())

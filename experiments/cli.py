@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
-from experiments.callbacks import MetricsJSON
+from experiments.callbacks import MetricsJSON, PredictionsWriter
 from experiments.io import AtomicCheckpointIO
 
 # Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
@@ -99,6 +99,8 @@ class SuiteCLI(LightningCLI):
             )
         configs = cfg.get("config") or []
         callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
+        if self.subcommand == "predict":
+            callbacks.append(PredictionsWriter(str(self.run_dir)))
         kwargs["callbacks"] = callbacks
         if not trainer_cfg.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
@@ -124,6 +126,9 @@ class SuiteCLI(LightningCLI):
         self._report()
 
     def after_test(self) -> None:
+        self._report()
+
+    def after_predict(self) -> None:
         self._report()
 
 

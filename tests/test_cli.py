@@ -160,3 +160,23 @@ def test_test_subcommand_with_ckpt_path_writes_a_new_version(toy_run):
     metrics = json.loads((work / cli.run_dir / "metrics.json").read_text())
     assert cli.run_dir.name == "version_1"
     assert 0.0 <= metrics["test"]["test/top1"] <= 1.0 and metrics["ckpt_path"] == ckpt
+
+
+def test_predict_writes_predictions_file(toy_run):
+    import torch
+
+    from experiments.cli import main
+
+    work, run_dir, args = toy_run
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        ckpt = str(work / run_dir / "checkpoints" / "best.ckpt")
+        cli = main(["predict", *[a for a in args if a not in ("--trainer.max_epochs", "2")], "--ckpt_path", ckpt])
+    finally:
+        os.chdir(cwd)
+    saved = torch.load(work / cli.run_dir / "predictions.pt", weights_only=False)
+    preds = torch.cat([b["pred"] for b in saved["predictions"]])
+    probs = torch.cat([b["probs"] for b in saved["predictions"]])
+    assert len(preds) == 3 * 4 and probs.shape == (12, 3)  # toy test split: 3 classes x 4 images
+    torch.testing.assert_close(probs.sum(-1), torch.ones(12))
