@@ -71,8 +71,7 @@ def test_corrupt_jpeg_raises_naming_the_file(corrupt_root):
     dm = make_dm(root)
     dm.setup("validate")
     with pytest.raises(CorruptFileError) as err:
-        for _ in dm.val_dataloader():
-            pass
+        list(dm.val_dataloader())
     assert str(bad) in str(err.value) and "on_corrupt: skip" in str(err.value)
 
 
