@@ -95,46 +95,34 @@ def test_unknown_backbone_lists_close_matches(run_cli):
     assert out.returncode == 2 and "visformer_small" in out.stderr and "Close matches" in out.stderr
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
-    """One short toy fit through the CLI in a scratch folder."""
+def run_in(folder, argv):
+    """``experiments.cli.main(argv)`` with ``folder`` as the working directory."""
     from experiments.cli import main
 
-    work = tmp_path_factory.mktemp("cli")
     cwd = os.getcwd()
-    os.chdir(work)
+    os.chdir(folder)
     try:
-        args = [
-            "--config",
-            str(REPO / "configs/visformer/toy.yaml"),
-            "--data.root",
-            str(work / "toy"),
-            "--data.toy_train_per_class",
-            "8",
-            "--data.toy_eval_per_class",
-            "4",
-            "--data.toy_num_classes",
-            "3",
-            "--model.num_classes",
-            "3",
-            "--data.batch_size",
-            "8",
-            "--data.num_workers",
-            "0",
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.enable_progress_bar",
-            "false",
-        ]
-        cli = main(["fit", *args])
-        return work, cli.run_dir, args
+        return main(argv)
     finally:
         os.chdir(cwd)
 
 
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """One short toy fit through the CLI in a scratch folder: (folder, run dir, arguments without the epochs)."""
+    work = tmp_path_factory.mktemp("cli")
+    args = [
+        "--config", str(REPO / "configs/visformer/toy.yaml"), "--data.root", str(work / "toy"),
+        "--data.toy_train_per_class", "8", "--data.toy_eval_per_class", "4", "--data.toy_num_classes", "3",
+        "--model.num_classes", "3", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    cli = run_in(work, ["fit", *args, "--trainer.max_epochs", "2"])
+    return work, work / cli.run_dir, args
+
+
 def test_fit_writes_the_run_directory(toy_run):
     work, run_dir, _ = toy_run
-    run_dir = work / run_dir
     assert run_dir == work / "runs" / "toy" / "version_0"
     assert (run_dir / "config.yaml").is_file()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["init_args"]["toy_num_classes"] == 3
@@ -147,34 +135,21 @@ def test_fit_writes_the_run_directory(toy_run):
 
 
 def test_test_subcommand_with_ckpt_path_writes_a_new_version(toy_run):
-    from experiments.cli import main
-
     work, run_dir, args = toy_run
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        ckpt = str(work / run_dir / "checkpoints" / "best.ckpt")
-        cli = main(["test", *[a for a in args if a not in ("--trainer.max_epochs", "2")], "--ckpt_path", ckpt])
-    finally:
-        os.chdir(cwd)
-    metrics = json.loads((work / cli.run_dir / "metrics.json").read_text())
-    assert cli.run_dir.name == "version_1"
+    ckpt = str(run_dir / "checkpoints" / "best.ckpt")
+    cli = run_in(work, ["test", *args, "--ckpt_path", ckpt])
+    new_dir = work / cli.run_dir
+    assert new_dir.parent == run_dir.parent and new_dir != run_dir
+    metrics = json.loads((new_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["test/top1"] <= 1.0 and metrics["ckpt_path"] == ckpt
+    assert json.loads((run_dir / "metrics.json").read_text())["test"] == {}, "the fit run's file is untouched"
 
 
 def test_predict_writes_predictions_file(toy_run):
     import torch
 
-    from experiments.cli import main
-
     work, run_dir, args = toy_run
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
-        ckpt = str(work / run_dir / "checkpoints" / "best.ckpt")
-        cli = main(["predict", *[a for a in args if a not in ("--trainer.max_epochs", "2")], "--ckpt_path", ckpt])
-    finally:
-        os.chdir(cwd)
+    cli = run_in(work, ["predict", *args, "--ckpt_path", str(run_dir / "checkpoints" / "best.ckpt")])
     saved = torch.load(work / cli.run_dir / "predictions.pt", weights_only=False)
     preds = torch.cat([b["pred"] for b in saved["predictions"]])
     probs = torch.cat([b["probs"] for b in saved["predictions"]])
