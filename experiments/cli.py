@@ -74,7 +74,7 @@ class SuiteCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         cfg = self._subconfig()
-        base = Path(cfg.get("runs_dir") or "runs") / self.run_name()
+        base = Path(cfg.get("runs_dir") or "runs").absolute() / self.run_name()
         self.run_dir = next_version_dir(base)
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         if trainer_cfg.get("logger") in (None, True):

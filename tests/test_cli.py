@@ -155,3 +155,26 @@ def test_predict_writes_predictions_file(toy_run):
     probs = torch.cat([b["probs"] for b in saved["predictions"]])
     assert len(preds) == 3 * 4 and probs.shape == (12, 3)  # toy test split: 3 classes x 4 images
     torch.testing.assert_close(probs.sum(-1), torch.ones(12))
+
+
+def test_paper_recipe_runs_a_step_on_imagenet_layout_data(tmp_path):
+    """visformer_small_in1k.yaml's whole pipeline (RandAugment, erasing, repeated aug, mixup/cutmix, AdamW groups,
+    warm-up) on a small folder in ImageNet's layout, CPU-sized: one training and one validation step."""
+    from datamodules.toy import ensure_written
+    from datamodules.toy.shapes import write_shapes_imagefolder
+
+    root = ensure_written(tmp_path / "imagenet", write_shapes_imagefolder, num_classes=3, train_per_class=90,
+                          eval_per_class=2, img_size=64, seed=0)  # fmt: skip
+    cli = run_in(tmp_path, [
+        "fit", "--config", str(REPO / SMALL), "--data.root", str(root), "--data.batch_size", "4",
+        "--data.num_workers", "0", "--data.pin_memory", "false", "--model.init_args.num_classes", "3",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
+        "--trainer.precision", "32-true", "--trainer.max_steps", "1",
+        "--trainer.limit_val_batches", "1", "--model.init_args.optim.warmup_epochs", "0",
+        "--trainer.enable_progress_bar", "false",
+    ])  # fmt: skip
+    assert cli.trainer.global_step == 1
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule)
+    assert cli.datamodule.train_dataloader().sampler.num_repeats == 3
+    metrics = json.loads((tmp_path / cli.run_dir / "metrics.json").read_text())
+    assert "val/top1" in metrics["val"]
