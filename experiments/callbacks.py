@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import math
+import random
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
@@ -36,6 +39,8 @@ class MetricsJSON(L.Callback):
     def __init__(self, run_dir: str, config_path: str | None = None, scale: str | None = None) -> None:
         self.path = Path(run_dir) / "metrics.json"
         self.record: dict = {"config": config_path, "scale": scale, "val": {}, "test": {}, "finished": False}
+        if self.path.is_file():  # a resumed run keeps what it had written
+            self.record.update(json.loads(self.path.read_text()), finished=False)
         self.started = time.time()
 
     def _write(self, trainer: L.Trainer) -> None:
@@ -85,3 +90,48 @@ class PredictionsWriter(BasePredictionWriter):
         buffer = io.BytesIO()
         torch.save({"predictions": predictions, "batch_indices": batch_indices}, buffer)
         atomic_write_bytes(self.run_dir / name, buffer.getvalue())
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Stores the Python, NumPy and torch RNG states in every checkpoint and restores them when a run resumes.
+
+    A resumed run creates its first training iterator (which draws the shuffling seed and the workers' base seed)
+    before any epoch hook, so the states are put back as soon as the checkpoint is loaded and again after the
+    sanity-check validation; the resumed epoch then draws the same shuffling, augmentations and mixup as an
+    uninterrupted run (bit-identical on the CPU when data workers are not persistent across epochs).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng_states"] = {  # tensors and plain numbers only, so weights_only loading accepts them
+            "python": random.getstate(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": pos,
+                "has_gauss": has_gauss,
+                "gauss": gauss,
+            },
+            "torch": torch.get_rng_state(),
+        }
+
+    def _restore(self) -> None:
+        if self._pending is None:
+            return
+        random.setstate(self._pending["python"])
+        state = self._pending["numpy"]
+        np.random.set_state(("MT19937", state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                             state["gauss"]))  # fmt: skip
+        torch.set_rng_state(self._pending["torch"])
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._pending = checkpoint.get("rng_states")
+        self._restore()
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._pending = None

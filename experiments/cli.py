@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
-from experiments.callbacks import MetricsJSON, PredictionsWriter
+from experiments.callbacks import MetricsJSON, PredictionsWriter, RNGStateCheckpoint
 from experiments.io import AtomicCheckpointIO
 
 # Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
@@ -34,6 +34,27 @@ def next_version_dir(base: Path) -> Path:
     """``base/version_N`` with N one above the highest existing version (0 for a new base)."""
     versions = [int(m.group(1)) for p in base.glob("version_*") if (m := re.fullmatch(r"version_(\d+)", p.name))]
     return base / f"version_{max(versions, default=-1) + 1}"
+
+
+def resume_target(base: Path) -> tuple[Path, Path] | None:
+    """(run dir, checkpoint) of the newest run under ``base`` with ``checkpoints/last.ckpt`` or a SLURM
+    ``hpc_ckpt_*.ckpt`` (what Lightning saves on SIGUSR1 before a requeue); None when there is none."""
+    found = []
+    for run in base.glob("version_*"):
+        for ckpt in [run / "checkpoints" / "last.ckpt", *run.glob("hpc_ckpt_*.ckpt")]:
+            if ckpt.is_file():
+                found.append((ckpt.stat().st_mtime, run, ckpt))
+    return max(found)[1:] if found else None
+
+
+def keep_previous_csv(run_dir: Path) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv; a resumed run moves it aside instead."""
+    csv = run_dir / "metrics.csv"
+    if csv.is_file():
+        part = 0
+        while (run_dir / f"metrics.part{part}.csv").exists():
+            part += 1
+        os.replace(csv, run_dir / f"metrics.part{part}.csv")
 
 
 class SuiteCLI(LightningCLI):
@@ -76,6 +97,8 @@ class SuiteCLI(LightningCLI):
         cfg = self._subconfig()
         base = Path(cfg.get("runs_dir") or "runs").absolute() / self.run_name()
         self.run_dir = next_version_dir(base)
+        if self.subcommand == "fit":
+            self._resolve_resume(base)
         trainer_cfg = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = [
@@ -99,6 +122,7 @@ class SuiteCLI(LightningCLI):
             )
         configs = cfg.get("config") or []
         callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
+        callbacks.append(RNGStateCheckpoint())
         if self.subcommand == "predict":
             callbacks.append(PredictionsWriter(str(self.run_dir)))
         kwargs["callbacks"] = callbacks
@@ -106,6 +130,25 @@ class SuiteCLI(LightningCLI):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         kwargs["default_root_dir"] = str(self.run_dir)
         return super().instantiate_trainer(**kwargs)
+
+    def _resolve_resume(self, base: Path) -> None:
+        """``--ckpt_path last`` (or a checkpoint inside one of this config's runs) resumes in that run's directory."""
+        init = self.config_init[self.subcommand]
+        ckpt = init.get("ckpt_path")
+        if ckpt == "last":
+            found = resume_target(base)
+            if found is None:
+                print(f"no checkpoint to resume under {base}; starting a new run", file=sys.stderr)
+                init["ckpt_path"] = None
+                return
+            self.run_dir, path = found
+            init["ckpt_path"] = str(path)
+        elif ckpt and Path(ckpt).absolute().parent.name == "checkpoints" and Path(ckpt).absolute().parents[2] == base:
+            self.run_dir = Path(ckpt).absolute().parents[1]
+        else:
+            return
+        print(f"resuming {self.run_dir} from {init['ckpt_path']}", file=sys.stderr)
+        keep_previous_csv(self.run_dir)
 
     # -- after each subcommand -------------------------------------------------------------------------------
     def _report(self) -> None:

@@ -1,0 +1,124 @@
+"""``python -m experiments table <paper> [--runs runs/] [--scale toy|full|any]``: paper numbers beside measured ones.
+
+Rows come from ``experiments/tables/<paper>.yaml`` (label, config, metric key, paper value and its source). A row's
+measured value is the newest finished ``metrics.json`` under ``<runs>/<run name>/version_*`` whose config and scale
+match; a row never run prints "not run", a paper value nobody could find prints "n/a". Paper numbers live only in
+these YAML files.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from experiments.errors import ConfigError
+
+TABLES = Path(__file__).parent / "tables"
+
+
+@dataclass
+class Row:
+    label: str
+    config: str
+    metric: str
+    paper: float | None
+    source: str = ""
+    toy: dict = field(default_factory=dict)
+
+    def run_name(self, scale: str) -> str:
+        """The run folder name this row's runs use (``--run_name`` in its args, else the config stem)."""
+        args = self.toy.get("args", []) if scale == "toy" else []
+        if "--run_name" in args:
+            return args[args.index("--run_name") + 1]
+        return Path(self.toy.get("config", self.config) if scale == "toy" else self.config).stem
+
+    def command(self, scale: str) -> list[str] | None:
+        """``fit`` arguments that produce this row at ``scale`` (None: no toy variant)."""
+        if scale == "toy":
+            if not self.toy:
+                return None
+            args = [str(a) for a in self.toy.get("args", [])]
+            return ["fit", "--config", self.toy["config"], *args, "--test_after_fit", "true"]
+        return ["fit", "--config", self.config, "--test_after_fit", "true"]
+
+
+def available_tables() -> list[str]:
+    return sorted(p.stem for p in TABLES.glob("*.yaml"))
+
+
+def load_table(paper: str) -> tuple[dict, list[Row]]:
+    path = TABLES / f"{paper}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no table '{paper}'; known tables: {', '.join(available_tables())}")
+    spec = yaml.safe_load(path.read_text())
+    rows = []
+    for i, raw in enumerate(spec.get("rows", [])):
+        missing = {"label", "config", "metric", "paper"} - set(raw)
+        if missing:
+            raise ConfigError(f"{path}: row {i} lacks {sorted(missing)}")
+        rows.append(Row(**{k: raw[k] for k in ("label", "config", "metric", "paper", "source", "toy") if k in raw}))
+    return spec, rows
+
+
+def find_measurement(row: Row, runs: Path, scale: str) -> tuple[float | None, str | None, str | None]:
+    """(value, scale, run dir) of the newest finished run of ``row``; Nones when there is none."""
+    scales = ("toy", "full") if scale == "any" else (scale,)
+    best = None
+    for s in scales:
+        for metrics_file in (runs / row.run_name(s)).glob("version_*/metrics.json"):
+            record = json.loads(metrics_file.read_text())
+            value = {**record.get("val", {}), **record.get("test", {})}.get(row.metric)
+            if value is None or record.get("scale") != s or not record.get("finished"):
+                continue
+            mtime = metrics_file.stat().st_mtime
+            if best is None or mtime > best[0]:
+                best = (mtime, value, s, str(metrics_file.parent))
+    return (None, None, None) if best is None else best[1:]
+
+
+def format_paper_value(row: Row) -> str:
+    if row.paper is None:
+        return "n/a"
+    mark = ""
+    if row.source.startswith("AGG"):
+        mark = " (aggregator)"
+    elif "unverified" in row.source.lower():
+        mark = " (unverified)"
+    return f"{row.paper:g}{mark}"
+
+
+def render_table(paper: str, runs: str | Path = "runs", scale: str = "any") -> str:
+    """The Markdown table for ``paper``."""
+    spec, rows = load_table(paper)
+    factor = float(spec.get("metric_scale", 1))
+    lines = [
+        f"### {spec.get('title', paper)}",
+        "",
+        "| row | metric | paper | measured | scale | run dir |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        value, found_scale, run_dir = find_measurement(row, Path(runs), scale)
+        measured = "not run" if value is None else f"{value * factor:.2f}"
+        lines.append(
+            f"| {row.label} | {row.metric} | {format_paper_value(row)} | {measured} | {found_scale or '-'} "
+            f"| {run_dir or '-'} |"
+        )
+    lines.append("")
+    lines.append("Toy-scale numbers measure the pipeline on toy data; they are not comparable to the paper's.")
+    return "\n".join(lines)
+
+
+def reproduce_commands(paper: str, scale: str) -> list[str]:
+    """Shell commands that produce every row of ``paper`` at ``scale`` (rows without a toy variant are skipped)."""
+    _, rows = load_table(paper)
+    commands = []
+    for row in rows:
+        args = row.command(scale)
+        if args is not None:
+            commands.append(shlex.join(["python", "-m", "experiments", *args]))
+    return commands
