@@ -163,6 +163,39 @@ class ImageNetDataModule(SuiteDataModule):
             if not (root / split).is_dir():
                 raise DataError(f"data.root '{root}' has no '{split}/' folder. Expected layout: {LAYOUT}")
 
+    def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
+        """Validate the tree without training: per-split class and image counts, and every problem found (missing
+        or empty class folders, files that do not decode), each naming its path. Returns (summary, problems)."""
+        from datamodules.images import IMAGE_EXTENSIONS, load_rgb
+
+        root, summary, problems = Path(self.root), {}, []
+        try:
+            self.check_layout()
+            train_classes = list_classes(root / self.splits["train"], LAYOUT)
+        except DataError as err:
+            return summary, [str(err)]
+        for split in dict.fromkeys(self.splits.values()):
+            counts = {}
+            for name in train_classes:
+                folder = root / split / name
+                if not folder.is_dir():
+                    problems.append(f"{folder}: class folder missing (it exists in {self.splits['train']}/)")
+                    continue
+                files = sorted(p for p in folder.iterdir() if p.name.lower().endswith(IMAGE_EXTENSIONS))
+                if not files:
+                    problems.append(f"{folder}: no images")
+                counts[name] = len(files)
+                if decode:
+                    for file in files:
+                        try:
+                            load_rgb(file)
+                        except DataError as err:
+                            problems.append(str(err).split(". Replace")[0])
+            extra = sorted({p.name for p in (root / split).iterdir() if p.is_dir()} - set(train_classes))
+            problems += [f"{root / split / name}: class folder not in {self.splits['train']}/" for name in extra]
+            summary[split] = {"classes": len(counts), "images": sum(counts.values())}
+        return summary, problems
+
     def prepare_data(self) -> None:
         if self.dataset == "toy":
             ensure_written(self.root, write_shapes_imagefolder, **self.toy_options)

@@ -2,6 +2,10 @@
 
 fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
 demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
+table <paper> [--runs runs]       the paper's table: paper numbers beside measured ones
+reproduce <paper> --scale toy|full   run every row of the paper's table, then print the table
+launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
+data check --config X.yaml        validate the dataset a config points at, without training
 """
 
 from __future__ import annotations
@@ -44,6 +48,43 @@ def demo(args: list[str]) -> int:
     return 0
 
 
+def table(args: list[str]) -> int:
+    import argparse
+
+    from experiments.table import available_tables, render_table
+
+    parser = argparse.ArgumentParser(prog="python -m experiments table")
+    parser.add_argument("paper", help=f"one of: {', '.join(available_tables())}")
+    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--scale", choices=["toy", "full", "any"], default="any")
+    opts = parser.parse_args(args)
+    print(render_table(opts.paper, opts.runs, opts.scale))
+    return 0
+
+
+def reproduce(args: list[str]) -> int:
+    import argparse
+
+    from experiments.cli import main as cli_main
+    from experiments.table import load_table, render_table
+
+    parser = argparse.ArgumentParser(prog="python -m experiments reproduce")
+    parser.add_argument("paper")
+    parser.add_argument("--scale", choices=["toy", "full"], default="toy")
+    parser.add_argument("--runs", default="runs")
+    opts = parser.parse_args(args)
+    _, rows = load_table(opts.paper)
+    for row in rows:
+        command = row.command(opts.scale)
+        if command is None:
+            print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
+            continue
+        print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
+        cli_main([*command, "--runs_dir", opts.runs])
+    print(render_table(opts.paper, opts.runs, opts.scale))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in {"-h", "--help"}:
@@ -58,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "demo":
             return demo(rest)
+        if command == "table":
+            return table(rest)
+        if command == "reproduce":
+            return reproduce(rest)
+        if command == "launch":
+            from experiments.launch import main as launch_main
+
+            return launch_main(rest)
+        if command == "data":
+            from experiments.data import main as data_main
+
+            return data_main(rest)
     except Exception as exc:
         err = find_suite_error(exc)
         if err is None:

@@ -110,7 +110,7 @@ def torchrun_command(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments launch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m experiments launch", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("target", choices=["slurm", "torchrun"])
     parser.add_argument("--config", required=True)

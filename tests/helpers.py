@@ -16,3 +16,19 @@ class KillAfterEpoch(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch + 1:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordRankState(L.Callback):
+    """Writes each rank's final weights and the sample indices its sampler gave it to ``$RANK_STATE_DIR``."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sampler = trainer.train_dataloader.sampler
+        self.indices = [int(i) for i in sampler]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        out = os.environ["RANK_STATE_DIR"]
+        state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+        torch.save({"state_dict": state, "indices": self.indices, "world_size": trainer.world_size,
+                    "num_nodes": trainer.num_nodes}, f"{out}/rank{trainer.global_rank}.pt")  # fmt: skip

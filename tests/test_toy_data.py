@@ -1,5 +1,6 @@
 """The toy-data framework: deterministic, written once, atomically, in the real layout."""
 
+import functools
 import hashlib
 
 import pytest
@@ -54,3 +55,17 @@ def test_interrupted_toy_write_leaves_nothing(tmp_path):
         ensure_written(tmp_path / "t", failing, **OPTIONS)
     assert not (tmp_path / "t").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_concurrent_writers_end_with_one_complete_copy(tmp_path):
+    """Two nodes' prepare_data on a shared file system: the one that finishes second keeps the first one's copy."""
+    root = tmp_path / "t"
+
+    @functools.wraps(write_shapes_imagefolder)  # the same generator, as both nodes run the same code
+    def racing(folder, **options):
+        write_shapes_imagefolder(folder, **options)
+        ensure_written(root, write_shapes_imagefolder, **options)  # the other writer wins meanwhile
+
+    ensure_written(root, racing, **OPTIONS)
+    assert (root / MARKER).is_file() and len(list(root.rglob("*.JPEG"))) == 3 * (4 + 2 + 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]

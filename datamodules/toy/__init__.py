@@ -42,9 +42,14 @@ def ensure_written(root: str | os.PathLike, write: Callable[..., None], **option
     try:
         write(tmp, **options)
         (tmp / MARKER).write_text(json.dumps(record, indent=1))
-        if root.exists():
+        if root.exists() and not any(root.iterdir()):
             root.rmdir()
         os.replace(tmp, root)
+    except OSError:
+        # another process (a second node's prepare_data on a shared file system) finished first: use its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not marker.is_file() or json.loads(marker.read_text()) != json.loads(json.dumps(record)):
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
