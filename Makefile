@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PYTEST_WORKERS ?= 2
+SCALE ?= toy
 
-.PHONY: setup demo test test-slow lint bench-overhead clean
+.PHONY: setup demo test test-slow lint bench-overhead clean reproduce-%
 
 setup: $(STAMP)
 
@@ -31,6 +32,10 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check experiments lightning_modules datamodules tests benchmarks
 	$(BIN)/ruff format --check experiments lightning_modules datamodules tests benchmarks
+
+# Run every row of a paper's table (SCALE=toy on the CPU, SCALE=full needs the data and GPUs), then print it.
+reproduce-%: setup
+	$(BIN)/python -m experiments reproduce $* --scale $(SCALE)
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py

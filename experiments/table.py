@@ -58,8 +58,9 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
     rows = []
     for i, raw in enumerate(spec.get("rows", [])):
         missing = {"label", "config", "metric", "paper"} - set(raw)
-        if missing:
-            raise ConfigError(f"{path}: row {i} lacks {sorted(missing)}")
+        unknown = set(raw) - {"label", "config", "metric", "paper", "source", "toy"}
+        if missing or unknown:
+            raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")
         rows.append(Row(**{k: raw[k] for k in ("label", "config", "metric", "paper", "source", "toy") if k in raw}))
     return spec, rows
 
