@@ -6,6 +6,7 @@ table <paper> [--runs runs]       the paper's table: paper numbers beside measur
 reproduce <paper> --scale toy|full   run every row of the paper's table, then print the table
 launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
+sweep --config X.yaml --space S.yaml --trials N   Optuna search over config keys (resumable, pruned)
 """
 
 from __future__ import annotations
@@ -107,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.launch import main as launch_main
 
             return launch_main(rest)
+        if command == "sweep":
+            from experiments.sweep import main as sweep_main
+
+            return sweep_main(rest)
         if command == "data":
             from experiments.data import main as data_main
 

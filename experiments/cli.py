@@ -60,7 +60,10 @@ def keep_previous_csv(run_dir: Path) -> None:
 class SuiteCLI(LightningCLI):
     """LightningCLI with the suite's run directories, loggers, checkpointing and metrics file."""
 
-    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+    def __init__(
+        self, args: list[str] | None = None, run: bool = True, extra_callbacks: list[L.Callback] | None = None
+    ) -> None:
+        self.extra_callbacks = list(extra_callbacks or [])  # objects a caller passes in-process (sweep pruning)
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -123,6 +126,7 @@ class SuiteCLI(LightningCLI):
         configs = cfg.get("config") or []
         callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
         callbacks.append(RNGStateCheckpoint())
+        callbacks += self.extra_callbacks
         if self.subcommand == "predict":
             callbacks.append(PredictionsWriter(str(self.run_dir)))
         kwargs["callbacks"] = callbacks
@@ -175,8 +179,8 @@ class SuiteCLI(LightningCLI):
         self._report()
 
 
-def main(args: list[str] | None = None) -> SuiteCLI:
+def main(args: list[str] | None = None, extra_callbacks: list[L.Callback] | None = None) -> SuiteCLI:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args is not None:  # LightningCLI reads sys.argv; passing both makes it warn
         sys.argv = [sys.argv[0], *args]
-    return SuiteCLI()
+    return SuiteCLI(extra_callbacks=extra_callbacks)
