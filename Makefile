@@ -7,8 +7,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PYTEST_WORKERS ?= 2
 SCALE ?= toy
+BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
+BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench-overhead clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-overhead clean reproduce-%
 
 setup: $(STAMP)
 
@@ -36,6 +38,12 @@ lint: setup
 # Run every row of a paper's table (SCALE=toy on the CPU, SCALE=full needs the data and GPUs), then print it.
 reproduce-%: setup
 	$(BIN)/python -m experiments reproduce $* --scale $(SCALE)
+
+# Step time, samples/s, memory, FLOPs (and MFU on a GPU) for every registered paper config at batch 8; rows are
+# appended to docs/benchmarks.md with the device named. On a GPU: make bench BENCH_ARGS=--compile for the compiled run.
+bench: setup
+	$(BIN)/python -m experiments bench $(foreach c,$(BENCH_CONFIGS),--config $(c)) --batch-size 8 --steps 5 \
+		--warmup 2 --markdown docs/benchmarks.md $(BENCH_ARGS)
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DistributedSampler
@@ -162,6 +163,16 @@ class ImageNetDataModule(SuiteDataModule):
         for split in dict.fromkeys(self.splits.values()):
             if not (root / split).is_dir():
                 raise DataError(f"data.root '{root}' has no '{split}/' folder. Expected layout: {LAYOUT}")
+
+    def synthetic_batch(self, batch_size: int) -> dict:
+        """A random batch of this data's shapes (for benchmarks that leave data loading out)."""
+        num_classes = self.toy_options["num_classes"] if self.dataset == "toy" else 1000
+        if self.class_subset is not None:
+            num_classes = self.class_subset if isinstance(self.class_subset, int) else len(self.class_subset)
+        return {
+            "image": torch.randn(batch_size, 3, self.img_size, self.img_size),
+            "target": torch.randint(0, num_classes, (batch_size,)),
+        }
 
     def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
         """Validate the tree without training: per-split class and image counts, and every problem found (missing

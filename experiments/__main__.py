@@ -7,6 +7,7 @@ reproduce <paper> --scale toy|full   run every row of the paper's table, then pr
 launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
 sweep --config X.yaml --space S.yaml --trials N   Optuna search over config keys (resumable, pruned)
+bench --config X.yaml [--steps N] [--compile]     step time, samples/s, memory, FLOPs, MFU; loader alone
 """
 
 from __future__ import annotations
@@ -15,21 +16,10 @@ import json
 import sys
 import time
 
-from experiments.errors import SuiteError
+from experiments.errors import find_suite_error
 
 LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict"}
 USAGE = __doc__
-
-
-def find_suite_error(exc: BaseException | None) -> SuiteError | None:
-    """The first SuiteError in an exception's cause/context chain (jsonargparse wraps errors raised in __init__)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, SuiteError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def demo(args: list[str]) -> int:
@@ -108,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             from experiments.launch import main as launch_main
 
             return launch_main(rest)
+        if command == "bench":
+            from experiments.bench import main as bench_main
+
+            return bench_main(rest)
         if command == "sweep":
             from experiments.sweep import main as sweep_main
 

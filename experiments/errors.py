@@ -15,3 +15,14 @@ class DataError(SuiteError, ValueError):
 
 class CorruptFileError(DataError):
     """One file that cannot be decoded; ``on_corrupt: skip`` skips and counts such files instead."""
+
+
+def find_suite_error(exc: BaseException | None) -> SuiteError | None:
+    """The first SuiteError in an exception's cause/context chain (jsonargparse wraps errors raised in __init__)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SuiteError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
