@@ -32,3 +32,14 @@ def test_bench_on_a_real_data_config_without_its_data_still_measures_the_model()
     # Visformer-Ti: 1.27 GMACs = 2.54 GFLOPs per 224 px image
     assert r["fwd_gflops_per_sample"] == pytest.approx(2.536, rel=0.01)
     assert "does not exist" in r["loader"]["skipped"]
+
+
+def test_mfu_uses_the_cards_bf16_peak(monkeypatch, tmp_path):
+    import experiments.bench as bench
+
+    monkeypatch.setattr(bench, "device_peak_flops", lambda: ("NVIDIA H100 80GB HBM3", 989e12))
+    r = run(str(REPO / "configs/visformer/toy.yaml"), 2, 1, 4, False, "32-true", 0,
+            [*TINY, "--data.init_args.root", str(tmp_path / "toy")])  # fmt: skip
+    expected = 3 * r["fwd_gflops_per_sample"] * 1e9 * r["samples_per_s"] / 989e12
+    assert r["mfu"] == pytest.approx(expected) and "%" in markdown_row(r).split(" | ")[-2]
+    assert bench.PEAK_BF16_FLOPS["H100"] == 989e12
