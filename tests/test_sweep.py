@@ -107,3 +107,11 @@ def test_killed_sweep_resumes_from_its_sqlite_file(tmp_path):
     assert len(finished) == 3 and len(study.get_trials(states=(TrialState.RUNNING,))) == 0
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) >= done_before
     assert (tmp_path / "runs" / "sweeps" / "toy" / "best.yaml").is_file()
+
+
+def test_example_spaces_name_keys_of_the_toy_config():
+    from experiments.sweep import load_space, resolved_config
+
+    cfg = resolved_config(TOY, [])
+    for space in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):
+        assert load_space(str(space), cfg), space
