@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-overhead clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-overhead clean reproduce-%
 
 setup: $(STAMP)
 
@@ -44,6 +44,14 @@ reproduce-%: setup
 bench: setup
 	$(BIN)/python -m experiments bench $(foreach c,$(BENCH_CONFIGS),--config $(c)) --batch-size 8 --steps 5 \
 		--warmup 2 --markdown docs/benchmarks.md $(BENCH_ARGS)
+
+# The GPU check a session with a lent device runs (one short script): Visformer-S training at bf16-mixed, with and
+# without torch.compile, rows appended to docs/benchmarks.md with the card's name and MFU.
+bench-gpu: setup
+	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --batch-size 128 \
+		--steps 20 --warmup 5 --loader-batches 0 --markdown docs/benchmarks.md
+	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --batch-size 128 \
+		--steps 20 --warmup 10 --loader-batches 0 --compile --markdown docs/benchmarks.md
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py

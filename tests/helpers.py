@@ -28,6 +28,7 @@ class RecordRankState(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         import torch
 
+        assert self.indices, "the rank's sampler gave no training indices"
         out = os.environ["RANK_STATE_DIR"]
         state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
         torch.save({"state_dict": state, "indices": self.indices, "world_size": trainer.world_size,
