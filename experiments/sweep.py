@@ -138,8 +138,7 @@ def open_study(storage: str, name: str, sampler, direction: str, prune: bool) ->
         path = Path(storage.removeprefix("sqlite:///"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a"):
-                pass
+            path.touch(exist_ok=True)  # fail here, with the path, rather than deep inside SQLAlchemy
         except OSError as err:
             raise ConfigError(
                 f"cannot write the sweep storage {path}: {err}; pass --storage sqlite:///<writable>"
