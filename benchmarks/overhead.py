@@ -22,47 +22,11 @@ import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torch.utils.data import DataLoader, Dataset
 
+from experiments.bench import StepTimer, SyntheticData
 from experiments.callbacks import MetricsJSON
 from lightning_modules.classification import ImageClassifier
 from lightning_modules.optim import OptimConfig, build_optimizer
-
-
-class SameBatch(Dataset):
-    """Yields the same pre-made batch ``length`` times (the loader runs with ``batch_size=None``)."""
-
-    def __init__(self, batch: dict, length: int) -> None:
-        self.batch, self.length = batch, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        return self.batch
-
-
-class SameBatchData(L.LightningDataModule):
-    """The suite scales lr by the DataModule's batch size; this one serves the pre-made batch."""
-
-    def __init__(self, batch: dict, length: int) -> None:
-        super().__init__()
-        self.batch, self.length = batch, length
-        self.batch_size = batch["image"].shape[0]
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(SameBatch(self.batch, self.length), batch_size=None, shuffle=False)
-
-
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.starts.append(time.perf_counter())
 
 
 def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
@@ -85,7 +49,7 @@ def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
             num_sanity_val_steps=0,
             log_every_n_steps=1,
         )
-        trainer.fit(model, datamodule=SameBatchData(batch, warmup + steps))
+        trainer.fit(model, datamodule=SyntheticData(batch, warmup + steps))
     deltas = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)]
     return deltas[warmup:]
 

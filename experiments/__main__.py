@@ -12,6 +12,7 @@ bench --config X.yaml [--steps N] [--compile]     step time, samples/s, memory, 
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -19,6 +20,13 @@ import time
 from experiments.errors import find_suite_error
 
 LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict"}
+# commands whose module has main(argv) -> exit code
+MODULE_COMMANDS = {
+    "launch": "experiments.launch",
+    "bench": "experiments.bench",
+    "sweep": "experiments.sweep",
+    "data": "experiments.data",
+}
 USAGE = __doc__
 
 
@@ -94,22 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             return table(rest)
         if command == "reproduce":
             return reproduce(rest)
-        if command == "launch":
-            from experiments.launch import main as launch_main
-
-            return launch_main(rest)
-        if command == "bench":
-            from experiments.bench import main as bench_main
-
-            return bench_main(rest)
-        if command == "sweep":
-            from experiments.sweep import main as sweep_main
-
-            return sweep_main(rest)
-        if command == "data":
-            from experiments.data import main as data_main
-
-            return data_main(rest)
+        if command in MODULE_COMMANDS:
+            return importlib.import_module(MODULE_COMMANDS[command]).main(rest)
     except Exception as exc:
         err = find_suite_error(exc)
         if err is None:

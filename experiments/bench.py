@@ -23,12 +23,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
-from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from experiments.errors import ConfigError, DataError, SuiteError, find_suite_error
+from experiments.sections import build_sections
 
 # dense bf16 tensor-core peaks (FLOP/s) of the cards this suite meets
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
@@ -36,18 +35,21 @@ PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e1
 
 def build_model_and_data(config: str, overrides: list[str]) -> tuple[L.LightningModule, L.LightningDataModule, dict]:
     """Instantiate the config's ``model`` and ``data`` (no trainer), with ``--model.*`` / ``--data.*`` overrides."""
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config '{config}' does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    parser = ArgumentParser(prog="experiments bench", exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningModule, "model", required=True)
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    cfg = parser.parse_args(
-        ["--model", yaml.safe_dump(raw["model"]), "--data", yaml.safe_dump(raw["data"]), *overrides]
-    )
-    init = parser.instantiate_classes(cfg)
-    return init.model, init.data, raw.get("trainer", {}) or {}
+    built = build_sections(config, ("model", "data"), overrides)
+    return built["model"], built["data"], built["trainer"]
+
+
+class RepeatedBatch(Dataset):
+    """The same pre-made batch ``length`` times (loaded with ``batch_size=None``)."""
+
+    def __init__(self, batch: dict, length: int) -> None:
+        self.batch, self.length = batch, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.batch
 
 
 class SyntheticData(L.LightningDataModule):
@@ -59,16 +61,7 @@ class SyntheticData(L.LightningDataModule):
         self.batch_size = len(next(iter(batch.values())))
 
     def train_dataloader(self) -> DataLoader:
-        batch, length = self.batch, self.length
-
-        class Repeat(Dataset):
-            def __len__(self) -> int:
-                return length
-
-            def __getitem__(self, index: int) -> dict:
-                return batch
-
-        return DataLoader(Repeat(), batch_size=None)
+        return DataLoader(RepeatedBatch(self.batch, self.length), batch_size=None)
 
 
 class StepTimer(L.Callback):

@@ -7,34 +7,26 @@ counts per split, unreadable files. Every problem is printed with its path; the 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import lightning as L
-import yaml
-from jsonargparse import ArgumentParser
 
-from experiments.errors import ConfigError, DataError
+from experiments.errors import ConfigError, DataError, find_suite_error
+from experiments.sections import build_sections
 
 
 def build_datamodule(config: str, overrides: list[str]) -> L.LightningDataModule:
     """Instantiate the ``data`` section of ``config`` with ``--data.*`` overrides."""
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config '{config}' does not exist")
-    data = (yaml.safe_load(path.read_text()) or {}).get("data")
-    if not data:
-        raise ConfigError(f"{config} has no 'data' section")
-    parser = ArgumentParser(prog="experiments data", exit_on_error=False)
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    cfg = parser.parse_args(["--data", yaml.safe_dump(data), *overrides])
-    return parser.instantiate_classes(cfg).data
+    return build_sections(config, ("data",), overrides)["data"]
 
 
 def check(config: str, overrides: list[str], decode: bool = True) -> int:
     try:
         datamodule = build_datamodule(config, overrides)
-    except DataError as err:  # the DataModule's own early checks (missing root ...)
-        print(f"problem: {err}")
+    except Exception as err:  # the DataModule's own early checks (missing root ...), wrapped by jsonargparse
+        cause = find_suite_error(err)
+        if not isinstance(cause, DataError):
+            raise
+        print(f"problem: {cause}")
         return 1
     if not hasattr(datamodule, "check_dataset"):
         raise ConfigError(f"{type(datamodule).__name__} has no check_dataset(); nothing to validate")

@@ -94,3 +94,11 @@ def test_every_table_loads_and_names_existing_configs():
         for row in rows:
             assert (repo / row.config).is_file(), (paper, row.config)
             assert not row.toy or (repo / row.toy["config"]).is_file(), (paper, row.toy)
+
+
+def test_data_check_of_a_missing_root_is_one_named_problem(capsys):
+    assert (
+        data_main(["check", "--config", "configs/visformer/visformer_small_in1k.yaml", "--data.root", "/nonexistent"])
+        == 1
+    )
+    assert "problem: data.root '/nonexistent' does not exist" in capsys.readouterr().out

@@ -1,0 +1,35 @@
+"""Instantiate parts of a run config (model and/or data) without a Trainer: for tools that need no training loop
+(``data check``, ``bench``). Overrides use the CLI's dotted syntax (``--data.init_args.root X``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import yaml
+from jsonargparse import ArgumentParser
+
+from experiments.errors import ConfigError
+
+BASES = {"model": L.LightningModule, "data": L.LightningDataModule}
+
+
+def read_config(config: str) -> dict:
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"config '{config}' does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def build_sections(config: str, sections: tuple[str, ...], overrides: list[str]) -> dict:
+    """``{"model": LightningModule, "data": LightningDataModule, "trainer": dict}`` for the requested sections."""
+    raw = read_config(config)
+    parser = ArgumentParser(prog="experiments", exit_on_error=False)
+    args = []
+    for name in sections:
+        if not raw.get(name):
+            raise ConfigError(f"{config} has no '{name}' section")
+        parser.add_subclass_arguments(BASES[name], name, required=True)
+        args += [f"--{name}", yaml.safe_dump(raw[name])]
+    init = parser.instantiate_classes(parser.parse_args([*args, *overrides]))
+    return {**{name: init[name] for name in sections}, "trainer": raw.get("trainer", {}) or {}}
