@@ -22,6 +22,7 @@ from datamodules.base import SuiteDataModule
 from datamodules.images import ImageFolderDataset, list_classes, select_classes
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
+from datamodules.transforms import StudentTeacherTransform
 from experiments.errors import DataError
 
 LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (one folder per class, same names in both)"
@@ -72,6 +73,9 @@ class ImageNetDataModule(SuiteDataModule):
         toy_train_per_class: toy training images per class.
         toy_eval_per_class: toy val and test images per class.
         toy_img_size: side of the toy JPEGs.
+        teacher_img_size: also return a ``teacher_image`` view (same crop box, [0, 1], this size) for distillation
+            targets (iTPN / MVP CLIP recipe; then the train augmentation is colour jitter + flip + crop only).
+        teacher_interpolation: resize filter of the teacher view (the official CLIP recipe: lanczos).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class ImageNetDataModule(SuiteDataModule):
         toy_train_per_class: int = 300,
         toy_eval_per_class: int = 60,
         toy_img_size: int = 64,
+        teacher_img_size: int | None = None,
+        teacher_interpolation: str = "lanczos",
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, pin_memory, persistent_workers, on_corrupt, seed)
         self.img_size = img_size
@@ -135,6 +141,22 @@ class ImageNetDataModule(SuiteDataModule):
             mean=tuple(mean),
             std=tuple(std),
         )
+        self.teacher_img_size = teacher_img_size
+        if teacher_img_size is not None:
+            views = dict(
+                img_size=img_size,
+                teacher_img_size=teacher_img_size,
+                interpolation=interpolation,
+                teacher_interpolation=teacher_interpolation,
+                crop_pct=crop_pct,
+                mean=tuple(mean),
+                std=tuple(std),
+            )
+            jitter = 0.0 if std_aug else color_jitter
+            self.train_transform = StudentTeacherTransform(
+                train=True, scale=tuple(scale), color_jitter=jitter, hflip=hflip, **views
+            )
+            self.eval_transform = StudentTeacherTransform(train=False, **views)
         self.mean, self.std = tuple(mean), tuple(std)
         self.repeated_aug = repeated_aug
         self.repeated_aug_repeats = repeated_aug_repeats
@@ -169,10 +191,13 @@ class ImageNetDataModule(SuiteDataModule):
         num_classes = self.toy_options["num_classes"] if self.dataset == "toy" else 1000
         if self.class_subset is not None:
             num_classes = self.class_subset if isinstance(self.class_subset, int) else len(self.class_subset)
-        return {
+        batch = {
             "image": torch.randn(batch_size, 3, self.img_size, self.img_size),
             "target": torch.randint(0, num_classes, (batch_size,)),
         }
+        if self.teacher_img_size is not None:
+            batch["teacher_image"] = torch.rand(batch_size, 3, self.teacher_img_size, self.teacher_img_size)
+        return batch
 
     def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
         """Validate the tree without training: per-split class and image counts, and every problem found (missing

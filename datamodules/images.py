@@ -64,7 +64,7 @@ class ImageFolderDataset(Dataset):
     Args:
         split_dir: folder holding one sub-folder per class.
         classes: the class folder names to read, in label order.
-        transform: PIL image -> tensor.
+        transform: PIL image -> tensor, or -> dict of tensors (``{"image", "teacher_image"}``), merged into the item.
         subset_fraction: keep this fraction of each class's images (chosen with ``seed``, deterministic).
         seed: seed of the subset choice.
         on_corrupt: ``raise`` stops on an undecodable file; ``skip`` returns ``None`` for it (the collate drops
@@ -123,6 +123,8 @@ class ImageFolderDataset(Dataset):
             return None
         if self.transform is not None:
             image = self.transform(image)
+        if isinstance(image, dict):
+            return {**image, "target": target}
         return {"image": image, "target": target}
 
 

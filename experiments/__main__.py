@@ -73,13 +73,18 @@ def reproduce(args: list[str]) -> int:
     parser.add_argument("--runs", default="runs")
     opts = parser.parse_args(args)
     _, rows = load_table(opts.paper)
+    done: set[str] = set()
     for row in rows:
-        command = row.command(opts.scale)
-        if command is None:
+        commands = row.commands(opts.scale, opts.runs)
+        if commands is None:
             print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
             continue
-        print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
-        cli_main([*command, "--runs_dir", opts.runs])
+        for command in commands:
+            if " ".join(command) in done:  # a pre-training run shared with an earlier row
+                continue
+            done.add(" ".join(command))
+            print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
+            cli_main([*command, "--runs_dir", opts.runs])
     print(render_table(opts.paper, opts.runs, opts.scale))
     return 0
 

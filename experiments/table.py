@@ -28,6 +28,7 @@ class Row:
     paper: float | None
     source: str = ""
     toy: dict = field(default_factory=dict)
+    pretrain: str | None = None  # pre-training config whose last checkpoint the row's (fine-tune) config starts from
 
     def run_name(self, scale: str) -> str:
         """The run folder name this row's runs use (``--run_name`` in its args, else the config stem)."""
@@ -36,14 +37,27 @@ class Row:
             return args[args.index("--run_name") + 1]
         return Path(self.toy.get("config", self.config) if scale == "toy" else self.config).stem
 
-    def command(self, scale: str) -> list[str] | None:
-        """``fit`` arguments that produce this row at ``scale`` (None: no toy variant)."""
+    def commands(self, scale: str, runs: str = "runs") -> list[list[str]] | None:
+        """``fit`` argument lists that produce this row at ``scale``, in order (None: no toy variant).
+
+        A row with a pre-training step (``pretrain``, or ``toy.pretrain: {config, args}``) first pre-trains, then
+        runs its config with ``--model.init_args.pretrained`` set to the pre-training run's newest ``last.ckpt``.
+        """
         if scale == "toy":
             if not self.toy:
                 return None
-            args = [str(a) for a in self.toy.get("args", [])]
-            return ["fit", "--config", self.toy["config"], *args, "--test_after_fit", "true"]
-        return ["fit", "--config", self.config, "--test_after_fit", "true"]
+            pre = self.toy.get("pretrain")
+            pre_config, pre_args = (pre["config"], [str(a) for a in pre.get("args", [])]) if pre else (None, [])
+            config, args = self.toy["config"], [str(a) for a in self.toy.get("args", [])]
+        else:
+            pre_config, pre_args, config, args = self.pretrain, [], self.config, []
+        steps = []
+        if pre_config is not None:
+            steps.append(["fit", "--config", pre_config, *pre_args])
+            name = pre_args[pre_args.index("--run_name") + 1] if "--run_name" in pre_args else Path(pre_config).stem
+            args += ["--model.init_args.pretrained", f"{runs}/{name}/version_*/checkpoints/last.ckpt"]
+        steps.append(["fit", "--config", config, *args, "--test_after_fit", "true"])
+        return steps
 
 
 def available_tables() -> list[str]:
@@ -58,10 +72,11 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
     rows = []
     for i, raw in enumerate(spec.get("rows", [])):
         missing = {"label", "config", "metric", "paper"} - set(raw)
-        unknown = set(raw) - {"label", "config", "metric", "paper", "source", "toy"}
+        unknown = set(raw) - {"label", "config", "metric", "paper", "source", "toy", "pretrain"}
         if missing or unknown:
             raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")
-        rows.append(Row(**{k: raw[k] for k in ("label", "config", "metric", "paper", "source", "toy") if k in raw}))
+        keys = ("label", "config", "metric", "paper", "source", "toy", "pretrain")
+        rows.append(Row(**{k: raw[k] for k in keys if k in raw}))
     return spec, rows
 
 
@@ -119,7 +134,8 @@ def reproduce_commands(paper: str, scale: str) -> list[str]:
     _, rows = load_table(paper)
     commands = []
     for row in rows:
-        args = row.command(scale)
-        if args is not None:
-            commands.append(shlex.join(["python", "-m", "experiments", *args]))
+        for args in row.commands(scale) or []:
+            line = shlex.join(["python", "-m", "experiments", *args])
+            if line not in commands:  # rows may share a pre-training run
+                commands.append(line)
     return commands

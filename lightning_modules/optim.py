@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -38,6 +39,9 @@ class OptimConfig:
         betas: Adam betas; ``None`` keeps timm's default (0.9, 0.999).
         eps: Adam epsilon.
         layer_decay: layer-wise lr decay factor (``None`` or 1.0 to disable); needs a model with ``group_matcher``.
+        layer_decay_reference: rescale the factor to ``layer_decay ** (reference / num_layers)`` so that the decay
+            across the whole network equals that of a ``reference``-layer model (iTPN's ``lr_decay.py``: 13, i.e.
+            a 12-block ViT; ``num_layers`` counts the embedding layer and every block). None keeps the factor.
         no_weight_decay: fnmatch patterns of parameter names that get no weight decay (besides all 1-D params).
         warmup_epochs: linear warm-up length in epochs (converted to optimizer steps).
         warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
@@ -53,6 +57,7 @@ class OptimConfig:
     betas: tuple[float, float] | None = None
     eps: float = 1e-8
     layer_decay: float | None = None
+    layer_decay_reference: int | None = None
     no_weight_decay: list[str] = field(default_factory=lambda: list(DEFAULT_NO_WEIGHT_DECAY))
     warmup_epochs: float = 5.0
     warmup_steps: int | None = None
@@ -80,8 +85,13 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
                 f"optim.layer_decay={cfg.layer_decay} needs a backbone with timm's group_matcher(); "
                 f"{type(model).__name__} has none. Set optim.layer_decay: null."
             )
+        decay = cfg.layer_decay
+        if cfg.layer_decay_reference is not None:
+            # timm numbers the groups 0 (embedding) .. num_layers (head); iTPN's num_layers excludes the head group
+            num_layers = max(group_parameters(model, model.group_matcher(coarse=False), reverse=True).values())
+            decay = decay ** (cfg.layer_decay_reference / num_layers)
         return param_groups_layer_decay(
-            model, weight_decay=cfg.weight_decay, no_weight_decay_list=names, layer_decay=cfg.layer_decay
+            model, weight_decay=cfg.weight_decay, no_weight_decay_list=names, layer_decay=decay
         )
     return param_groups_weight_decay(model, weight_decay=cfg.weight_decay, no_weight_decay_list=names)
 

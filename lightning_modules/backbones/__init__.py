@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import glob
 import logging
 import os
 from collections.abc import Callable
@@ -19,13 +20,14 @@ import torch
 from torch import nn
 
 from experiments.errors import ConfigError
-from lightning_modules.backbones import visformer
+from lightning_modules.backbones import hivit, visformer
 
 log = logging.getLogger(__name__)
 
 # timm model module -> filter mapping an official checkpoint layout onto ours (timm's convention).
 CHECKPOINT_FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {
     "timm.models.visformer": visformer.checkpoint_filter_fn,
+    "lightning_modules.backbones.hivit": hivit.checkpoint_filter_fn,
 }
 
 
@@ -38,12 +40,28 @@ def check_backbone_name(name: str) -> None:
     raise ConfigError(f"unknown backbone '{name}'.{hint} See `timm.list_models('*pattern*')` for all names.")
 
 
-def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
-    """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped."""
+def resolve_checkpoint_path(path: str) -> str:
+    """``path`` itself, or for a glob (``runs/pretrain_x/version_*/checkpoints/last.ckpt``) its newest match."""
+    if any(ch in path for ch in "*?["):
+        matches = sorted(glob.glob(path), key=os.path.getmtime)
+        if not matches:
+            raise ConfigError(f"pretrained checkpoint '{path}' matches no file; run the pre-training first")
+        return matches[-1]
     if not os.path.isfile(path):
         raise ConfigError(f"pretrained checkpoint '{path}' does not exist; give a file path or a hub id")
+    return path
+
+
+def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
+    """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped.
+
+    ``path`` may be a glob (the newest match loads). A Lightning checkpoint of one of our modules loads too: the
+    weights under its ``encoder.`` / ``backbone.`` prefix are taken.
+    """
+    path = resolve_checkpoint_path(path)
     torch.serialization.add_safe_globals([argparse.Namespace])
     state = torch.load(path, map_location="cpu", weights_only=True)
+    state = lightning_weights(state)
     filter_fn = CHECKPOINT_FILTERS.get(type(model).__module__)
     if filter_fn is not None:
         state = filter_fn(state, model)
@@ -65,10 +83,24 @@ def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False)
         raise ConfigError(f"pretrained {path}: model keys missing from the checkpoint: {really_missing[:10]}")
 
 
+def lightning_weights(state: dict) -> dict:
+    """The backbone weights of a Lightning checkpoint of our modules (``state_dict`` with an ``encoder.`` or
+    ``backbone.`` prefix); any other checkpoint is returned unchanged."""
+    inner = state.get("state_dict") if isinstance(state, dict) else None
+    if not isinstance(inner, dict) or "pytorch-lightning_version" not in state:
+        return state
+    for prefix in ("encoder.", "backbone."):
+        picked = {k[len(prefix) :]: v for k, v in inner.items() if k.startswith(prefix)}
+        if picked:
+            return picked
+    raise ConfigError("the Lightning checkpoint holds no 'encoder.' or 'backbone.' weights to load into a backbone")
+
+
 def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Build ``name`` from timm's registry; ``pretrained``: checkpoint path or hub id (None: random init)."""
     check_backbone_name(name)
-    if pretrained and not os.path.exists(pretrained) and not pretrained.startswith(("/", ".")):
+    is_local = os.path.exists(pretrained or "") or any(ch in (pretrained or "") for ch in "*?[")
+    if pretrained and not is_local and not pretrained.startswith(("/", ".")):
         # a hub id for machines with network access, e.g. "timm/visformer_small.in1k"
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": pretrained}, **kwargs)
     model = timm.create_model(name, pretrained=False, **kwargs)

@@ -43,6 +43,8 @@ class ImageClassifier(SuiteModule):
         mixup_switch_prob: probability of cutmix instead of mixup when both are on.
         ema_decay: weight EMA decay per step (None disables).
         linear_probe: freeze everything but the classifier (backbone kept in eval mode).
+        probe_batchnorm: with ``linear_probe``, put a BatchNorm without affine in front of the classifier (MAE's
+            linear-probing protocol, He et al. 2022 Appendix A.2: pre-trained features have very different scales).
         optim: optimizer and schedule (see :class:`~lightning_modules.optim.OptimConfig`).
         channels_last: use the channels-last memory format (faster convolutions on GPU).
         compile: wrap the backbone in ``torch.compile``.
@@ -66,6 +68,7 @@ class ImageClassifier(SuiteModule):
         mixup_switch_prob: float = 0.5,
         ema_decay: float | None = None,
         linear_probe: bool = False,
+        probe_batchnorm: bool = True,
         optim: OptimConfig | None = None,
         channels_last: bool = False,
         compile: bool = False,
@@ -99,6 +102,9 @@ class ImageClassifier(SuiteModule):
         self.linear_probe = linear_probe
         if linear_probe:
             head = self.backbone.get_classifier()
+            if probe_batchnorm and isinstance(head, nn.Linear):
+                head = nn.Sequential(nn.BatchNorm1d(head.in_features, affine=False, eps=1e-6), head)
+                self._set_classifier(head)
             head_params = {id(p) for p in head.parameters()}
             for p in self.backbone.parameters():
                 p.requires_grad_(id(p) in head_params)
@@ -116,6 +122,14 @@ class ImageClassifier(SuiteModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_ema_metrics = metrics.clone(prefix="val/", postfix="_ema") if self.ema is not None else None
+
+    def _set_classifier(self, head: nn.Module) -> None:
+        name = getattr(self.backbone, "pretrained_cfg", {}).get("classifier", "head")
+        parent = self.backbone
+        *path, leaf = name.split(".")
+        for part in path:
+            parent = getattr(parent, part)
+        setattr(parent, leaf, head)
 
     def optimizer_root(self) -> nn.Module:
         return self.backbone
@@ -138,6 +152,7 @@ class ImageClassifier(SuiteModule):
     def on_train_epoch_start(self) -> None:
         if self.linear_probe:
             self.backbone.eval()  # frozen statistics: a linear probe trains the classifier only
+            self.backbone.get_classifier().train()  # (its BatchNorm, if any, normalises the frozen features)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, targets = batch["image"], batch["target"]

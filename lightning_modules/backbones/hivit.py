@@ -1,0 +1,687 @@
+"""HiViT as used by iTPN (Tian et al., "Integrally Pre-Trained Transformer Pyramid Networks", CVPR 2023,
+arXiv 2211.12735), with iTPN's feature pyramid.
+
+Data flow (the official ``itpn_pixel/models/models_itpn.py`` in sunsmarterjie/iTPN, read for the facts):
+
+1. ``patch_embed``: a 4x4/stride-4 convolution to ``C/4`` channels, arranged so that every 16x16 patch holds a
+   4x4 grid of sub-tokens: ``[B, N, 4, 4, C/4]`` with ``N = (H/16) * (W/16)``, then LayerNorm.
+2. Stage 1 (stride 4): ``mlp_depth`` MLP-only blocks (pre-LN MLP, ratio ``bridge_mlp_ratio`` = 3). No attention:
+   no block mixes sub-tokens of different 16x16 patches, so masking and token dropping work at the patch level from
+   the very first layer (:meth:`HiViT.forward_tokens` takes ``ids_keep``).
+3. ``PatchMerge``: 2x2 neighbours concatenated -> LN -> Linear(4d -> 2d). Stage 2 (stride 8): ``mlp_depth2`` MLP
+   blocks at ``C/2``. A second merge gives one ``C``-dim token per patch.
+4. Absolute position embedding (``ape``), then ``depth`` attention blocks (stage 3, stride 16) with optional
+   relative position bias (``rpe``, a Swin-style per-block table over the patch grid) and layer scale
+   (``init_values``; official keys ``gamma_1`` / ``gamma_2``).
+5. Classifier: mean of the patch tokens -> ``fc_norm`` -> ``head`` (no class token).
+
+The pyramid (:class:`FeaturePyramid`, Sec. 3 of the paper; official names kept so checkpoints load by name) turns
+the stage-3 tokens and the stage-1/2 outputs (taken just before each merge) into P16, P8 and P4 at ``fpn_dim``
+channels with linear up-sampling (``PatchSplit``) and MLP blocks, top-down. :meth:`HiViT.forward_pyramid` returns
+them as ``NCHW`` maps ``[P4, P8, P16]`` (plus average-pooled P32 and P64 for detectors, as the official det configs
+do with ``num_outs=5``).
+
+Sizes (Table 1; asserted in tests/test_hivit.py): iTPN-B "3324" (widths 128/256/512, blocks 3/3/24, 8 heads)
+78.6M parameters with the 1000-class head, the paper's 79M; iTPN-L "2240" (192/384/768, 2/2/40, 12 heads) 288.5M,
+the paper's 288M. "HiViT-L/14" of Table 1 is ``itpn_large_2240_patch16_256``: 16-pixel patches on 256-pixel
+inputs, a 16x16 grid matched to CLIP-L/14 at 224.
+
+Attention runs through ``F.scaled_dot_product_attention`` with the relative position bias as its additive mask.
+Differences from the official code, deliberate: every LayerNorm uses eps 1e-6 (the official CLIP recipe's two
+auxiliary blocks fall back to PyTorch's 1e-5); the ``relative_position_index`` buffer is not saved in our
+state_dicts (it is a pure function of the grid) and is dropped from official ones on load.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    DropPath,
+    Mlp,
+    build_sincos2d_pos_embed,
+    resample_abs_pos_embed,
+    resize_rel_pos_bias_table,
+    trunc_normal_,
+)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from experiments.errors import ConfigError
+
+__all__ = ["HiViT", "FeaturePyramid", "HiViTBlock", "checkpoint_filter_fn", "PYRAMID_KEYS", "PRETRAIN_ONLY_KEYS"]
+
+log = logging.getLogger(__name__)
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+# Official top-level names of the pyramid's modules (they sit beside the backbone in official checkpoints).
+PYRAMID_KEYS = (
+    "align_dim_16tofpn",
+    "fpn_modules",
+    "align_dim_16to8",
+    "split_16to8",
+    "block_16to8",
+    "align_dim_8to4",
+    "split_8to4",
+    "block_8to4",
+)
+# Official top-level names that exist only in pre-training checkpoints (reconstruction / distillation heads).
+PRETRAIN_ONLY_KEYS = (
+    "decoder_embed",
+    "mask_token",
+    "decoder_pos_embed",
+    "decoder_blocks",
+    "decoder_norm",
+    "decoder_pred",
+    "lm_head",
+    "lm_cls_head",
+    "norm",
+    "norm_cls",
+    "cls_pt_layers",
+    "relative_position_index",
+)
+
+
+def relative_position_index(grid: int) -> torch.Tensor:
+    """Swin-style index ``[N, N]`` into a ``(2*grid-1)**2`` table of relative offsets over a ``grid x grid`` map."""
+    coords = torch.stack(torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (grid - 1)
+    return rel[..., 0] * (2 * grid - 1) + rel[..., 1]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with an optional relative position bias table (official name
+    ``relative_position_bias_table``, zero-initialised), computed with SDPA."""
+
+    def __init__(
+        self, dim: int, num_heads: int, grid: int, qkv_bias: bool = True, attn_drop: float = 0.0, rpe: bool = True
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid - 1) ** 2, num_heads)) if rpe else None
+
+    def forward(self, x: torch.Tensor, rpe_index: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        bias = None
+        if self.relative_position_bias_table is not None and rpe_index is not None:
+            # rpe_index: [N, N] (all tokens) or [B, N, N] (kept tokens only)
+            bias = self.relative_position_bias_table[rpe_index]  # [..., N, N, heads]
+            bias = bias.movedim(-1, -3).to(q.dtype)
+            if bias.ndim == 3:
+                bias = bias.unsqueeze(0)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class HiViTBlock(nn.Module):
+    """Pre-LN block: attention (when ``num_heads > 0``) and MLP, each with drop path and optional layer scale.
+
+    With ``num_heads == 0`` it is the MLP-only block of HiViT's early stages and of the pyramid: it acts on the last
+    dimension only, so it accepts any ``[..., C]`` tensor and never mixes tokens.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 0,
+        mlp_ratio: float = 4.0,
+        grid: int = 14,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        rpe: bool = False,
+        init_values: float | None = None,
+    ):
+        super().__init__()
+        with_attn = num_heads > 0
+        self.norm1 = LayerNorm(dim) if with_attn else None
+        self.attn = Attention(dim, num_heads, grid, qkv_bias, attn_drop, rpe) if with_attn else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+        use_ls = init_values is not None and init_values > 0
+        self.gamma_1 = nn.Parameter(init_values * torch.ones(dim)) if use_ls and with_attn else None
+        self.gamma_2 = nn.Parameter(init_values * torch.ones(dim)) if use_ls else None
+
+    def forward(self, x: torch.Tensor, rpe_index: torch.Tensor | None = None) -> torch.Tensor:
+        if self.attn is not None:
+            y = self.attn(self.norm1(x), rpe_index)
+            x = x + self.drop_path(y if self.gamma_1 is None else self.gamma_1 * y)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path(y if self.gamma_2 is None else self.gamma_2 * y)
+
+
+class PatchEmbed(nn.Module):
+    """4x4/stride-4 convolution, arranged as a 4x4 grid of sub-tokens per 16x16 patch: ``[B, N, 4, 4, C/4]``."""
+
+    def __init__(self, patch_size: int = 16, inner_patches: int = 4, in_chans: int = 3, embed_dim: int = 128):
+        super().__init__()
+        self.patch_size = patch_size
+        self.inner_patches = inner_patches
+        conv = patch_size // inner_patches
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=conv, stride=conv)
+        self.norm = LayerNorm(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        if H % self.patch_size or W % self.patch_size:
+            raise ConfigError(
+                f"image size {H}x{W} is not a multiple of the patch size {self.patch_size}; "
+                f"resize or crop to a multiple of {self.patch_size} (data.img_size)"
+            )
+        gh, gw, s = H // self.patch_size, W // self.patch_size, self.inner_patches
+        x = self.proj(x).view(B, -1, gh, s, gw, s).permute(0, 2, 4, 3, 5, 1).reshape(B, gh * gw, s, s, -1)
+        return self.norm(x)
+
+
+class PatchMerge(nn.Module):
+    """Concatenate each 2x2 neighbourhood inside the per-patch grid -> LN -> Linear(4d -> 2d, no bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = LayerNorm(dim * 4)
+        self.reduction = nn.Linear(dim * 4, dim * 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the official concatenation order: (0,0), (1,0), (0,1), (1,1) as (row, col) offsets
+        x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
+        return self.reduction(self.norm(x))
+
+
+class PatchSplit(nn.Module):
+    """Linear up-sampling: LN -> Linear(d -> 4 * fpn_dim, no bias) -> a 2x2 sub-grid per token."""
+
+    def __init__(self, dim: int, fpn_dim: int):
+        super().__init__()
+        self.norm = LayerNorm(dim)
+        self.reduction = nn.Linear(dim, fpn_dim * 4, bias=False)
+        self.fpn_dim = fpn_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, h, w, _ = x.shape
+        x = self.reduction(self.norm(x)).reshape(B, N, h, w, 2, 2, self.fpn_dim)
+        return x.permute(0, 1, 2, 4, 3, 5, 6).reshape(B, N, 2 * h, 2 * w, self.fpn_dim)
+
+
+class FeaturePyramid(nn.Module):
+    """iTPN's feature pyramid (Sec. 3.2): top-down P16 -> P8 -> P4 with linear up-sampling and MLP blocks.
+
+    * P16 = ``align_dim_16tofpn``(stage-3 tokens) (a Linear to ``fpn_dim``; identity when the widths agree);
+    * P8 = ``block_16to8``(``split_16to8``(stage-3 tokens) + ``align_dim_16to8``(stage-2 output));
+    * P4 = ``block_8to4``(``split_8to4``(P8) + ``align_dim_8to4``(stage-1 output));
+    * each level then passes its own MLP block ``fpn_modules[i]`` (i = 0, 1, 2 for P16, P8, P4).
+
+    All tensors stay in the per-patch layout ``[B, N, h, w, C]`` (h = w = 1, 2, 4), so the pyramid works on the
+    visible patches only when the encoder dropped the masked ones.
+    """
+
+    def __init__(
+        self, embed_dim: int, fpn_dim: int = 256, fpn_depth: int = 2, mlp_ratio: float = 4.0, drop: float = 0.0
+    ):
+        super().__init__()
+        if fpn_depth < 1:
+            raise ConfigError(f"fpn_depth must be >= 1 (official: 2 for pixels, 1 for CLIP), got {fpn_depth}")
+        dims = {4: embed_dim // 4, 8: embed_dim // 2, 16: embed_dim}
+
+        def mlp_block() -> HiViTBlock:
+            return HiViTBlock(fpn_dim, 0, mlp_ratio, drop=drop)
+
+        self.align_dim_16tofpn = nn.Linear(embed_dim, fpn_dim) if embed_dim != fpn_dim else None
+        self.fpn_modules = nn.ModuleList([mlp_block() for _ in range(3)])
+        self.align_dim_16to8 = nn.Linear(dims[8], fpn_dim, bias=False)
+        self.split_16to8 = PatchSplit(dims[16], fpn_dim)
+        self.block_16to8 = nn.Sequential(*[mlp_block() for _ in range(fpn_depth)])
+        self.align_dim_8to4 = nn.Linear(dims[4], fpn_dim, bias=False)
+        self.split_8to4 = PatchSplit(fpn_dim, fpn_dim)
+        self.block_8to4 = nn.Sequential(*[mlp_block() for _ in range(fpn_depth)])
+        self.fpn_dim = fpn_dim
+
+    def forward(self, tokens: torch.Tensor, laterals: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``tokens [B, N, C]`` (stage 3), ``laterals`` = (stage-1 ``[B,N,4,4,C/4]``, stage-2 ``[B,N,2,2,C/2]``)
+        -> ``[P16 [B,N,1,1,F], P8 [B,N,2,2,F], P4 [B,N,4,4,F]]``."""
+        x = tokens[:, :, None, None, :]
+        p16 = x if self.align_dim_16tofpn is None else self.align_dim_16tofpn(x)
+        p8 = self.block_16to8(self.split_16to8(x) + self.align_dim_16to8(laterals[1]))
+        p4 = self.block_8to4(self.split_8to4(p8) + self.align_dim_8to4(laterals[0]))
+        return [blk(p) for blk, p in zip(self.fpn_modules, (p16, p8, p4), strict=True)]
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``[B, gh*gw, h, w, C]`` per-patch layout -> ``[B, C, gh*h, gw*w]`` feature map."""
+    B, _, h, w, C = x.shape
+    gh, gw = grid
+    return x.reshape(B, gh, gw, h, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, gh * h, gw * w).contiguous()
+
+
+@dataclass
+class StageOutputs:
+    """What :meth:`HiViT.forward_tokens` returns."""
+
+    tokens: torch.Tensor  # [B, L, C] stage-3 output (L = kept patches)
+    laterals: list[torch.Tensor]  # stage-1 [B, L, 4, 4, C/4] and stage-2 [B, L, 2, 2, C/2] outputs
+    rpe_index: torch.Tensor | None  # the index the attention blocks used (for extra blocks on the same tokens)
+    collected: dict[int, torch.Tensor] = field(default_factory=dict)  # main block index -> its output
+
+
+class HiViT(nn.Module):
+    """HiViT backbone of iTPN with an optional feature pyramid; constructor names follow the official ``iTPN``.
+
+    Args:
+        img_size: input resolution the position tables are built for (other sizes interpolate ``ape``).
+        patch_size: patch size of stage 3 (16; each patch starts as 4x4 sub-tokens).
+        in_chans: input channels.
+        num_classes: classifier outputs; 0 gives a backbone without ``fc_norm`` / ``head`` (pre-training).
+        embed_dim: stage-3 width ``C`` (stages 1/2 use ``C/4`` and ``C/2``).
+        mlp_depth: MLP-only blocks of stage 1 (and of stage 2 unless ``mlp_depth2`` is given).
+        mlp_depth2: MLP-only blocks of stage 2 (official CLIP code's ``mlp_depth2``).
+        depth: attention blocks of stage 3.
+        num_heads: attention heads.
+        bridge_mlp_ratio: MLP ratio of stages 1/2.
+        mlp_ratio: MLP ratio of stage 3 and the pyramid.
+        fpn_dim: pyramid width (256 in every official config).
+        fpn_depth: MLP blocks after each pyramid merge (2 pixel pre-training / seg, 1 CLIP pre-training / det).
+        num_outs: 1 = no pyramid; 3 = P16/P8/P4 (pre-training); 4/5 add pooled P32/P64 in :meth:`forward_pyramid`.
+        qkv_bias: bias on the qkv projection.
+        drop_rate: dropout in MLPs and before the classifier.
+        attn_drop_rate: attention dropout.
+        drop_path_rate: stochastic depth, rising linearly over the ``mlp_depth + mlp_depth2 + depth`` blocks.
+        init_values: layer-scale init (0.1 in the CLIP recipe); None disables.
+        ape: absolute position embedding.
+        ape_init: ``trunc_normal`` (std 0.02, CLIP recipe) or ``sincos`` (2-D sin-cos, pixel recipe).
+        rpe: relative position bias in the attention blocks.
+        global_pool: ``avg`` (mean of the patch tokens, official) or ``""`` (return tokens from forward_head).
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 512,
+        mlp_depth: int = 3,
+        mlp_depth2: int | None = None,
+        depth: int = 24,
+        num_heads: int = 8,
+        bridge_mlp_ratio: float = 3.0,
+        mlp_ratio: float = 4.0,
+        fpn_dim: int = 256,
+        fpn_depth: int = 2,
+        num_outs: int = 1,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        init_values: float | None = None,
+        ape: bool = True,
+        ape_init: str = "trunc_normal",
+        rpe: bool = True,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        if isinstance(img_size, (tuple, list)):  # timm passes (H, W)
+            if len(set(img_size)) != 1:
+                raise ConfigError(f"HiViT needs a square img_size, got {tuple(img_size)}")
+            img_size = int(img_size[0])
+        if img_size % patch_size:
+            raise ConfigError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
+        if patch_size % 4:
+            raise ConfigError(f"patch_size {patch_size} must be a multiple of 4 (4x4 sub-tokens per patch)")
+        if embed_dim % 4:
+            raise ConfigError(f"embed_dim {embed_dim} must be divisible by 4 (stage widths C/4, C/2, C)")
+        if num_outs not in (1, 3, 4, 5):
+            raise ConfigError(f"num_outs must be 1 (no pyramid), 3, 4 or 5, got {num_outs}")
+        mlp_depth2 = mlp_depth if mlp_depth2 is None else mlp_depth2
+        self.num_classes = num_classes
+        self.num_features = self.embed_dim = embed_dim
+        self.grid = img_size // patch_size
+        self.patch_size = patch_size
+        self.depth = depth
+        self.num_main_blocks = depth
+        self.mlp_depths = (mlp_depth, mlp_depth2)
+        self.num_outs = num_outs
+        self.global_pool = global_pool
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(patch_size, 4, in_chans, embed_dim // 4)
+        num_patches = self.grid**2
+        self.absolute_pos_embed = nn.Parameter(torch.zeros(1, num_patches, embed_dim)) if ape else None
+        if rpe:
+            self.register_buffer("relative_position_index", relative_position_index(self.grid), persistent=False)
+        else:
+            self.relative_position_index = None
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = iter(torch.linspace(0, drop_path_rate, mlp_depth + mlp_depth2 + depth, device="cpu").tolist())
+        kw = dict(grid=self.grid, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate, rpe=rpe)
+        kw["init_values"] = init_values
+        blocks: list[nn.Module] = [
+            HiViTBlock(embed_dim // 4, 0, bridge_mlp_ratio, drop_path=next(dpr), **kw) for _ in range(mlp_depth)
+        ]
+        blocks.append(PatchMerge(embed_dim // 4))
+        blocks += [
+            HiViTBlock(embed_dim // 2, 0, bridge_mlp_ratio, drop_path=next(dpr), **kw) for _ in range(mlp_depth2)
+        ]
+        blocks.append(PatchMerge(embed_dim // 2))
+        blocks += [HiViTBlock(embed_dim, num_heads, mlp_ratio, drop_path=next(dpr), **kw) for _ in range(depth)]
+        self.blocks = nn.ModuleList(blocks)
+
+        self.pyramid = FeaturePyramid(embed_dim, fpn_dim, fpn_depth, mlp_ratio, drop_rate) if num_outs > 1 else None
+        self.fc_norm = LayerNorm(embed_dim) if num_classes > 0 else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+        self.apply(self._init_weights)
+        if self.absolute_pos_embed is not None:
+            if ape_init == "sincos":
+                table = build_sincos2d_pos_embed((self.grid, self.grid), embed_dim)
+                self.absolute_pos_embed.data.copy_(table.reshape(1, num_patches, embed_dim))
+            elif ape_init == "trunc_normal":
+                trunc_normal_(self.absolute_pos_embed, std=0.02)
+            else:
+                raise ConfigError(f"ape_init must be 'trunc_normal' or 'sincos', got {ape_init!r}")
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- timm interface -------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"absolute_pos_embed"}
+
+    def main_block_ids(self) -> list[int]:
+        """Indices into ``blocks`` of every non-merge block (the layers of iTPN's layer-wise lr decay)."""
+        return [i for i, blk in enumerate(self.blocks) if not isinstance(blk, PatchMerge)]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Layer ids of iTPN's ``lr_decay.py``: 0 = patch embedding and position table; every non-merge block its
+        own layer (a merge shares the layer of the block before it); the rest (pyramid, ``fc_norm``, head) last."""
+        main = self.main_block_ids()
+        last = len(main) + 1
+
+        def layer_id(name: str) -> int:
+            if name.startswith(("patch_embed", "absolute_pos_embed")):
+                return 0
+            if name.startswith("blocks."):
+                i = int(name.split(".")[1])
+                while i >= 0 and i not in main:
+                    i -= 1
+                return main.index(i) + 1 if i >= 0 else 0
+            return last
+
+        return layer_id
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = global_pool
+        self.fc_norm = LayerNorm(self.embed_dim) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def rpe_index_for(self, ids_keep: torch.Tensor | None) -> torch.Tensor | None:
+        """Relative-position index for all patches ``[N, N]`` or for each sample's kept patches ``[B, L, L]``."""
+        if self.relative_position_index is None:
+            return None
+        index = self.relative_position_index
+        if ids_keep is None:
+            return index
+        return index[ids_keep[:, :, None], ids_keep[:, None, :]]
+
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int], ids_keep: torch.Tensor | None) -> torch.Tensor:
+        if self.absolute_pos_embed is None:
+            return x
+        pos = self.absolute_pos_embed
+        if grid != (self.grid, self.grid):
+            pos = resample_abs_pos_embed(pos, list(grid), [self.grid, self.grid], num_prefix_tokens=0)
+        if ids_keep is not None:
+            pos = pos.expand(x.shape[0], -1, -1).gather(1, ids_keep[:, :, None].expand(-1, -1, pos.shape[-1]))
+        return x + pos
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        ids_keep: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        collect: Sequence[int] = (),
+    ) -> StageOutputs:
+        """Run stages 1-3.
+
+        Args:
+            x: images ``[B, 3, H, W]``.
+            ids_keep: ``[B, L]`` indices of the patches to keep (MAE-style dropping from the first layer).
+            bool_masked_pos: ``[B, N]`` True where ``mask_token`` replaces the token at the stage-3 input (BEiT
+                style, the CLIP recipe; stages 1-2 see the whole image, as in the official code).
+            mask_token: ``[1, 1, C]`` learnable token for ``bool_masked_pos``.
+            collect: main-block indices (0-based over the ``depth`` attention blocks) whose outputs to return.
+        """
+        if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
+            raise ConfigError(
+                f"image size {x.shape[-2]}x{x.shape[-1]} is not a multiple of the patch size {self.patch_size}; "
+                f"resize or crop to a multiple of {self.patch_size} (data.img_size)"
+            )
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        if self.relative_position_index is not None and grid != (self.grid, self.grid):
+            raise ConfigError(
+                f"input {x.shape[-2]}x{x.shape[-1]} gives a {grid[0]}x{grid[1]} patch grid but the relative position "
+                f"tables were built for img_size {self.grid * self.patch_size}; set the backbone's img_size"
+            )
+        x = self.patch_embed(x)
+        if ids_keep is not None:
+            x = x.gather(1, ids_keep[:, :, None, None, None].expand(-1, -1, *x.shape[2:]))
+        laterals = []
+        for blk in self.blocks[: -self.depth]:
+            if isinstance(blk, PatchMerge):
+                laterals.append(x)
+            x = blk(x)
+        x = x[:, :, 0, 0, :]
+        if bool_masked_pos is not None:
+            if mask_token is None:
+                raise ValueError("bool_masked_pos needs a mask_token")
+            w = bool_masked_pos.unsqueeze(-1).to(x.dtype)
+            x = x * (1 - w) + mask_token.to(x.dtype) * w
+        x = self.pos_drop(self._pos_embed(x, grid, ids_keep))
+        rpe_index = self.rpe_index_for(ids_keep)
+        collected = {}
+        for i, blk in enumerate(self.blocks[-self.depth :]):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, rpe_index, use_reentrant=False)
+            else:
+                x = blk(x, rpe_index)
+            if i in collect:
+                collected[i] = x
+        return StageOutputs(x, laterals, rpe_index, collected)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> stage-3 tokens ``[B, N, C]``."""
+        return self.forward_tokens(x).tokens
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_pyramid(self, images: torch.Tensor, num_outs: int | None = None) -> list[torch.Tensor]:
+        """Multi-scale maps for dense heads: ``[P4, P8, P16]`` (strides 4, 8, 16, ``fpn_dim`` channels, ``NCHW``),
+        followed by average-pooled P32 (``num_outs >= 4``) and P64 (``num_outs == 5``) as the official detection
+        configs use them."""
+        if self.pyramid is None:
+            raise ConfigError("this HiViT has no pyramid; build it with num_outs 3, 4 or 5 (backbone_kwargs)")
+        num_outs = self.num_outs if num_outs is None else num_outs
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        out = self.forward_tokens(images)
+        p16, p8, p4 = (tokens_to_map(p, grid) for p in self.pyramid(out.tokens, out.laterals))
+        maps = [p4, p8, p16]
+        while len(maps) < num_outs:
+            maps.append(F.avg_pool2d(maps[-1], kernel_size=2, stride=2))
+        return maps
+
+
+# ---- official checkpoints ------------------------------------------------------------------------------------
+def _unwrap(state_dict: dict) -> dict:
+    for key in ("model", "module", "state_dict"):
+        if isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    # strip a wrapper prefix (DDP ``module.``, our Lightning modules' ``encoder.`` / ``backbone.``)
+    anchor = "patch_embed.proj.weight"
+    prefix = next((k[: -len(anchor)] for k in state_dict if k.endswith(anchor)), "")
+    if prefix:
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return state_dict
+
+
+def checkpoint_filter_fn(state_dict: dict, model: HiViT) -> dict[str, torch.Tensor]:
+    """Map an official iTPN checkpoint (pixel pre-training, CLIP pre-training or fine-tuned classifier; also our own
+    Lightning checkpoints) onto :class:`HiViT`'s state_dict.
+
+    * the wrapper (``{'model': ...}``, ``module.``) is removed; a Lightning checkpoint's ``encoder.`` / ``backbone.``
+      prefix too;
+    * the pyramid's top-level official names go under ``pyramid.`` (or are dropped for a model without pyramid);
+    * pre-training-only heads (``decoder_*``, ``mask_token``, ``lm_head`` ...) are dropped and reported;
+    * a model with ``rpe`` loading a checkpoint trained without it (pixel pre-training -> fine-tuning, as the
+      official recipe does) keeps its zero-initialised bias tables; a missing classifier keeps its fresh init; a
+      ``block_*to*.1`` missing from an ``fpn_depth=1`` checkpoint keeps its random init (official seg configs);
+    * ``absolute_pos_embed`` (bicubic) and the relative position bias tables (timm's BEiT-style resize) are resampled
+      to the model's grid, e.g. for fine-tuning at 384 px;
+    * any other shape difference means another variant: a ConfigError names the key and both shapes.
+    """
+    state_dict = _unwrap(state_dict)
+    target = model.state_dict()
+    out, dropped, fresh = {}, [], []
+    for key, value in state_dict.items():
+        top = key.split(".")[0]
+        if top in PYRAMID_KEYS:
+            if model.pyramid is None:
+                dropped.append(key)
+                continue
+            key = f"pyramid.{key}"
+        elif top in PRETRAIN_ONLY_KEYS:
+            dropped.append(key)
+            continue
+        if key not in target:
+            dropped.append(key)
+            continue
+        if key == "absolute_pos_embed" and value.shape != target[key].shape:
+            old = int(math.isqrt(value.shape[1]))
+            value = resample_abs_pos_embed(value, [model.grid, model.grid], [old, old], num_prefix_tokens=0)
+        if key.endswith("relative_position_bias_table") and value.shape != target[key].shape:
+            value = resize_rel_pos_bias_table(value, (model.grid, model.grid), tuple(target[key].shape))
+        if value.shape != target[key].shape and not key.startswith(("head.", "fc_norm.")):
+            raise ConfigError(
+                f"checkpoint does not fit this model variant: '{key}' has shape {list(value.shape)} in the checkpoint "
+                f"but {list(target[key].shape)} in the model (embed_dim={model.embed_dim}, depth={model.depth}, "
+                f"img_size={model.grid * model.patch_size}); choose the backbone the checkpoint was trained with"
+            )
+        out[key] = value
+    for key, value in target.items():
+        if key not in out and (
+            key.startswith(("head.", "fc_norm.")) or "relative_position_bias_table" in key or "block_" in key
+        ):
+            out[key] = value
+            fresh.append(key)
+    if dropped:
+        log.warning(
+            "iTPN checkpoint: dropped %d pre-training-only tensors, harmless for this model (%s ...)",
+            len(dropped),
+            ", ".join(dropped[:4]),
+        )
+    if fresh:
+        log.warning(
+            "iTPN checkpoint: %d tensors not in the checkpoint keep their fresh init (%s ...)",
+            len(fresh),
+            ", ".join(fresh[:4]),
+        )
+    return out
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": True,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "itpn_base_3324_patch16_224": _cfg(),
+        "itpn_large_2240_patch16_224": _cfg(),
+        "itpn_large_2240_patch16_256": _cfg(input_size=(3, 256, 256), crop_pct=1.0),
+    }
+)
+
+ITPN_BASE = dict(embed_dim=512, mlp_depth=3, depth=24, num_heads=8, bridge_mlp_ratio=3.0, mlp_ratio=4.0)
+ITPN_LARGE = dict(embed_dim=768, mlp_depth=2, depth=40, num_heads=12, bridge_mlp_ratio=3.0, mlp_ratio=4.0)
+
+
+def _create(variant: str, pretrained: bool, arch: dict, **kwargs) -> HiViT:
+    return build_model_with_cfg(
+        HiViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(arch, **kwargs)
+    )
+
+
+@register_model
+def itpn_base_3324_patch16_224(pretrained: bool = False, **kwargs) -> HiViT:
+    """iTPN-B / HiViT-B "3324": widths 128/256/512, blocks 3/3/24, 8 heads (79M with the 1000-class head)."""
+    return _create("itpn_base_3324_patch16_224", pretrained, ITPN_BASE, **kwargs)
+
+
+@register_model
+def itpn_large_2240_patch16_224(pretrained: bool = False, **kwargs) -> HiViT:
+    """iTPN-L / HiViT-L "2240": widths 192/384/768, blocks 2/2/40, 12 heads (288M)."""
+    return _create("itpn_large_2240_patch16_224", pretrained, ITPN_LARGE, **kwargs)
+
+
+@register_model
+def itpn_large_2240_patch16_256(pretrained: bool = False, **kwargs) -> HiViT:
+    """iTPN-L at 256 px (a 16x16 grid): Table 1's "HiViT-L/14", matched to a CLIP-L/14 teacher at 224."""
+    return _create("itpn_large_2240_patch16_256", pretrained, ITPN_LARGE, **dict({"img_size": 256}, **kwargs))
