@@ -85,7 +85,10 @@ def forward_flops_per_sample(model: L.LightningModule, batch: dict) -> float:
     one = {k: v[:1] for k, v in batch.items()}
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()
-        model(one["image"])
+        if hasattr(model, "flop_forward"):  # the task's own training forward (e.g. masking, teacher, decoder)
+            model.flop_forward(one)
+        else:
+            model(one["image"])
         model.train()
     return float(counter.get_total_flops())
 

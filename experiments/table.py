@@ -35,6 +35,8 @@ class Row:
         args = self.toy.get("args", []) if scale == "toy" else []
         if "--run_name" in args:
             return args[args.index("--run_name") + 1]
+        if scale != "toy" and self.pretrain:  # rows sharing a fine-tune recipe differ by their pre-training
+            return f"{Path(self.config).stem}__{Path(self.pretrain).stem}"
         return Path(self.toy.get("config", self.config) if scale == "toy" else self.config).stem
 
     def commands(self, scale: str, runs: str = "runs") -> list[list[str]] | None:
@@ -51,6 +53,8 @@ class Row:
             config, args = self.toy["config"], [str(a) for a in self.toy.get("args", [])]
         else:
             pre_config, pre_args, config, args = self.pretrain, [], self.config, []
+            if self.pretrain:
+                args = ["--run_name", self.run_name(scale)]
         steps = []
         if pre_config is not None:
             steps.append(["fit", "--config", pre_config, *pre_args])

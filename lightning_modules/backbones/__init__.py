@@ -78,6 +78,9 @@ def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False)
     if unexpected:
         raise ConfigError(f"pretrained {path}: keys not in {type(model).__name__}: {unexpected[:10]}")
     allowed_missing = set(skipped)
+    # a pre-training checkpoint has no classifier: the model's fresh one stays (e.g. MVP -> timm BEiT fine-tuning)
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
+    allowed_missing |= {k for k in missing if k.startswith((f"{classifier}.", "fc_norm."))}
     really_missing = [k for k in missing if k not in allowed_missing]
     if really_missing:
         raise ConfigError(f"pretrained {path}: model keys missing from the checkpoint: {really_missing[:10]}")

@@ -579,7 +579,8 @@ def checkpoint_filter_fn(state_dict: dict, model: HiViT) -> dict[str, torch.Tens
     * the pyramid's top-level official names go under ``pyramid.`` (or are dropped for a model without pyramid);
     * pre-training-only heads (``decoder_*``, ``mask_token``, ``lm_head`` ...) are dropped and reported;
     * a model with ``rpe`` loading a checkpoint trained without it (pixel pre-training -> fine-tuning, as the
-      official recipe does) keeps its zero-initialised bias tables; a missing classifier keeps its fresh init; a
+      official recipe does) keeps its zero-initialised bias tables; layer-scale factors missing from a checkpoint
+      trained without them keep their init; a missing classifier keeps its fresh init; a
       ``block_*to*.1`` missing from an ``fpn_depth=1`` checkpoint keeps its random init (official seg configs);
     * ``absolute_pos_embed`` (bicubic) and the relative position bias tables (timm's BEiT-style resize) are resampled
       to the model's grid, e.g. for fine-tuning at 384 px;
@@ -615,8 +616,9 @@ def checkpoint_filter_fn(state_dict: dict, model: HiViT) -> dict[str, torch.Tens
         out[key] = value
     for key, value in target.items():
         if key not in out and (
-            key.startswith(("head.", "fc_norm.")) or "relative_position_bias_table" in key or "block_" in key
-        ):
+            key.startswith(("head.", "fc_norm.")) or key.endswith(("gamma_1", "gamma_2"))
+            or "relative_position_bias_table" in key or "block_" in key
+        ):  # fmt: skip
             out[key] = value
             fresh.append(key)
     if dropped:

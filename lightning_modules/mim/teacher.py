@@ -109,7 +109,7 @@ class ClipTeacher(nn.Module):
                 f"{teacher_dim}; set --model.init_args.teacher.teacher_dim {model_config.projection_dim} "
                 "(768 for CLIP-L, 512 for CLIP-B)"
             )
-        if image_size != model_config.image_size:
+        if config is not None and image_size != model_config.image_size:
             raise ConfigError(
                 f"CLIP teacher {source} was built for {model_config.image_size} px but image_size is {image_size}; "
                 f"set the teacher's image_size {model_config.image_size} (inputs of any size are resized to it)"
@@ -123,6 +123,9 @@ class ClipTeacher(nn.Module):
         self.model = model
         self.teacher_dim = int(teacher_dim)
         self.image_size = int(image_size)
+        # a pretrained tower at another resolution (CLIP-L/14 at 196 px gives the 14x14 grid of a 224-px student):
+        # its position embeddings are interpolated bicubically, as the official iTPN wrapper does
+        self.interpolate_pos_encoding = self.image_size != model_config.image_size
         self.input_scaling = input_scaling
         self.patch_size = int(model_config.patch_size)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -172,7 +175,9 @@ class ClipTeacher(nn.Module):
         pixels = self.normalize(images)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=pixels.is_cuda):
             vision = self.model.vision_model
-            hidden = vision(pixel_values=pixels).last_hidden_state
+            hidden = vision(
+                pixel_values=pixels, interpolate_pos_encoding=self.interpolate_pos_encoding
+            ).last_hidden_state
             tokens = vision.post_layernorm(hidden[:, 1:, :])
             features = self.model.visual_projection(tokens)
         features = features.float()

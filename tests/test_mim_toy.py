@@ -1,0 +1,83 @@
+"""Toy MIM pre-training on the CPU, through the command line: the validation loss (fixed masks) falls steadily for the
+iTPN pixel recipe, the iTPN CLIP recipe (tiny random teacher) and MVP, and the checkpoint loads into a classifier.
+
+(The issue's second toy criterion, a linear probe beating random init, is not asserted: at this scale the probe
+accuracies of pre-trained and random encoders are both near chance; the measured numbers are in docs/itpn.md.)"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import timm
+import yaml
+
+from datamodules.imagenet import ImageNetDataModule
+from experiments.cli import main as cli_main
+from lightning_modules.backbones import load_checkpoint_file
+from lightning_modules.classification.probe import linear_probe
+
+DATA = dict(toy_num_classes=4, toy_train_per_class=100, toy_eval_per_class=20, toy_img_size=64)
+
+
+@pytest.fixture(scope="module")
+def toy_shapes(tmp_path_factory):
+    return tmp_path_factory.mktemp("mim") / "shapes"
+
+
+def pretrain(config: str, root: Path, runs: Path, epochs: int, extra: list[str] = ()) -> Path:
+    args = ["fit", "--config", config, "--runs_dir", str(runs), "--run_name", "toy"]
+    args += [
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        str(epochs),
+    ]
+    args += ["--data.init_args.batch_size", "32", "--trainer.enable_progress_bar", "false", *extra]
+    for key, value in DATA.items():
+        args += [f"--data.init_args.{key}", str(value)]
+    cli_main(args)
+    return next(runs.glob("toy/version_*"))
+
+
+def losses(run: Path, key: str) -> list[float]:
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def probe_accuracy(config: str, root: Path, checkpoint: Path | None) -> float:
+    model_args = yaml.safe_load(open(config))["model"]["init_args"]
+    kwargs = {k: v for k, v in model_args["encoder_kwargs"].items() if k not in ("fpn_dim", "fpn_depth")}
+    backbone = timm.create_model(model_args["encoder"], num_classes=0, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint_file(backbone, str(checkpoint))
+    dm = ImageNetDataModule(
+        root=str(root), dataset="toy", batch_size=100, num_workers=0, img_size=64, test_split="test", crop_pct=1.0,
+        repeated_aug=False, pin_memory=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed=0,
+        **{k: v for k, v in DATA.items()},
+    )  # fmt: skip
+    if "pixels" == model_args.get("target"):
+        dm.mean, dm.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    dm.setup("fit")
+    dm.setup("test")
+    train = dm.loader(dm._dataset("train", train=False), train=False)
+    return linear_probe(backbone, train, dm.test_dataloader()).test_accuracy
+
+
+@pytest.mark.parametrize(
+    "config, epochs",
+    [("configs/itpn/toy_pixel.yaml", 6), ("configs/itpn/toy_clip.yaml", 4), ("configs/mvp/toy.yaml", 4)],
+    ids=["itpn-pixel", "itpn-clip", "mvp"],
+)
+def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, toy_shapes, tmp_path):
+    run = pretrain(config, toy_shapes, tmp_path / "runs", epochs)
+    val = losses(run, "val/loss")
+    assert len(val) == epochs and val[-1] < 0.9 * val[0], val
+    assert all(b <= a * 1.02 for a, b in zip(val, val[1:], strict=False)), f"validation loss not steady: {val}"
+    # the pre-trained encoder loads into the classifier's backbone and gives finite features
+    accuracy = probe_accuracy(config, toy_shapes, run / "checkpoints" / "last.ckpt")
+    print(f"{config}: val loss {val}, linear probe {accuracy:.3f}")
+    assert 0.0 <= accuracy <= 1.0
