@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-overhead clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead clean reproduce-%
 
 setup: $(STAMP)
 
@@ -44,6 +44,11 @@ reproduce-%: setup
 bench: setup
 	$(BIN)/python -m experiments bench $(foreach c,$(BENCH_CONFIGS),--config $(c)) --batch-size 8 --steps 5 \
 		--warmup 2 --markdown docs/benchmarks.md $(BENCH_ARGS)
+
+# iTPN pixel pre-training with 75 % masking vs the same model on every patch (the encoder must skip masked patches).
+bench-mim: setup
+	for r in 0.75 0.0; do $(BIN)/python -m experiments bench --config configs/itpn/pretrain_base_pixel_400ep.yaml \
+		--batch-size 8 --steps 4 --warmup 2 --loader-batches 0 --model.init_args.mask_ratio $$r $(BENCH_ARGS); done
 
 # The GPU check a session with a lent device runs (one short script): Visformer-S training at bf16-mixed, with and
 # without torch.compile, rows appended to docs/benchmarks.md with the card's name and MFU.

@@ -70,7 +70,10 @@ def test_odd_batch_under_mixup_is_a_clear_error():
 def test_linear_probe_trains_only_the_classifier():
     model = tiny_classifier(linear_probe=True)
     trainable = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"head.weight", "head.bias"}
+    assert trainable == {"head.1.weight", "head.1.bias"}  # head.0: MAE's BatchNorm without affine
+    assert not model.backbone.head[0].affine
+    plain = tiny_classifier(linear_probe=True, probe_batchnorm=False)
+    assert {n for n, p in plain.backbone.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
 
 
 def test_weight_ema_follows_the_weights():

@@ -18,7 +18,8 @@ TINY_CLIP = dict(
 
 
 def teacher(dim: int = 24, **overrides) -> TeacherConfig:
-    return TeacherConfig(config={**TINY_CLIP, "projection_dim": 24, **overrides}, teacher_dim=dim, image_size=64)
+    config = {**TINY_CLIP, "projection_dim": 24, **overrides}
+    return TeacherConfig(name_or_path=None, config=config, teacher_dim=dim, image_size=64)
 
 
 def pixel_module(**kwargs) -> MaskedImageModeling:
@@ -155,11 +156,7 @@ def test_teacher_width_mismatch_names_both_numbers_and_the_option():
 
 def test_teacher_grid_must_match_the_student():
     with pytest.raises(ConfigError, match="token grid"):
-        clip_module(
-            teacher=TeacherConfig(
-                config={**TINY_CLIP, "projection_dim": 24, "patch_size": 8}, teacher_dim=24, image_size=64
-            )
-        )
+        clip_module(teacher=teacher(patch_size=8))
 
 
 def test_recipe_and_encoder_mismatches_are_config_errors():

@@ -1,8 +1,9 @@
 """Toy MIM pre-training on the CPU, through the command line: the validation loss (fixed masks) falls steadily for the
 iTPN pixel recipe, the iTPN CLIP recipe (tiny random teacher) and MVP, and the checkpoint loads into a classifier.
 
-(The issue's second toy criterion, a linear probe beating random init, is not asserted: at this scale the probe
-accuracies of pre-trained and random encoders are both near chance; the measured numbers are in docs/itpn.md.)"""
+These fast runs use a random CLIP teacher and a few epochs; tests/test_mim_toy_slow.py runs the pixel and CLIP
+recipes for minutes and asserts that a linear probe on the pre-trained encoder beats the same probe at random init.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def toy_shapes(tmp_path_factory):
     return tmp_path_factory.mktemp("mim") / "shapes"
 
 
-def pretrain(config: str, root: Path, runs: Path, epochs: int, extra: list[str] = ()) -> Path:
+def pretrain(config: str, root: Path, runs: Path, epochs: int, extra: list[str] = (), data: dict = DATA) -> Path:
     args = ["fit", "--config", config, "--runs_dir", str(runs), "--run_name", "toy"]
     args += [
         "--data.init_args.root",
@@ -37,7 +38,7 @@ def pretrain(config: str, root: Path, runs: Path, epochs: int, extra: list[str] 
         str(epochs),
     ]
     args += ["--data.init_args.batch_size", "32", "--trainer.enable_progress_bar", "false", *extra]
-    for key, value in DATA.items():
+    for key, value in data.items():
         args += [f"--data.init_args.{key}", str(value)]
     cli_main(args)
     return next(runs.glob("toy/version_*"))
@@ -48,7 +49,7 @@ def losses(run: Path, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
-def probe_accuracy(config: str, root: Path, checkpoint: Path | None) -> float:
+def probe_accuracy(config: str, root: Path, checkpoint: Path | None, data: dict = DATA) -> float:
     model_args = yaml.safe_load(open(config))["model"]["init_args"]
     kwargs = {k: v for k, v in model_args["encoder_kwargs"].items() if k not in ("fpn_dim", "fpn_depth")}
     backbone = timm.create_model(model_args["encoder"], num_classes=0, **kwargs)
@@ -57,7 +58,7 @@ def probe_accuracy(config: str, root: Path, checkpoint: Path | None) -> float:
     dm = ImageNetDataModule(
         root=str(root), dataset="toy", batch_size=100, num_workers=0, img_size=64, test_split="test", crop_pct=1.0,
         repeated_aug=False, pin_memory=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), seed=0,
-        **{k: v for k, v in DATA.items()},
+        **data,
     )  # fmt: skip
     if "pixels" == model_args.get("target"):
         dm.mean, dm.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -68,14 +69,15 @@ def probe_accuracy(config: str, root: Path, checkpoint: Path | None) -> float:
 
 
 @pytest.mark.parametrize(
-    "config, epochs",
-    [("configs/itpn/toy_pixel.yaml", 6), ("configs/itpn/toy_clip.yaml", 4), ("configs/mvp/toy.yaml", 4)],
+    "config, epochs, drop",
+    [("configs/itpn/toy_pixel.yaml", 6, 0.9), ("configs/itpn/toy_clip.yaml", 4, 0.9), ("configs/mvp/toy.yaml", 4, 0.95)],
     ids=["itpn-pixel", "itpn-clip", "mvp"],
 )
-def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, toy_shapes, tmp_path):
-    run = pretrain(config, toy_shapes, tmp_path / "runs", epochs)
+def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, drop, toy_shapes, tmp_path):
+    random_teacher = ["--model.init_args.teacher.name_or_path", "null"] if "clip" in config or "mvp" in config else []
+    run = pretrain(config, toy_shapes, tmp_path / "runs", epochs, random_teacher)
     val = losses(run, "val/loss")
-    assert len(val) == epochs and val[-1] < 0.9 * val[0], val
+    assert len(val) == epochs and val[-1] < drop * val[0], val
     assert all(b <= a * 1.02 for a, b in zip(val, val[1:], strict=False)), f"validation loss not steady: {val}"
     # the pre-trained encoder loads into the classifier's backbone and gives finite features
     accuracy = probe_accuracy(config, toy_shapes, run / "checkpoints" / "last.ckpt")

@@ -24,6 +24,7 @@ can be switched (``supervise``, ``teacher.input_scaling``); see docs/itpn.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import timm
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from timm.models.beit import Beit
 from torch import nn
 
+from datamodules.toy import ensure_written
+from datamodules.toy.clip_teacher import write_toy_clip_teacher
 from experiments.errors import ConfigError
 from lightning_modules.backbones import check_backbone_name
 from lightning_modules.backbones.hivit import HiViT
@@ -52,12 +55,15 @@ class TeacherConfig:
     Args:
         name_or_path: Hugging Face id or local folder (``openai/clip-vit-base-patch16``; CLIP-L:
             ``openai/clip-vit-large-patch14`` with ``teacher_dim: 768``). Loaded only on machines that have it.
-        config: ``CLIPVisionConfig`` arguments for a randomly initialised teacher (tests, toy runs); used instead of
-            ``name_or_path`` when given.
+        config: ``CLIPVisionConfig`` arguments for a randomly initialised teacher (tests, toy runs); used when
+            ``name_or_path`` is null.
         teacher_dim: the teacher's feature width (512 CLIP-B/16, 768 CLIP-L/14); the heads predict this many.
         image_size: the teacher's input size (224; its patch grid must equal the student's).
         input_scaling: ``beit`` reproduces the official ``[0,1] -> [0.5,1]`` rescaling before CLIP normalisation;
             ``clip`` is plain CLIP normalisation.
+        toy_data_root: toy scale only: when ``name_or_path`` does not exist yet, first train a small CLIP vision
+            tower on the toy shapes under this root and save it there (:mod:`datamodules.toy.clip_teacher`), a
+            stand-in for CLIP's semantic features.
     """
 
     name_or_path: str | None = "openai/clip-vit-base-patch16"
@@ -65,6 +71,7 @@ class TeacherConfig:
     teacher_dim: int = 512
     image_size: int = 224
     input_scaling: Literal["beit", "clip"] = "beit"
+    toy_data_root: str | None = None
 
 
 class MaskedImageModeling(SuiteModule):
@@ -176,9 +183,11 @@ class MaskedImageModeling(SuiteModule):
             if mask_type != "block":
                 raise ConfigError("target 'clip' masks the stage-3 / ViT input with mask_type 'block'")
             teacher = teacher if teacher is not None else TeacherConfig()
+            if teacher.toy_data_root and teacher.name_or_path and not Path(teacher.name_or_path).exists():
+                ensure_written(teacher.name_or_path, write_toy_clip_teacher, data_root=teacher.toy_data_root)
             self.__dict__["teacher"] = ClipTeacher(  # outside the module tree: not optimised, not checkpointed
-                name_or_path=None if teacher.config is not None else teacher.name_or_path,
-                config=teacher.config,
+                name_or_path=teacher.name_or_path,
+                config=None if teacher.name_or_path else teacher.config,
                 teacher_dim=teacher.teacher_dim,
                 image_size=teacher.image_size,
                 input_scaling=teacher.input_scaling,
