@@ -70,7 +70,11 @@ def probe_accuracy(config: str, root: Path, checkpoint: Path | None, data: dict 
 
 @pytest.mark.parametrize(
     "config, epochs, drop",
-    [("configs/itpn/toy_pixel.yaml", 6, 0.9), ("configs/itpn/toy_clip.yaml", 4, 0.9), ("configs/mvp/toy.yaml", 4, 0.95)],
+    [
+        ("configs/itpn/toy_pixel.yaml", 6, 0.9),
+        ("configs/itpn/toy_clip.yaml", 4, 0.9),
+        ("configs/mvp/toy.yaml", 4, 0.95),
+    ],
     ids=["itpn-pixel", "itpn-clip", "mvp"],
 )
 def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, drop, toy_shapes, tmp_path):

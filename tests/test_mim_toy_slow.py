@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_mim_toy import losses, pretrain, probe_accuracy
+from tests.test_mim_toy import losses, pretrain, probe_accuracy
 
 FULL_TOY = dict(toy_num_classes=10, toy_train_per_class=300, toy_eval_per_class=60, toy_img_size=64)
 

@@ -42,7 +42,6 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     Mlp,
@@ -56,6 +55,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from experiments.errors import ConfigError
+from lightning_modules.backbones.common import imagenet_cfg
 
 __all__ = ["HiViT", "FeaturePyramid", "HiViTBlock", "checkpoint_filter_fn", "PYRAMID_KEYS", "PRETRAIN_ONLY_KEYS"]
 
@@ -637,20 +637,7 @@ def checkpoint_filter_fn(state_dict: dict, model: HiViT) -> dict[str, torch.Tens
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.proj",
-        "classifier": "head",
-        "license": "mit",
-        **kwargs,
-    }
+    return imagenet_cfg(first_conv="patch_embed.proj", license="mit", **kwargs)
 
 
 default_cfgs = generate_default_cfgs(

@@ -28,11 +28,12 @@ timm's ``LayerNorm2d`` (normalisation over channels at every position), which is
 from __future__ import annotations
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.visformer import Visformer
 from torch import nn
+
+from lightning_modules.backbones.common import imagenet_cfg
 
 __all__ = ["checkpoint_filter_fn", "TRANSITION_MODELS"]
 
@@ -62,21 +63,7 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
 
 
 def _cfg(**kwargs) -> dict:
-    return {
-        "url": "",
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "pool_size": (7, 7),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "fixed_input_size": True,
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "stem.0",
-        "classifier": "head",
-        "license": "apache-2.0",
-        **kwargs,
-    }
+    return imagenet_cfg(pool_size=(7, 7), first_conv="stem.0", license="apache-2.0", **kwargs)
 
 
 # Official ``net1`` ... ``net7`` flags (danczs/Visformer models.py), in timm's argument names.
