@@ -149,3 +149,19 @@ def test_other_resolutions_are_resized():
 def test_rejects_wrong_input_shape():
     with pytest.raises(ValueError, match="B, 3, H, W"):
         tiny()(torch.rand(2, 1, 32, 32))
+
+
+def test_saved_tower_runs_at_another_resolution_with_interpolated_positions(tmp_path, monkeypatch):
+    """CLIP-L/14 at 196 px gives the 14x14 grid of a 224-px student: a saved tower at another size interpolates its
+    position table (as the official wrapper does) instead of refusing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(**{**TINY, "image_size": 32, "patch_size": 4})
+    torch.manual_seed(0)
+    CLIPVisionModelWithProjection(config).save_pretrained(tmp_path / "clip")
+    native = ClipTeacher(name_or_path=str(tmp_path / "clip"), teacher_dim=24, image_size=32)
+    smaller = ClipTeacher(name_or_path=str(tmp_path / "clip"), teacher_dim=24, image_size=24)
+    images = torch.rand(2, 3, 24, 24)
+    assert smaller.grid == 6 and smaller(images).shape == (2, 36, 24)
+    assert native.grid == 8 and native(images).shape == (2, 64, 24)  # resized to its own 32 px instead
