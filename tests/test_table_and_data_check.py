@@ -56,6 +56,19 @@ def test_reproduce_toy_commands_run_the_toy_variants():
     assert any("visformer_small_in1k.yaml" in c for c in full) and len(full) == len(load_table("visformer")[1])
 
 
+def test_rows_with_a_pretraining_step_run_it_first_and_fine_tune_from_its_checkpoint():
+    toy = reproduce_commands("itpn", "toy")
+    assert toy[0].endswith("--config configs/itpn/toy_pixel.yaml --run_name toy_itpn_base_pixel")
+    assert "configs/itpn/toy_finetune.yaml" in toy[1]
+    assert "--model.init_args.pretrained 'runs/toy_itpn_base_pixel/version_*/checkpoints/last.ckpt'" in toy[1]
+    full = reproduce_commands("itpn", "full")
+    _, rows = load_table("itpn")
+    assert len(full) == 2 * len(rows)  # one pre-training and one fine-tuning per row
+    # rows sharing a fine-tuning recipe write distinct run folders, named after their pre-training
+    names = {row.run_name("full") for row in rows}
+    assert len(names) == len(rows) and "finetune_base_pixel__pretrain_base_pixel_400ep" in names
+
+
 def test_data_check_names_missing_and_corrupt_files(toy_imagenet, tmp_path, capsys):
     root = tmp_path / "damaged"
     shutil.copytree(toy_imagenet, root)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
@@ -67,7 +68,7 @@ def write_toy_clip_teacher(
         loader = dm.train_dataloader()
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.1)
         model.train()
-        for _ in range(epochs):
+        for _ in tqdm(range(epochs), desc="training the toy CLIP teacher", unit="epoch"):
             for batch in loader:
                 logits = head(model(pixel_values=batch["image"]).image_embeds)
                 loss = F.cross_entropy(logits, batch["target"], label_smoothing=0.1)
