@@ -188,3 +188,21 @@ def test_linear_probe_solver_on_separable_features():
     assert result.train_accuracy == 1.0 and result.test_accuracy > 0.97
     shuffled = fit_linear_probe(x[:200], y[:200][torch.randperm(200)], x[200:], y[200:])
     assert shuffled.test_accuracy < 0.6
+
+
+@pytest.mark.parametrize("recipe", ["pixel", "clip", "mvp"])
+def test_every_trainable_parameter_gets_a_gradient(recipe):
+    """DDP without find_unused_parameters needs it: no module of the model may sit unused by the loss."""
+    if recipe == "pixel":
+        module = pixel_module()
+    elif recipe == "clip":
+        module = clip_module()
+    else:
+        module = MaskedImageModeling(
+            encoder="beit_base_patch16_224", encoder_kwargs=dict(img_size=64, embed_dim=64, depth=2, num_heads=2),
+            target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2, teacher=teacher(),
+            feature_loss="cosine", supervise="masked",
+        )  # fmt: skip
+    module.shared_step({"image": torch.rand(2, 3, 64, 64)}, seed=0)["loss"].backward()
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []

@@ -149,6 +149,10 @@ class MaskedImageModeling(SuiteModule):
         if not isinstance(self.encoder, (HiViT, Beit)):
             raise ConfigError(f"encoder '{encoder}' is neither an iTPN/HiViT nor a BEiT-style ViT (timm 'beit_*')")
         self.is_itpn = isinstance(self.encoder, HiViT)
+        if not self.is_itpn and getattr(self.encoder, "fc_norm", None) is not None:
+            # timm's BEiT pools through fc_norm, which pre-training never uses (every parameter must get a gradient
+            # under DDP); fine-tuning starts it fresh, as BEiT does
+            self.encoder.fc_norm = nn.Identity()
         if self.is_itpn and self.encoder.pyramid is None:
             raise ConfigError("the iTPN recipes need the pyramid; leave encoder_kwargs.num_outs at 3")
         if grad_checkpointing:
