@@ -92,7 +92,10 @@ def test_killed_sweep_resumes_from_its_sqlite_file(tmp_path):
     while time.time() < deadline:  # kill it once one trial has completed
         time.sleep(1)
         if db.exists():
-            study = optuna.load_study(study_name="toy", storage=f"sqlite:///{db}")
+            try:
+                study = optuna.load_study(study_name="toy", storage=f"sqlite:///{db}")
+            except KeyError:  # the file exists before the sweep has written its study record
+                continue
             if study.get_trials(states=(TrialState.COMPLETE,)):
                 break
     proc.send_signal(signal.SIGKILL)
