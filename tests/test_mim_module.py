@@ -206,3 +206,9 @@ def test_every_trainable_parameter_gets_a_gradient(recipe):
     module.shared_step({"image": torch.rand(2, 3, 64, 64)}, seed=0)["loss"].backward()
     unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []
+
+
+def test_teacher_config_reads_a_command_line_null_as_none():
+    assert TeacherConfig(name_or_path="None", toy_data_root="null").name_or_path is None
+    assert TeacherConfig(name_or_path="None", toy_data_root="null").toy_data_root is None
+    assert TeacherConfig(name_or_path="openai/clip-vit-base-patch16").name_or_path == "openai/clip-vit-base-patch16"

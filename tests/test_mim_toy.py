@@ -80,6 +80,7 @@ def probe_accuracy(config: str, root: Path, checkpoint: Path | None, data: dict 
 def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, drop, toy_shapes, tmp_path):
     random_teacher = ["--model.init_args.teacher.name_or_path", "null"] if "clip" in config or "mvp" in config else []
     run = pretrain(config, toy_shapes, tmp_path / "runs", epochs, random_teacher)
+    assert not Path("None").exists()  # "null" reached the module as None, not as a folder name
     val = losses(run, "val/loss")
     assert len(val) == epochs and val[-1] < drop * val[0], val
     assert all(b <= a * 1.02 for a, b in zip(val, val[1:], strict=False)), f"validation loss not steady: {val}"

@@ -73,6 +73,12 @@ class TeacherConfig:
     input_scaling: Literal["beit", "clip"] = "beit"
     toy_data_root: str | None = None
 
+    def __post_init__(self) -> None:
+        # a command-line `--model.init_args.teacher.name_or_path null` can arrive as the string 'None'
+        for name in ("name_or_path", "toy_data_root"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).strip() in ("None", "null", ""):
+                setattr(self, name, None)
+
 
 class MaskedImageModeling(SuiteModule):
     """Masked image modeling pre-training (iTPN pixel / CLIP, MVP).
