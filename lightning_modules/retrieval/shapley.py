@@ -1,0 +1,195 @@
+"""Shapley values and Shapley interactions: exact enumeration, batched Monte-Carlo sampling, and a neural estimator.
+
+LOUPE (Li et al., "Fine-Grained Semantically Aligned Vision-Language Pre-Training", NeurIPS 2022, arXiv 2208.02515)
+treats image patches (token level) or regions and phrases (semantics level) as players of a cooperative game whose
+payoff ``v(S)`` is an image-text similarity computed from the kept players only. The paper's text was not available
+to us; the definitions below are the standard ones LOUPE builds on (recorded in docs/loupe.md):
+
+* Shapley value of player ``i`` in a game on players ``N`` (Shapley 1953)::
+
+      phi(i | N) = sum_{S subset N \\ {i}} |S|! (n - |S| - 1)! / n! * [v(S + {i}) - v(S)]
+
+  equivalently the expected marginal contribution of ``i`` to the players that precede it in a uniformly random
+  order of ``N``.
+* Shapley interaction of a coalition ``S`` (Zhang et al., "Interpreting Multivariate Shapley Interactions in DNNs",
+  AAAI 2021), treating ``S`` as one player ``[S]``::
+
+      I([S]) = phi([S] | N \\ S + {[S]}) - sum_{i in S} phi(i | N \\ S + {i})
+
+  Positive: the members of ``S`` cooperate (a semantic unit); zero for an additive game.
+
+Monte-Carlo estimator (:func:`mc_interaction`). One random order of the players ``N \\ S`` plus the unit ``[S]`` is
+drawn per sample: every player gets a uniform key and the unit a key ``u``; the predecessors are the players with a
+key below ``u``. Using the same order for ``[S]`` and for each ``i in S`` (common random numbers), one sample of the
+interaction is::
+
+      v(P + S) - sum_{i in S} v(P + {i}) + (|S| - 1) v(P)
+
+which is unbiased for ``I([S])`` (each term is the permutation-sampling estimate of its own game, whose order is
+uniform) and needs ``|S| + 2`` payoffs. Everything is batched: the payoff function receives one tensor of coalition
+masks for all games, coalitions and samples at once (no Python loop over coalitions or samples).
+
+:class:`NeuralShapleyEstimator` is LOUPE's "uncertainty-aware neural Shapley interaction learning": a small network
+predicts the interaction (mean) and its uncertainty (variance) from features of the coalition, trained on sampled
+estimates with a Gaussian negative log-likelihood; where its predicted standard deviation is low it replaces
+sampling (:meth:`NeuralShapleyEstimator.confident`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Payoff = Callable[[Tensor], Tensor]  # bool masks [..., n] -> payoffs [...]
+
+
+def _shapley_weights(n: int) -> list[float]:
+    """``w[s] = s! (n - s - 1)! / n!``: the weight of a coalition of size ``s`` not holding the player."""
+    return [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
+
+
+def exact_group_shapley(v: Payoff, n: int, groups: list[list[int]], target: int) -> float:
+    """Exact Shapley value of ``groups[target]`` in the game whose players are the ``groups`` (disjoint index lists
+    of the ``n`` base players; base players in no group are always absent). Enumerates all ``2**(g-1)`` coalitions."""
+    g = len(groups)
+    others = [k for k in range(g) if k != target]
+    weights = _shapley_weights(g)
+    masks_without, masks_with, coeffs = [], [], []
+    for size in range(g):
+        for subset in itertools.combinations(others, size):
+            mask = torch.zeros(n, dtype=torch.bool)
+            for k in subset:
+                mask[groups[k]] = True
+            masks_without.append(mask)
+            with_target = mask.clone()
+            with_target[groups[target]] = True
+            masks_with.append(with_target)
+            coeffs.append(weights[size])
+    gain = v(torch.stack(masks_with)).double() - v(torch.stack(masks_without)).double()
+    return float((gain * torch.tensor(coeffs, dtype=torch.float64)).sum())
+
+
+def exact_shapley(v: Payoff, n: int) -> Tensor:
+    """Exact Shapley values ``[n]`` of every player (``2**n`` payoffs per player; for tests and tiny games)."""
+    groups = [[i] for i in range(n)]
+    return torch.tensor([exact_group_shapley(v, n, groups, i) for i in range(n)], dtype=torch.float64)
+
+
+def exact_interaction(v: Payoff, n: int, coalition: list[int]) -> float:
+    """Exact Shapley interaction ``I([S])`` of ``coalition`` (Zhang et al. 2021) by enumeration."""
+    rest = [[j] for j in range(n) if j not in coalition]
+    unit = exact_group_shapley(v, n, rest + [list(coalition)], len(rest))
+    singles = sum(exact_group_shapley(v, n, rest + [[i]], len(rest)) for i in coalition)
+    return unit - singles
+
+
+def mc_interaction(
+    v: Payoff, coalitions: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Monte-Carlo Shapley interactions of many coalitions at once.
+
+    Args:
+        v: payoff function, bool masks ``[..., n]`` -> payoffs ``[...]`` (called once, on a
+            ``[*batch, num_samples, k_max + 2, n]`` tensor).
+        coalitions: bool ``[*batch, n]``, the coalition ``S`` of each game (at least one member each).
+        num_samples: random orders per coalition.
+        generator: random generator (on the device of ``coalitions``) for reproducible estimates.
+
+    Returns:
+        ``(mean, stderr)``, each ``[*batch]``: the estimate of ``I([S])`` and its standard error
+        (sample std / sqrt(num_samples)).
+    """
+    if coalitions.dtype != torch.bool:
+        raise TypeError("coalitions must be a bool mask [..., n]")
+    sizes = coalitions.sum(-1)
+    if (sizes < 1).any():
+        raise ValueError("every coalition needs at least one player")
+    *batch, n = coalitions.shape
+    k_max = int(sizes.max())
+    device = coalitions.device
+    keys = torch.rand(*batch, num_samples, n, device=device, generator=generator)
+    unit_key = torch.rand(*batch, num_samples, 1, device=device, generator=generator)
+    members = coalitions.unsqueeze(-2)  # [*batch, 1, n]
+    preceding = (keys < unit_key) & ~members  # P: players of N \ S ordered before [S]
+    # member indices padded to k_max (padding repeats a member and is weighted 0)
+    order = torch.argsort((~coalitions).to(torch.int8), dim=-1, stable=True)[..., :k_max]  # members first
+    valid = torch.arange(k_max, device=device) < sizes.unsqueeze(-1)  # [*batch, k_max]
+    singles = F.one_hot(order, n).bool()  # [*batch, k_max, n]
+    masks = torch.cat(
+        [
+            (preceding | members).unsqueeze(-2),  # v(P + S)
+            preceding.unsqueeze(-2),  # v(P)
+            preceding.unsqueeze(-2) | singles.unsqueeze(-3),  # v(P + {i}), i in S
+        ],
+        dim=-2,
+    )  # [*batch, M, k_max + 2, n]
+    payoff = v(masks).to(torch.float64)
+    single_sum = (payoff[..., 2:] * valid.unsqueeze(-2)).sum(-1)
+    samples = payoff[..., 0] - single_sum + (sizes.unsqueeze(-1) - 1) * payoff[..., 1]  # [*batch, M]
+    mean = samples.mean(-1)
+    stderr = samples.std(-1, unbiased=True) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(mean)
+    return mean.float(), stderr.float()
+
+
+def mc_shapley(
+    v: Payoff, n: int, num_samples: int, batch: tuple[int, ...] = (), generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Monte-Carlo Shapley values ``[*batch, n]`` of every player (permutation sampling, batched) and standard errors.
+
+    Each sample draws one random order; player ``i``'s marginal contribution is ``v(P_i + {i}) - v(P_i)`` with
+    ``P_i`` its predecessors. ``v`` is called once on ``[*batch, num_samples, n, 2, n]`` masks.
+    """
+    keys = torch.rand(*batch, num_samples, n, device=device, generator=generator)
+    preceding = keys.unsqueeze(-1) > keys.unsqueeze(-2)  # [..., i, j]: j precedes i
+    eye = torch.eye(n, dtype=torch.bool, device=keys.device)
+    masks = torch.stack([preceding | eye, preceding], dim=-2)  # [*batch, M, n, 2, n]
+    payoff = v(masks).to(torch.float64)
+    gains = payoff[..., 0] - payoff[..., 1]  # [*batch, M, n]
+    mean = gains.mean(-2)
+    stderr = gains.std(-2, unbiased=True) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(mean)
+    return mean.float(), stderr.float()
+
+
+class NeuralShapleyEstimator(nn.Module):
+    """Uncertainty-aware neural estimate of Shapley interactions (LOUPE's efficient interaction learning).
+
+    A two-layer MLP maps a coalition's feature vector (e.g. the pooled features of a region's patches and of the
+    caption) to a mean and a log-variance. It is trained with the Gaussian negative log-likelihood on sampled
+    estimates (:meth:`loss`), so the variance head learns where the estimate is unreliable; :meth:`confident` marks
+    the coalitions whose predicted standard deviation is below ``max_std``, for which the prediction replaces
+    sampling.
+
+    Args:
+        in_dim: coalition feature width.
+        hidden_dim: hidden width.
+        max_std: the standard deviation under which a prediction is trusted.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 256, max_std: float = 0.05) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU()
+        )
+        self.mean_head = nn.Linear(hidden_dim, 1)
+        self.log_var_head = nn.Linear(hidden_dim, 1)
+        self.max_std = max_std
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``features [..., in_dim]`` -> ``(mean [...], variance [...])``."""
+        h = self.body(features)
+        return self.mean_head(h).squeeze(-1), self.log_var_head(h).squeeze(-1).clamp(-12, 6).exp()
+
+    def loss(self, features: Tensor, targets: Tensor) -> Tensor:
+        """Gaussian negative log-likelihood of sampled interaction estimates ``targets [...]`` (detached)."""
+        mean, var = self(features)
+        return F.gaussian_nll_loss(mean, targets.detach(), var)
+
+    def confident(self, variance: Tensor) -> Tensor:
+        """Bool mask of the predictions to use instead of sampling."""
+        return variance.sqrt() < self.max_std

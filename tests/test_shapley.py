@@ -1,0 +1,161 @@
+"""Shapley values and interactions: exact enumeration on games with known answers, Monte-Carlo estimates against the
+exact values within sampling error (and shrinking with more samples), batching, and the neural estimator."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lightning_modules.retrieval.shapley import (
+    NeuralShapleyEstimator,
+    exact_interaction,
+    exact_shapley,
+    mc_interaction,
+    mc_shapley,
+)
+
+
+def additive(weights: torch.Tensor):
+    return lambda masks: (masks.to(weights.dtype) * weights).sum(-1)
+
+
+def unanimity(members: list[int], n: int):
+    need = torch.zeros(n, dtype=torch.bool)
+    need[members] = True
+    return lambda masks: (masks | ~need).all(-1).double()
+
+
+def random_game(n: int, seed: int):
+    """A random game with interactions: a table of payoffs over all 2**n coalitions, looked up by bitmask."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(2**n, generator=gen, dtype=torch.float64)
+    table[0] = 0.0
+    bits = 2 ** torch.arange(n)
+
+    def v(masks: torch.Tensor) -> torch.Tensor:
+        return table[(masks.long() * bits).sum(-1)]
+
+    return v
+
+
+def test_exact_shapley_of_known_games():
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)
+    torch.testing.assert_close(exact_shapley(additive(w), 4), w)
+    # unanimity game on {0, 2}: the two members share the unit payoff, the others get nothing
+    torch.testing.assert_close(
+        exact_shapley(unanimity([0, 2], 4), 4), torch.tensor([0.5, 0, 0.5, 0], dtype=torch.float64)
+    )
+
+
+def test_exact_shapley_is_efficient_on_random_games():
+    for seed in range(3):
+        v = random_game(5, seed)
+        phi = exact_shapley(v, 5)
+        full = v(torch.ones(5, dtype=torch.bool)) - v(torch.zeros(5, dtype=torch.bool))
+        assert phi.sum().item() == pytest.approx(full.item())
+
+
+def test_exact_interaction_of_known_games():
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25, 1.0], dtype=torch.float64)
+    assert exact_interaction(additive(w), 5, [0, 2, 3]) == pytest.approx(0.0, abs=1e-12)  # no cooperation
+    # the unit {1, 3} earns 1 together and nothing apart: interaction 1
+    assert exact_interaction(unanimity([1, 3], 5), 5, [1, 3]) == pytest.approx(1.0)
+    # a pair that is half of a 4-member unanimity game: [S] and i each need the other two members
+    # phi([S]) in {[S], 0, 2} = 1/3; phi(i) in {i, 0, 2} = 0 (the other member of S is absent) -> 1/3
+    assert exact_interaction(unanimity([0, 1, 2, 3], 5), 5, [1, 3]) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("n", [4, 6, 8])
+def test_mc_interaction_agrees_with_enumeration_within_sampling_error(n):
+    gen = torch.Generator().manual_seed(n)
+    for seed in range(3):
+        v = random_game(n, seed)
+        coalition = sorted(torch.randperm(n, generator=gen)[: 1 + seed % 3].tolist())
+        exact = exact_interaction(v, n, coalition)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[coalition] = True
+        mean, stderr = mc_interaction(v, mask, 4000, generator=gen)
+        assert abs(mean.item() - exact) < 4 * stderr.item() + 1e-6, (n, coalition, mean, stderr, exact)
+
+
+def test_mc_error_shrinks_with_more_samples():
+    n = 6
+    errors = {}
+    for samples in (50, 3200):
+        err = []
+        for seed in range(8):
+            v = random_game(n, seed)
+            gen = torch.Generator().manual_seed(100 + seed)
+            mask = torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool)
+            exact = exact_interaction(v, n, [0, 2, 3])
+            err.append(abs(mc_interaction(v, mask, samples, generator=gen)[0].item() - exact))
+        errors[samples] = sum(err) / len(err)
+    assert errors[3200] < errors[50] / 3, errors  # ~ sqrt(64) = 8x in expectation
+
+
+def test_mc_shapley_agrees_with_enumeration():
+    v = random_game(6, 7)
+    exact = exact_shapley(v, 6)
+    mean, stderr = mc_shapley(v, 6, 4000, generator=torch.Generator().manual_seed(0))
+    assert ((mean.double() - exact).abs() < 4 * stderr.double() + 1e-6).all(), (mean, exact, stderr)
+
+
+def test_batched_coalitions_equal_one_by_one():
+    v = random_game(6, 1)
+    coalitions = torch.tensor(
+        [[[1, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0]], [[0, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 1]]], dtype=torch.bool
+    )
+    mean, stderr = mc_interaction(v, coalitions, 3000, generator=torch.Generator().manual_seed(0))
+    assert mean.shape == (2, 2) and stderr.shape == (2, 2)
+    for b, r in itertools.product(range(2), range(2)):
+        members = coalitions[b, r].nonzero().flatten().tolist()
+        assert abs(mean[b, r].item() - exact_interaction(v, 6, members)) < 4 * stderr[b, r].item() + 1e-6
+    # a single-member coalition has zero interaction, exactly, for every sample
+    assert mean[0, 1].item() == pytest.approx(0.0, abs=1e-6) and stderr[0, 1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mc_interaction_calls_the_payoff_once():
+    calls = []
+    base = random_game(5, 0)
+
+    def v(masks):
+        calls.append(masks.shape)
+        return base(masks)
+
+    mc_interaction(v, torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.bool), 16)
+    assert calls == [(2, 16, 3 + 2, 5)]  # [coalitions, samples, k_max + 2, n]
+
+
+def similarity_game(n: int, dim: int = 16, seed: int = 0):
+    """LOUPE-like payoff: the cosine between the summed features of the kept players and a 'text' vector."""
+    gen = torch.Generator().manual_seed(seed)
+    feats, text = torch.randn(n, dim, generator=gen), torch.randn(dim, generator=gen)
+
+    def v(masks: torch.Tensor) -> torch.Tensor:
+        pooled = masks.float() @ feats
+        return torch.nn.functional.cosine_similarity(pooled, text.expand_as(pooled), dim=-1).nan_to_num(0.0)
+
+    return v
+
+
+def test_neural_estimator_mean_approaches_the_sampled_targets():
+    torch.manual_seed(0)
+    n = 8
+    v = similarity_game(n)
+    coalitions = torch.rand(128, n) < 0.4
+    coalitions[coalitions.sum(-1) == 0, 0] = True
+    targets, stderr = mc_interaction(v, coalitions, 400, generator=torch.Generator().manual_seed(0))
+    estimator = NeuralShapleyEstimator(n, hidden_dim=64, max_std=0.2)
+    features = coalitions.float()
+    opt = torch.optim.Adam(estimator.parameters(), lr=3e-3)
+    before = (estimator(features)[0] - targets).pow(2).mean().item()
+    for _ in range(2000):
+        opt.zero_grad()
+        estimator.loss(features, targets).backward()
+        opt.step()
+    mean, var = estimator(features)
+    after = (mean - targets).pow(2).mean().item()
+    assert after < 0.05 * before and after < 0.1 * targets.var().item(), (before, after)
+    assert estimator.confident(var).float().mean() > 0.9  # a fitted target set is trusted
