@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -44,7 +46,12 @@ class SuiteDataModule(L.LightningDataModule):
         self.seed = seed
 
     def loader(
-        self, dataset: Dataset, train: bool, sampler: Sampler | None = None, drop_last: bool = False
+        self,
+        dataset: Dataset,
+        train: bool,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        collate_fn: Callable = collate_skipping_corrupt,
     ) -> DataLoader:
         return DataLoader(
             dataset,
@@ -55,5 +62,5 @@ class SuiteDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             drop_last=drop_last,
-            collate_fn=collate_skipping_corrupt,
+            collate_fn=collate_fn,
         )
