@@ -55,8 +55,10 @@ def test_toy_generation_is_deterministic(tmp_path):
 
 
 def test_datamodule_pairs_for_training_and_all_captions_for_evaluation(toy_root):
-    dm = CaptionsDataModule(root=str(toy_root), dataset="toy", batch_size=4, num_workers=0, img_size=64,
-                            pin_memory=False, **{f"toy_{k}": v for k, v in (("train", 24), ("eval", 6), ("img_size", 64))})  # fmt: skip
+    dm = CaptionsDataModule(
+        root=str(toy_root), dataset="toy", batch_size=4, num_workers=0, img_size=64, pin_memory=False,
+        toy_train=24, toy_eval=6, toy_img_size=64,
+    )  # fmt: skip
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 24 * 5
