@@ -27,7 +27,8 @@ def test_toy_itc_retrieval_is_far_above_chance(tmp_path):
     args = [
         "fit", "--config", "configs/loupe/toy_itc.yaml", "--runs_dir", str(tmp_path / "runs"), "--run_name", "toy",
         "--data.init_args.root", str(tmp_path / "scenes"), "--data.init_args.toy_train", "300",
-        "--data.init_args.toy_eval", "50", "--data.init_args.batch_size", "32", "--trainer.check_val_every_n_epoch", "5", "--data.init_args.num_workers", "0",
+        "--data.init_args.toy_eval", "50", "--data.init_args.batch_size", "32", "--data.init_args.num_workers", "0",
+        "--trainer.check_val_every_n_epoch", "5",
         "--trainer.max_epochs", "20", "--trainer.max_steps", "160", "--trainer.enable_progress_bar", "false",
         "--model.init_args.optim.warmup_epochs", "0", "--model.init_args.optim.warmup_steps", "5",
         "--model.init_args.optim.base_lr", "1e-3", "--model.init_args.freeze_text_encoder", "true",

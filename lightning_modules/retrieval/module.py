@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.backbones import check_backbone_name
+from lightning_modules.backbones import check_backbone_name, create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
@@ -81,8 +80,6 @@ class DualEncoderRetrieval(SuiteModule):
         super().__init__(optim)
         self.save_hyperparameters()
         check_backbone_name(image_encoder)
-        from lightning_modules.backbones import create_backbone
-
         self.image_encoder = create_backbone(
             image_encoder, pretrained=image_pretrained, num_classes=0, **(image_encoder_kwargs or {})
         )
