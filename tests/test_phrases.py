@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -51,4 +49,4 @@ def test_rule_chunker_finds_every_object_of_the_toy_captions():
 def test_unknown_chunker_is_an_error():
     with pytest.raises(ValueError, match="noun_chunker"):
         noun_phrases("a dog", chunker="nltk")
-    assert json.dumps(noun_phrases("a dog"))  # plain data, loggable
+    assert noun_phrases("a dog") == [(0, 2, "a dog")]

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from tqdm import tqdm
 
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 TOY_CLIP_CONFIG = dict(
     hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, patch_size=16, image_size=64,
@@ -55,7 +53,7 @@ def write_toy_clip_teacher(
     dm = ImageNetDataModule(
         root=data_root, dataset="imagenet", batch_size=batch_size, num_workers=0, img_size=img_size, test_split="test",
         auto_augment=None, color_jitter=0.0, scale=(0.6, 1.0), re_prob=0.0, crop_pct=1.0, repeated_aug=False,
-        pin_memory=False, persistent_workers=False, mean=CLIP_MEAN, std=CLIP_STD, seed=seed,
+        pin_memory=False, persistent_workers=False, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, seed=seed,
     )  # fmt: skip
     dm.setup("fit")
     with torch.random.fork_rng(devices=[]):

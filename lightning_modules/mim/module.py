@@ -45,8 +45,6 @@ from lightning_modules.mim.masking import BlockMaskGenerator, random_masking
 from lightning_modules.mim.teacher import ClipTeacher
 from lightning_modules.optim import OptimConfig
 
-CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-
 
 @dataclass
 class TeacherConfig:

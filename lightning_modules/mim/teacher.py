@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor, nn
 
 from experiments.errors import ConfigError
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ClipTeacher"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN, CLIP_STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # timm's constants (OpenAI CLIP preprocessing)
 
 
 class ClipTeacher(nn.Module):
