@@ -10,8 +10,10 @@ import torch
 
 from lightning_modules.retrieval.shapley import (
     NeuralShapleyEstimator,
+    exact_group_shapley,
     exact_interaction,
     exact_shapley,
+    mc_coalition_value,
     mc_interaction,
     mc_shapley,
 )
@@ -78,6 +80,46 @@ def test_mc_interaction_agrees_with_enumeration_within_sampling_error(n):
         mask[coalition] = True
         mean, stderr = mc_interaction(v, mask, 4000, generator=gen)
         assert abs(mean.item() - exact) < 4 * stderr.item() + 1e-6, (n, coalition, mean, stderr, exact)
+
+
+@pytest.mark.parametrize("member_samples", [1, 2])
+def test_member_sampling_is_unbiased(member_samples):
+    """Drawing k members per sample (the cheap estimator for large regions) still agrees with enumeration."""
+    n, gen = 7, torch.Generator().manual_seed(3)
+    for seed, coalition in [(0, [0, 2, 3, 5]), (1, [1, 4, 6]), (2, [2])]:
+        v = random_game(n, seed)
+        exact = exact_interaction(v, n, coalition)
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[coalition] = True
+        mean, stderr = mc_interaction(v, mask, 6000, generator=gen, member_samples=member_samples)
+        assert abs(mean.item() - exact) < 4 * stderr.item() + 1e-6, (coalition, mean, stderr, exact)
+
+
+def test_mc_coalition_value_agrees_with_enumeration():
+    n, gen = 6, torch.Generator().manual_seed(5)
+    for seed, coalition in [(0, [1, 2]), (1, [0, 3, 5]), (2, [4])]:
+        v = random_game(n, seed)
+        rest = [[j] for j in range(n) if j not in coalition]
+        exact = exact_group_shapley(v, n, rest + [coalition], len(rest))
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[coalition] = True
+        mean, stderr = mc_coalition_value(v, mask, 4000, generator=gen)
+        assert abs(mean.item() - exact) < 4 * stderr.item() + 1e-6, (coalition, mean, stderr, exact)
+    # a unanimity game on {0, 1}: the unit [0, 1] alone earns the whole payoff
+    mean, _ = mc_coalition_value(unanimity([0, 1], 4), torch.tensor([True, True, False, False]), 64)
+    assert mean.item() == pytest.approx(1.0)
+
+
+def test_member_sampling_calls_fewer_payoffs():
+    shapes = []
+    base = random_game(6, 0)
+
+    def v(masks):
+        shapes.append(masks.shape)
+        return base(masks)
+
+    mc_interaction(v, torch.tensor([[1, 1, 1, 1, 0, 0]], dtype=torch.bool), 8, member_samples=1)
+    assert shapes == [(1, 8, 3, 6)]  # v(P + S), v(P), one v(P + {i}) per sample
 
 
 def test_mc_error_shrinks_with_more_samples():

@@ -31,8 +31,8 @@ masks for all games, coalitions and samples at once (no Python loop over coaliti
 
 :class:`NeuralShapleyEstimator` is LOUPE's "uncertainty-aware neural Shapley interaction learning": a small network
 predicts the interaction (mean) and its uncertainty (variance) from features of the coalition, trained on sampled
-estimates with a Gaussian negative log-likelihood; where its predicted standard deviation is low it replaces
-sampling (:meth:`NeuralShapleyEstimator.confident`).
+estimates with a Gaussian negative log-likelihood (the targets' own sampling variance added to the predicted one);
+where its predicted standard deviation is low it replaces sampling (:meth:`NeuralShapleyEstimator.confident`).
 """
 
 from __future__ import annotations
@@ -89,7 +89,11 @@ def exact_interaction(v: Payoff, n: int, coalition: list[int]) -> float:
 
 
 def mc_interaction(
-    v: Payoff, coalitions: Tensor, num_samples: int, generator: torch.Generator | None = None
+    v: Payoff,
+    coalitions: Tensor,
+    num_samples: int,
+    generator: torch.Generator | None = None,
+    member_samples: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Monte-Carlo Shapley interactions of many coalitions at once.
 
@@ -99,6 +103,10 @@ def mc_interaction(
         coalitions: bool ``[*batch, n]``, the coalition ``S`` of each game (at least one member each).
         num_samples: random orders per coalition.
         generator: random generator (on the device of ``coalitions``) for reproducible estimates.
+        member_samples: ``None`` evaluates ``v(P + {i})`` for every member ``i`` of ``S`` in each sample
+            (``|S| + 2`` payoffs). An integer ``k`` draws ``k`` members uniformly (with replacement) per sample and
+            scales their sum by ``|S| / k``: still unbiased, ``k + 2`` payoffs per sample whatever the region size,
+            at the price of more variance (large regions of patch tokens).
 
     Returns:
         ``(mean, stderr)``, each ``[*batch]``: the estimate of ``I([S])`` and its standard error
@@ -116,21 +124,49 @@ def mc_interaction(
     unit_key = torch.rand(*batch, num_samples, 1, device=device, generator=generator)
     members = coalitions.unsqueeze(-2)  # [*batch, 1, n]
     preceding = (keys < unit_key) & ~members  # P: players of N \ S ordered before [S]
-    # member indices padded to k_max (padding repeats a member and is weighted 0)
     order = torch.argsort((~coalitions).to(torch.int8), dim=-1, stable=True)[..., :k_max]  # members first
-    valid = torch.arange(k_max, device=device) < sizes.unsqueeze(-1)  # [*batch, k_max]
-    singles = F.one_hot(order, n).bool()  # [*batch, k_max, n]
+    if member_samples is None:
+        # every member, indices padded to k_max (padding repeats a member and is weighted 0)
+        weight = (torch.arange(k_max, device=device) < sizes.unsqueeze(-1)).double().unsqueeze(-2)  # [*b, 1, k_max]
+        singles = F.one_hot(order, n).bool().unsqueeze(-3)  # [*batch, 1, k_max, n]
+    else:
+        # k members drawn uniformly per sample, each weighted |S| / k
+        draws = torch.rand(*batch, num_samples, member_samples, device=device, generator=generator)
+        index = (draws * sizes[..., None, None]).long().clamp(max=k_max - 1)  # [*batch, M, k]
+        picked = torch.gather(order.unsqueeze(-2).expand(*batch, num_samples, k_max), -1, index)
+        singles = F.one_hot(picked, n).bool()  # [*batch, M, k, n]
+        weight = (sizes.double() / member_samples)[..., None, None]  # [*batch, 1, 1]
     masks = torch.cat(
         [
             (preceding | members).unsqueeze(-2),  # v(P + S)
             preceding.unsqueeze(-2),  # v(P)
-            preceding.unsqueeze(-2) | singles.unsqueeze(-3),  # v(P + {i}), i in S
+            preceding.unsqueeze(-2) | singles,  # v(P + {i}), i in S (all, or the drawn ones)
         ],
         dim=-2,
-    )  # [*batch, M, k_max + 2, n]
+    )  # [*batch, M, k + 2, n]
     payoff = v(masks).to(torch.float64)
-    single_sum = (payoff[..., 2:] * valid.unsqueeze(-2)).sum(-1)
-    samples = payoff[..., 0] - single_sum + (sizes.unsqueeze(-1) - 1) * payoff[..., 1]  # [*batch, M]
+    gains = payoff[..., 2:] - payoff[..., 1:2]  # v(P + {i}) - v(P)
+    samples = payoff[..., 0] - payoff[..., 1] - (gains * weight).sum(-1)  # [*batch, M]
+    mean = samples.mean(-1)
+    stderr = samples.std(-1, unbiased=True) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(mean)
+    return mean.float(), stderr.float()
+
+
+def mc_coalition_value(
+    v: Payoff, coalitions: Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Monte-Carlo Shapley value ``phi([S] | N \\ S + {[S]})`` of each coalition taken as one player (the first term
+    of the interaction): the mean of ``v(P + S) - v(P)`` over random orders; ``v`` is called once on
+    ``[*batch, num_samples, 2, n]`` masks. Returns ``(mean, stderr)``, each ``[*batch]``."""
+    if coalitions.dtype != torch.bool:
+        raise TypeError("coalitions must be a bool mask [..., n]")
+    *batch, n = coalitions.shape
+    keys = torch.rand(*batch, num_samples, n, device=coalitions.device, generator=generator)
+    unit_key = torch.rand(*batch, num_samples, 1, device=coalitions.device, generator=generator)
+    members = coalitions.unsqueeze(-2)
+    preceding = (keys < unit_key) & ~members
+    payoff = v(torch.stack([preceding | members, preceding], dim=-2)).to(torch.float64)
+    samples = payoff[..., 0] - payoff[..., 1]
     mean = samples.mean(-1)
     stderr = samples.std(-1, unbiased=True) / math.sqrt(num_samples) if num_samples > 1 else torch.zeros_like(mean)
     return mean.float(), stderr.float()
@@ -185,9 +221,15 @@ class NeuralShapleyEstimator(nn.Module):
         h = self.body(features)
         return self.mean_head(h).squeeze(-1), self.log_var_head(h).squeeze(-1).clamp(-12, 6).exp()
 
-    def loss(self, features: Tensor, targets: Tensor) -> Tensor:
-        """Gaussian negative log-likelihood of sampled interaction estimates ``targets [...]`` (detached)."""
+    def loss(self, features: Tensor, targets: Tensor, noise_var: Tensor | None = None) -> Tensor:
+        """Gaussian negative log-likelihood of sampled interaction estimates ``targets [...]`` (detached).
+
+        ``noise_var``: the known sampling variance of each target (its squared standard error). It is added to the
+        predicted variance, so the variance head learns the estimator's own error rather than the Monte-Carlo noise
+        of the targets it is trained on."""
         mean, var = self(features)
+        if noise_var is not None:
+            var = var + noise_var.detach()
         return F.gaussian_nll_loss(mean, targets.detach(), var)
 
     def confident(self, variance: Tensor) -> Tensor:
