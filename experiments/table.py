@@ -29,6 +29,7 @@ class Row:
     source: str = ""
     toy: dict = field(default_factory=dict)
     pretrain: str | None = None  # pre-training config whose last checkpoint the row's (fine-tune) config starts from
+    stage: str = "fit"  # "test": evaluate the config as it is (zero-shot rows), no training
 
     def run_name(self, scale: str) -> str:
         """The run folder name this row's runs use (``--run_name`` in its args, else the config stem)."""
@@ -40,7 +41,8 @@ class Row:
         return Path(self.toy.get("config", self.config) if scale == "toy" else self.config).stem
 
     def commands(self, scale: str, runs: str = "runs") -> list[list[str]] | None:
-        """``fit`` argument lists that produce this row at ``scale``, in order (None: no toy variant).
+        """``fit`` (or, for ``stage: test`` rows, ``test``) argument lists that produce this row at ``scale``, in order
+        (None: no toy variant).
 
         A row with a pre-training step (``pretrain``, or ``toy.pretrain: {config, args}``) first pre-trains, then
         runs its config with ``--model.init_args.pretrained`` set to the pre-training run's newest ``last.ckpt``.
@@ -60,7 +62,10 @@ class Row:
             steps.append(["fit", "--config", pre_config, *pre_args])
             name = pre_args[pre_args.index("--run_name") + 1] if "--run_name" in pre_args else Path(pre_config).stem
             args += ["--model.init_args.pretrained", f"{runs}/{name}/version_*/checkpoints/last.ckpt"]
-        steps.append(["fit", "--config", config, *args, "--test_after_fit", "true"])
+        if self.stage == "test":
+            steps.append(["test", "--config", config, *args])
+        else:
+            steps.append(["fit", "--config", config, *args, "--test_after_fit", "true"])
         return steps
 
 
@@ -76,10 +81,12 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
     rows = []
     for i, raw in enumerate(spec.get("rows", [])):
         missing = {"label", "config", "metric", "paper"} - set(raw)
-        unknown = set(raw) - {"label", "config", "metric", "paper", "source", "toy", "pretrain"}
+        keys = ("label", "config", "metric", "paper", "source", "toy", "pretrain", "stage")
+        unknown = set(raw) - set(keys)
         if missing or unknown:
             raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")
-        keys = ("label", "config", "metric", "paper", "source", "toy", "pretrain")
+        if raw.get("stage", "fit") not in ("fit", "test"):
+            raise ConfigError(f"{path}: row {i} has stage {raw['stage']!r}; use fit or test")
         rows.append(Row(**{k: raw[k] for k in keys if k in raw}))
     return spec, rows
 

@@ -42,7 +42,35 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids:
     return (i2t + t2i) / 2
 
 
-class DualEncoderRetrieval(SuiteModule):
+class RetrievalEvaluation:
+    """Validation and test hooks shared by the retrieval modules: :meth:`embed` gives the global image and caption
+    embeddings of a batch, :class:`ImageTextRetrieval` ranks them, R@K and RSUM are logged as ``val/*`` /
+    ``test/*``. The module creates ``val_metric`` and ``test_metric``."""
+
+    def _evaluate(self, batch: dict, metric: ImageTextRetrieval) -> None:
+        image_emb, text_emb = self.embed(batch)
+        metric.update(image_emb, batch["image_ids"], text_emb, batch["text_image_ids"], batch["text_ids"])
+
+    def _log_metric(self, metric: ImageTextRetrieval, stage: str) -> None:
+        values = metric.compute()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if k != "rsum"})
+        self.log(f"{stage}/rsum", values["rsum"], prog_bar=True)
+        metric.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+
+class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
     """Image-text dual encoder trained with L_CMC, evaluated by R@1/5/10 and RSUM.
 
     Args:
@@ -109,9 +137,11 @@ class DualEncoderRetrieval(SuiteModule):
         pooled = self.image_encoder.forward_head(tokens, pre_logits=True)
         return F.normalize(self.image_proj(pooled), dim=-1), tokens
 
-    def encode_texts(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(global [B, D] l2-normalised, word tokens [B, L, C], attention mask [B, L])``; mean-pooled words."""
-        enc, truncated = self.tokenize(captions, device=self.device)
+    def encode_texts(self, captions: list[str], offsets: bool = False) -> tuple[torch.Tensor, ...]:
+        """``(global [B, D] l2-normalised, word tokens [B, L, C], attention mask [B, L])``; mean-pooled words.
+        With ``offsets`` a fourth item: the character span of each token ``[B, L, 2]``."""
+        enc, truncated = self.tokenize(captions, device=self.device, offsets=offsets)
+        spans = enc.pop("offset_mapping", None)
         if truncated and self._trainer is not None:
             self.log("data/truncated_captions", float(truncated), reduce_fx="sum", on_step=False, on_epoch=True,
                      batch_size=1)  # fmt: skip
@@ -119,7 +149,8 @@ class DualEncoderRetrieval(SuiteModule):
             words = self.text_encoder(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(words.dtype)
         pooled = (words * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return F.normalize(self.text_proj(pooled), dim=-1), words, enc["attention_mask"]
+        out = F.normalize(self.text_proj(pooled), dim=-1), words, enc["attention_mask"]
+        return (*out, spans) if offsets else out
 
     def on_train_epoch_start(self) -> None:
         if self.freeze_text_encoder:
@@ -135,25 +166,6 @@ class DualEncoderRetrieval(SuiteModule):
         self.log("train/temperature", 1 / self.scale(), batch_size=B)
         return loss
 
-    def _evaluate(self, batch: dict, metric: ImageTextRetrieval) -> None:
-        image_emb, _ = self.encode_images(batch["image"])
-        text_emb, _, _ = self.encode_texts(batch["captions"])
-        metric.update(image_emb, batch["image_ids"], text_emb, batch["text_image_ids"], batch["text_ids"])
-
-    def _log_metric(self, metric: ImageTextRetrieval, stage: str) -> None:
-        values = metric.compute()
-        self.log_dict({f"{stage}/{k}": v for k, v in values.items() if k != "rsum"})
-        self.log(f"{stage}/rsum", values["rsum"], prog_bar=True)
-        metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metric)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metric(self.val_metric, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metric)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metric(self.test_metric, "test")
+    def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global image and caption embeddings of an evaluation batch (what retrieval ranks)."""
+        return self.encode_images(batch["image"])[0], self.encode_texts(batch["captions"])[0]

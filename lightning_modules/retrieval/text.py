@@ -70,14 +70,20 @@ class CaptionTokenizer:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.truncated_total = 0
 
-    def __call__(self, captions: list[str], device: torch.device | str | None = None) -> tuple[dict, int]:
-        """``(encoding with input_ids / attention_mask [B, L], number truncated in this batch)``."""
+    def __call__(
+        self, captions: list[str], device: torch.device | str | None = None, offsets: bool = False
+    ) -> tuple[dict, int]:
+        """``(encoding with input_ids / attention_mask [B, L], number truncated in this batch)``; with ``offsets``
+        the encoding also holds ``offset_mapping [B, L, 2]`` (character span of each token; (0, 0) for specials)."""
         full = self.tokenizer(captions, add_special_tokens=True, truncation=False)["input_ids"]
         truncated = sum(len(ids) > self.max_length for ids in full)
         if truncated:
             self.truncated_total += truncated
             log.info("%d of %d captions truncated to %d tokens", truncated, len(captions), self.max_length)
-        enc = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            captions, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt",
+            return_offsets_mapping=offsets,
+        )  # fmt: skip
         if device is not None:
             enc = {k: v.to(device) for k, v in enc.items()}
         return dict(enc), truncated
