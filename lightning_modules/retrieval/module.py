@@ -11,7 +11,9 @@ L_CMC is the symmetric InfoNCE over the batch with a learnable temperature (CLIP
     L_CMC = 1/2 [ CE(s * I T^T, Y) + CE(s * T I^T, Y^T) ]
 
 where ``Y`` marks every caption of the same image as a positive (several captions of one image can share a batch;
-their soft targets are spread uniformly instead of counting them as negatives).
+their soft targets are spread uniformly instead of counting them as negatives). With ``queue_size > 0`` the keys are
+ALBEF's (Li et al. 2021): momentum (EMA) encoders embed the batch, and those embeddings plus a FIFO queue of earlier
+ones are the negatives and positives, so L_CMC sees ``queue_size`` more negatives than the batch holds.
 
 This module is the ITC-only baseline of LOUPE; the token- and semantics-level Shapley objectives (L_TSA, L_FSA) build
 on :mod:`lightning_modules.retrieval.shapley` and on the patch / word tokens this module already exposes
@@ -20,6 +22,7 @@ on :mod:`lightning_modules.retrieval.shapley` and on the patch / word tokens thi
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -33,12 +36,27 @@ from lightning_modules.retrieval.metrics import ImageTextRetrieval
 from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
 
 
-def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, image_ids: torch.Tensor, scale: torch.Tensor):
-    """Symmetric InfoNCE over the batch; captions of the same image are all positives (uniform soft targets)."""
-    logits = scale * image_emb @ text_emb.t()  # [B_images, B_texts]
-    positives = (image_ids[:, None] == image_ids[None, :]).float()
-    i2t = -(positives / positives.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
-    t2i = -(positives.t() / positives.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+def contrastive_loss(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    image_ids: torch.Tensor,
+    scale: torch.Tensor,
+    keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE; captions of the same image are all positives (uniform soft targets).
+
+    Without ``keys`` the batch is contrasted with itself. With ``keys = (image_keys [K, D], text_keys [K, D],
+    key_ids [K])`` (ALBEF's momentum features of the batch followed by the queue) each image is contrasted with the
+    text keys and each caption with the image keys; a key is positive when it comes from the same image.
+    """
+    if keys is None:
+        image_keys, text_keys, key_ids = image_emb, text_emb, image_ids
+    else:
+        image_keys, text_keys, key_ids = keys
+    positives = (image_ids[:, None] == key_ids[None, :]).float()  # [B, K]
+    targets = positives / positives.sum(1, keepdim=True)
+    i2t = -(targets * F.log_softmax(scale * image_emb @ text_keys.t(), dim=1)).sum(1).mean()
+    t2i = -(targets * F.log_softmax(scale * text_emb @ image_keys.t(), dim=1)).sum(1).mean()
     return (i2t + t2i) / 2
 
 
@@ -84,8 +102,12 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         learn_temperature: learn the temperature (clamped at 1/100).
         freeze_text_encoder: keep the pretrained text encoder fixed (only its projection trains): a cheap setting
             for small data and quick runs; LOUPE trains both encoders.
+        queue_size: 0 (default) contrasts within the batch; ``K > 0`` adds ALBEF's momentum queue: EMA copies of the
+            encoders and projections embed each batch, the batch's momentum embeddings and the last ``K`` of them
+            (gathered over DDP ranks) are the keys of L_CMC.
+        momentum: EMA factor of the momentum encoders.
         optim: optimizer and schedule.
-        compile: ``torch.compile`` the image encoder.
+        compile: ``torch.compile`` the image encoder's ``forward_features``.
     """
 
     monitor = "val/rsum"
@@ -102,6 +124,8 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         temperature: float = 0.07,
         learn_temperature: bool = True,
         freeze_text_encoder: bool = False,
+        queue_size: int = 0,
+        momentum: float = 0.995,
         optim: OptimConfig | None = None,
         compile: bool = False,
     ) -> None:
@@ -122,7 +146,22 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         self.logit_scale = nn.Parameter(scale) if learn_temperature else None
         if not learn_temperature:
             self.register_buffer("fixed_logit_scale", scale)
-        self.__dict__["_image_fn"] = torch.compile(self.image_encoder) if compile else None
+        self.__dict__["_features_fn"] = (
+            torch.compile(self.image_encoder.forward_features) if compile else self.image_encoder.forward_features
+        )
+        self.queue_size, self.momentum = queue_size, momentum
+        if queue_size:
+            if queue_size < 1:
+                raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+            self.momentum_encoders = nn.ModuleDict(
+                {"image": copy.deepcopy(self.image_encoder), "image_proj": copy.deepcopy(self.image_proj),
+                 "text_proj": copy.deepcopy(self.text_proj)}
+                | ({} if freeze_text_encoder else {"text": copy.deepcopy(self.text_encoder)})
+            ).requires_grad_(False)  # fmt: skip
+            self.register_buffer("image_queue", torch.zeros(queue_size, embed_dim))
+            self.register_buffer("text_queue", torch.zeros(queue_size, embed_dim))
+            self.register_buffer("queue_ids", torch.full((queue_size,), -1, dtype=torch.long))  # -1: empty slot
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.val_metric = ImageTextRetrieval()
         self.test_metric = ImageTextRetrieval()
 
@@ -133,7 +172,7 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(global [B, D] l2-normalised, tokens [B, N, C])`` (tokens as timm's ``forward_features`` gives them)."""
-        tokens = self.image_encoder.forward_features(images)
+        tokens = self._features_fn(images)
         pooled = self.image_encoder.forward_head(tokens, pre_logits=True)
         return F.normalize(self.image_proj(pooled), dim=-1), tokens
 
@@ -156,11 +195,50 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         if self.freeze_text_encoder:
             self.text_encoder.eval()  # no dropout in a frozen encoder
 
+    # ---- momentum queue ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def momentum_keys(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """EMA-update the momentum encoders, embed the batch with them, and return ``(image keys, text keys, ids)``:
+        the batch's momentum embeddings followed by the queue (empty slots dropped); then enqueue the batch
+        (gathered over DDP ranks). ``None`` without a queue."""
+        if not self.queue_size:
+            return None
+        m = self.momentum_encoders
+        pairs = [(m["image"], self.image_encoder), (m["image_proj"], self.image_proj), (m["text_proj"], self.text_proj)]
+        if "text" in m:
+            pairs.append((m["text"], self.text_encoder))
+        for ema, online in pairs:
+            ema_params, online_params = list(ema.parameters()), list(online.parameters())
+            torch._foreach_lerp_(ema_params, online_params, 1 - self.momentum)
+        tokens = m["image"].forward_features(batch["image"])
+        image_k = F.normalize(m["image_proj"](m["image"].forward_head(tokens, pre_logits=True)), dim=-1)
+        enc, _ = self.tokenize(batch["captions"], device=self.device)
+        words = m["text"](**enc).last_hidden_state if "text" in m else self.text_encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(words.dtype)
+        text_k = F.normalize(m["text_proj"]((words * mask).sum(1) / mask.sum(1).clamp(min=1)), dim=-1)
+        filled = self.queue_ids >= 0
+        keys = (
+            torch.cat([image_k, self.image_queue[filled]]),
+            torch.cat([text_k, self.text_queue[filled]]),
+            torch.cat([batch["image_ids"], self.queue_ids[filled]]),
+        )
+        self._enqueue(image_k, text_k, batch["image_ids"])
+        return keys
+
+    @torch.no_grad()
+    def _enqueue(self, image_k: torch.Tensor, text_k: torch.Tensor, ids: torch.Tensor) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            image_k, text_k, ids = (self.all_gather(t).flatten(0, 1) for t in (image_k, text_k, ids))
+        n = min(len(ids), self.queue_size)
+        slots = (self.queue_ptr + torch.arange(n, device=ids.device)) % self.queue_size
+        self.image_queue[slots], self.text_queue[slots], self.queue_ids[slots] = image_k[-n:], text_k[-n:], ids[-n:]
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
+
     # ---- steps ---------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image_emb, _ = self.encode_images(batch["image"])
         text_emb, _, _ = self.encode_texts(batch["captions"])
-        loss = contrastive_loss(image_emb, text_emb, batch["image_ids"], self.scale())
+        loss = contrastive_loss(image_emb, text_emb, batch["image_ids"], self.scale(), self.momentum_keys(batch))
         B = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/temperature", 1 / self.scale(), batch_size=B)
