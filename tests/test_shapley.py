@@ -201,3 +201,14 @@ def test_neural_estimator_mean_approaches_the_sampled_targets():
     after = (mean - targets).pow(2).mean().item()
     assert after < 0.05 * before and after < 0.1 * targets.var().item(), (before, after)
     assert estimator.confident(var).float().mean() > 0.9  # a fitted target set is trusted
+
+
+def test_relative_trust_rule_follows_the_sampling_error():
+    estimator = NeuralShapleyEstimator(3)  # max_std None: trust where as precise as sampling
+    var = torch.tensor([0.01, 0.09])  # predicted std 0.1 and 0.3
+    assert not estimator.confident(var).any()  # nothing is trusted before sampling was seen
+    estimator.observe_noise(torch.tensor([0.1, 0.3]))  # sampling's standard error: 0.2
+    assert estimator.confident(var).tolist() == [True, False]
+    estimator.observe_noise(torch.tensor([0.0]))  # running mean: 0.9 * 0.2 + 0.1 * 0 = 0.18
+    assert estimator.threshold().item() == pytest.approx(0.18)
+    assert NeuralShapleyEstimator(3, max_std=0.5).confident(var).all()  # an absolute threshold

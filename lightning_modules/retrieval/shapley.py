@@ -198,28 +198,38 @@ class NeuralShapleyEstimator(nn.Module):
     A two-layer MLP maps a coalition's feature vector (e.g. the pooled features of a region's patches and of the
     caption) to a mean and a log-variance. It is trained with the Gaussian negative log-likelihood on sampled
     estimates (:meth:`loss`), so the variance head learns where the estimate is unreliable; :meth:`confident` marks
-    the coalitions whose predicted standard deviation is below ``max_std``, for which the prediction replaces
-    sampling.
+    the coalitions whose prediction replaces sampling: those whose predicted standard deviation is below ``max_std``
+    or, with ``max_std=None``, below ``trust_ratio`` times the standard error that sampling itself achieves (a running
+    mean of the sampled estimates' standard errors, :meth:`observe_noise`): the estimate is used where it is at least
+    as precise as the samples it replaces.
 
     Args:
         in_dim: coalition feature width.
         hidden_dim: hidden width.
-        max_std: the standard deviation under which a prediction is trusted.
+        max_std: an absolute trust threshold on the predicted standard deviation (``None``: the relative rule).
+        trust_ratio: the relative rule's factor.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int = 256, max_std: float = 0.05) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int = 256, max_std: float | None = None, trust_ratio: float = 1.0
+    ) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU()
         )
         self.mean_head = nn.Linear(hidden_dim, 1)
         self.log_var_head = nn.Linear(hidden_dim, 1)
-        self.max_std = max_std
+        self.max_std, self.trust_ratio = max_std, trust_ratio
+        self.register_buffer("noise_std", torch.tensor(float("nan")))  # running standard error of sampling
+        self.last_std = torch.tensor(float("nan"))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``features [..., in_dim]`` -> ``(mean [...], variance [...])``."""
         h = self.body(features)
-        return self.mean_head(h).squeeze(-1), self.log_var_head(h).squeeze(-1).clamp(-12, 6).exp()
+        var = self.log_var_head(h).squeeze(-1).clamp(-12, 6).exp()
+        if var.numel():
+            self.last_std = var.detach().sqrt().median()  # for logging: the typical predicted uncertainty
+        return self.mean_head(h).squeeze(-1), var
 
     def loss(self, features: Tensor, targets: Tensor, noise_var: Tensor | None = None) -> Tensor:
         """Gaussian negative log-likelihood of sampled interaction estimates ``targets [...]`` (detached).
@@ -232,6 +242,20 @@ class NeuralShapleyEstimator(nn.Module):
             var = var + noise_var.detach()
         return F.gaussian_nll_loss(mean, targets.detach(), var)
 
+    @torch.no_grad()
+    def observe_noise(self, stderr: Tensor, decay: float = 0.9) -> None:
+        """Track the standard error of the sampled estimates (exponential moving average of batch means)."""
+        if stderr.numel() == 0:
+            return
+        value = stderr.float().mean()
+        self.noise_std.copy_(value if torch.isnan(self.noise_std) else decay * self.noise_std + (1 - decay) * value)
+
+    def threshold(self) -> Tensor:
+        """The predicted standard deviation under which a prediction is trusted (NaN: nothing is trusted yet)."""
+        if self.max_std is not None:
+            return torch.tensor(float(self.max_std))
+        return self.trust_ratio * self.noise_std
+
     def confident(self, variance: Tensor) -> Tensor:
-        """Bool mask of the predictions to use instead of sampling."""
-        return variance.sqrt() < self.max_std
+        """Bool mask of the predictions to use instead of sampling (comparisons with NaN are False)."""
+        return variance.sqrt() < self.threshold().to(variance.device)
