@@ -1,0 +1,565 @@
+"""LOUPE (Li et al., NeurIPS 2022, arXiv 2208.02515): fine-grained semantic alignment through Shapley interactions.
+
+The total objective (the paper's overall loss; the weights are unverified and set by config)::
+
+    L = L_CMC + alpha * L_TSA + beta * L_FSA + gamma * (L_NSE_token + L_NSE_semantic)
+
+* ``L_CMC``: the global image-text contrastive loss of :mod:`lightning_modules.retrieval.module`.
+* Token-level Shapley interaction, ``L_TSA``. The players are the image's final patch tokens (Swin: the 7 x 7 map);
+  the payoff of a set ``S`` of kept patches is the image-text similarity computed from them alone::
+
+      v(S) = cos( f(x masked to S), t )                  (token_payoff: encoder; the other patches get the mean colour)
+      v(S) = cos( W mean_{i in S} x_i , t )               (token_payoff: pooled; no re-encoding, much cheaper)
+
+  where ``f`` is the image encoder with its projection, ``x_i`` the final tokens, ``W`` the image projection and
+  ``t`` the caption's global embedding (``v(N)`` is the global similarity of L_CMC). The coalitions are candidate
+  regions: the patches whose centres fall in a box. The semantic region generation head proposes ``R`` boxes per
+  image; each box and ``J`` jittered copies are the candidates, the one with the best score is the pseudo box the
+  head regresses to with L1 + generalised IoU::
+
+      L_TSA = mean_r ( |b_r - b*_r|_1 + L_GIoU(b_r, b*_r) ),   b*_r = argmax_{c in {b_r, jitters}} score(S_c)
+
+  ``score`` is the Shapley interaction ``I([S])`` of the region (``tsa_score: interaction``, the paper's term) or the
+  region's Shapley value as one player beyond the even share of its area (``tsa_score: excess``)::
+
+      excess(S) = phi([S] | N \\ S + {[S]}) - |S| / n * (v(N) - v(0))
+
+* Semantics-level Shapley interaction, ``L_FSA``. The players are the ``R`` regions (the mean of the projected patch
+  tokens in each box) and the caption's noun phrases (the mean of their projected word tokens); the payoff of a set of
+  regions and phrases is their fine-grained similarity, FILIP's token-wise max-mean score over the kept players::
+
+      v(S) = 1/2 [ mean_{i in S_I} max_{j in S_T} <h_i, p_j> + mean_{j in S_T} max_{i in S_I} <h_i, p_j> ]
+
+  The interaction ``I([{i, j}])`` of a region and a phrase is the soft target of their alignment: per phrase, the
+  distribution over regions of the alignment scores is pulled towards that of the interactions::
+
+      L_FSA = mean_j KL( softmax_i(I_ij / tau_I) || softmax_i(s * <h_i, p_j>) )
+
+* Uncertainty-aware neural Shapley interaction learning: one :class:`NeuralShapleyEstimator` per level predicts the
+  score and its variance from features of the coalition. Where its predicted standard deviation is below the standard
+  error that sampling itself reaches (or an absolute ``max_std``) its mean replaces Monte-Carlo sampling; the rest,
+  plus a random ``refresh_fraction`` that keeps it calibrated, is sampled, and the samples train it with a Gaussian
+  NLL (``L_NSE``) whose variance is the predicted one plus each sample's squared standard error, so the predicted
+  variance measures the estimator's own error, not the Monte-Carlo noise of its targets.
+
+The paper's text was not available to us: the payoffs, the box head (boxes from the moments of a query's attention
+over the patch grid), the jittered candidates, the excess score, the L1 + GIoU pseudo-box loss, the KL form of L_FSA
+and the estimator's inputs and trust rule are our choices, recorded with measurements in docs/loupe.md. The Shapley
+terms shape training only; retrieval uses the global embeddings of the dual encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from experiments.errors import ConfigError
+from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
+from lightning_modules.retrieval.phrases import noun_phrases
+from lightning_modules.retrieval.shapley import NeuralShapleyEstimator, mc_coalition_value, mc_interaction
+
+_WORD = re.compile(r"[,.;:!?]|[^\s,.;:!?]+")  # the items of phrases.words(), with their character positions
+
+
+# ---- geometry --------------------------------------------------------------------------------------------------------
+def patch_centres(grid: tuple[int, int], device=None) -> Tensor:
+    """``[h * w, 2]`` (x, y) centres of the patch grid in [0, 1] image coordinates, row-major."""
+    h, w = grid
+    ys, xs = torch.meshgrid(
+        (torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w, indexing="ij"
+    )
+    return torch.stack([xs.flatten(), ys.flatten()], -1)
+
+
+def box_to_patch_mask(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
+    """Bool ``[..., h * w]``: the patches whose centre lies inside each ``(cx, cy, w, h)`` box (normalised).
+
+    A box narrower than a patch still keeps the patch under its centre, so no region is empty.
+    """
+    centres = patch_centres(grid, boxes.device)  # [n, 2]
+    half = torch.maximum(boxes[..., 2:] / 2, boxes.new_tensor([0.5 / grid[1], 0.5 / grid[0]]))
+    offset = (centres - boxes[..., None, :2]).abs()  # [..., n, 2]
+    return (offset <= half[..., None, :] + 1e-6).all(-1)
+
+
+def jitter_boxes(boxes: Tensor, count: int, scale: float, min_size: float) -> Tensor:
+    """``[..., count, 4]`` random variants of ``(cx, cy, w, h)`` boxes: centres moved by up to ``scale`` of the size,
+    sizes multiplied by up to ``exp(+-scale)``; clamped to the image."""
+    noise = torch.rand(*boxes.shape[:-1], count, 4, device=boxes.device) * 2 - 1
+    base = boxes.unsqueeze(-2)
+    centre = (base[..., :2] + scale * base[..., 2:] * noise[..., :2]).clamp(0, 1)
+    size = (base[..., 2:] * torch.exp(scale * noise[..., 2:])).clamp(min_size, 1)
+    return torch.cat([centre, size], -1)
+
+
+class RegionGenerator(nn.Module):
+    """Semantic region generation: ``R`` learned queries attend over the patch tokens; each query's box is the
+    moments of its attention map over the patch grid (centre = mean position, width/height = sqrt(12 var), the size
+    of a uniform box with that variance), so boxes are differentiable and tied to where the query looks."""
+
+    def __init__(self, dim: int, num_regions: int, key_dim: int = 64) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_regions, key_dim) * 0.5)
+        self.norm = nn.LayerNorm(dim)
+        self.key = nn.Linear(dim, key_dim)
+        self.key_dim = key_dim
+
+    def attention(self, tokens: Tensor) -> Tensor:
+        """``tokens [B, n, C]`` -> attention ``[B, R, n]``."""
+        keys = self.key(self.norm(tokens))
+        return torch.softmax(self.queries @ keys.transpose(1, 2) / math.sqrt(self.key_dim), dim=-1)
+
+    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``[B, R, 4]`` boxes ``(cx, cy, w, h)`` in [0, 1]."""
+        attn = self.attention(tokens)
+        centres = patch_centres(grid, tokens.device)
+        mean = attn @ centres  # [B, R, 2]
+        var = attn @ centres.pow(2) - mean.pow(2)
+        size = (12 * var.clamp(min=0) + 1e-6).sqrt().clamp(1 / max(grid), 1)
+        return torch.cat([mean, size], -1)
+
+
+# ---- payoffs ---------------------------------------------------------------------------------------------------------
+def pooled_similarity(masks: Tensor, tokens: Tensor, text: Tensor) -> Tensor:
+    """Token-level payoff: ``cos(mean of the kept projected tokens, text)``; 0 for an empty set.
+
+    Args:
+        masks: bool ``[G, ..., n]``; tokens: projected patch tokens ``[G, n, D]``; text: ``[G, D]`` (unit norm).
+    """
+    G, n = masks.shape[0], masks.shape[-1]
+    m = masks.reshape(G, -1, n).to(tokens.dtype)
+    pooled = torch.bmm(m, tokens) / m.sum(-1, keepdim=True).clamp(min=1)
+    sim = (F.normalize(pooled, dim=-1) * text.unsqueeze(1)).sum(-1)
+    return sim.reshape(masks.shape[:-1])
+
+
+def fine_grained_similarity(masks: Tensor, scores: Tensor) -> Tensor:
+    """Semantics-level payoff: FILIP's symmetric max-mean similarity of the kept regions and phrases.
+
+    Args:
+        masks: bool ``[G, ..., R + P]`` (regions first); scores: region-phrase similarities ``[G, R, P]``.
+    Returns ``[G, ...]``; 0 when no region or no phrase is kept.
+    """
+    G, R, P = scores.shape
+    flat = masks.reshape(G, -1, R + P)
+    keep_r, keep_p = flat[..., :R], flat[..., R:]  # [G, X, R], [G, X, P]
+    s = scores.unsqueeze(1)  # [G, 1, R, P]
+    low = torch.finfo(scores.dtype).min
+    best_p = s.masked_fill(~keep_p.unsqueeze(2), low).amax(-1)  # [G, X, R]: best kept phrase per region
+    best_r = s.masked_fill(~keep_r.unsqueeze(3), low).amax(-2)  # [G, X, P]: best kept region per phrase
+    kr, kp = keep_r.to(scores.dtype), keep_p.to(scores.dtype)
+    r2p = (best_p * kr).sum(-1) / kr.sum(-1).clamp(min=1)
+    p2r = (best_r * kp).sum(-1) / kp.sum(-1).clamp(min=1)
+    both = keep_r.any(-1) & keep_p.any(-1)
+    return torch.where(both, (r2p + p2r) / 2, torch.zeros_like(r2p)).reshape(masks.shape[:-1])
+
+
+def estimate_interactions(
+    features: Tensor,
+    sample: Callable[[Tensor], Tensor],
+    estimator: NeuralShapleyEstimator | None,
+    refresh_fraction: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Interactions ``[Q]`` of ``Q`` coalitions, from the neural estimator where it is confident, else sampled.
+
+    Args:
+        features: ``[Q, F]`` estimator inputs (detached here).
+        sample: ``indices [K] -> (Monte-Carlo interactions [K], their standard errors [K])`` for the coalitions to
+            sample.
+        estimator: ``None`` samples everything.
+        refresh_fraction: share of confident coalitions sampled anyway (keeps the estimator calibrated).
+
+    Returns ``(interactions [Q], estimator NLL on the sampled ones (0 without), sampled share)``.
+    """
+    Q = features.shape[0]
+    if estimator is None:
+        with torch.no_grad():
+            values, _ = sample(torch.arange(Q, device=features.device))
+        return values, features.new_zeros(()), features.new_ones(())
+    features = features.detach()
+    mean, var = estimator(features)
+    todo = ~estimator.confident(var) | (torch.rand(Q, device=features.device) < refresh_fraction)
+    index = todo.nonzero().squeeze(1)
+    values = mean.detach().clone()
+    if index.numel() == 0:
+        return values, mean.sum() * 0, features.new_zeros(())
+    with torch.no_grad():
+        sampled, stderr = sample(index)
+    estimator.observe_noise(stderr)
+    values[index] = sampled.to(values.dtype)
+    nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + stderr.to(var.dtype).pow(2))
+    return values, nll, todo.float().mean()
+
+
+# ---- phrases ---------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=65536)
+def phrase_char_spans(caption: str, chunker: str = "rules") -> tuple[tuple[int, int, str], ...]:
+    """Noun phrases of ``caption`` as character spans ``(start, end, text)`` (cached per caption)."""
+    items = [(m.start(), m.end()) for m in _WORD.finditer(caption)]
+    spans = []
+    for start, end, text in noun_phrases(caption, chunker):
+        if end <= len(items):
+            spans.append((items[start][0], items[end - 1][1], text))
+    return tuple(spans)
+
+
+def phrase_token_masks(
+    captions: list[str], offsets: Tensor, max_phrases: int, chunker: str = "rules"
+) -> tuple[Tensor, list[list[str]]]:
+    """Bool ``[B, P, L]``: the tokens of each caption's first ``max_phrases`` noun phrases (from the tokenizer's
+    character ``offsets [B, L, 2]``), and the phrase texts. Padded phrases have no token."""
+    B = len(captions)
+    spans = torch.zeros(B, max_phrases, 2, dtype=torch.long)
+    texts = []
+    for b, caption in enumerate(captions):
+        found = phrase_char_spans(caption, chunker)[:max_phrases]
+        texts.append([t for _, _, t in found])
+        for p, (start, end, _) in enumerate(found):
+            spans[b, p, 0], spans[b, p, 1] = start, end
+    spans = spans.to(offsets.device)
+    tok_start, tok_end = offsets[..., 0].unsqueeze(1), offsets[..., 1].unsqueeze(1)  # [B, 1, L]
+    real = tok_end > tok_start  # special and padding tokens have (0, 0)
+    masks = real & (tok_start < spans[..., 1:2]) & (tok_end > spans[..., 0:1])
+    return masks, texts
+
+
+# ---- the module ------------------------------------------------------------------------------------------------------
+class LoupeRetrieval(DualEncoderRetrieval):
+    """LOUPE: the dual encoder of :class:`DualEncoderRetrieval` plus the token- and semantics-level Shapley terms.
+
+    Args (besides those of :class:`DualEncoderRetrieval`):
+        num_regions: regions proposed per image (``R``).
+        num_candidates: jittered candidate boxes per region for L_TSA (``J``).
+        jitter_scale: how far candidates move / rescale (fraction of the box size).
+        max_phrases: noun phrases used per caption.
+        noun_chunker: ``rules`` or ``spacy``.
+        shapley_batch: pairs of each batch the Shapley terms use (``None``: all); L_CMC always uses the whole batch.
+        token_payoff: ``encoder`` (re-encode the image with the other patches masked; the paper's "similarity of a
+            masked token set") or ``pooled`` (mean-pool the kept final tokens; no re-encoding, much cheaper).
+        tsa_score: what ranks the candidate boxes: ``interaction`` (``I([S])``, the paper's term) or ``excess`` (the
+            region's Shapley value as one player beyond its area's even share, ``phi([S]) - |S|/n (v(N) - v(0))``;
+            docs/loupe.md shows when each finds objects).
+        payoff_chunk: images per encoder call when re-encoding.
+        shapley_samples: Monte-Carlo orders per interaction.
+        member_samples: members of a region evaluated per sample (``None``: all; see :func:`mc_interaction`).
+        tsa_weight, fsa_weight, estimator_weight: ``alpha``, ``beta``, ``gamma`` of the total loss.
+        fsa_temperature: ``tau_I`` of the interaction targets.
+        use_estimator: the neural estimator replaces sampling where it is confident (else always sample).
+        estimator_hidden: the estimators' width.
+        estimator_max_std: trust a prediction whose standard deviation is below this (``None``: the relative rule).
+        estimator_trust_ratio: the relative rule: trust a prediction whose standard deviation is below this times
+            the running standard error of the sampled estimates (as precise as the sampling it replaces).
+        refresh_fraction: share of trusted coalitions sampled anyway (keeps the estimators calibrated).
+        pictures: validation images drawn with their phrases' regions (0: none).
+    """
+
+    def __init__(
+        self,
+        *args,
+        num_regions: int = 8,
+        num_candidates: int = 4,
+        jitter_scale: float = 0.3,
+        max_phrases: int = 6,
+        noun_chunker: str = "rules",
+        shapley_batch: int | None = None,
+        token_payoff: str = "encoder",
+        tsa_score: str = "interaction",
+        payoff_chunk: int = 512,
+        shapley_samples: int = 8,
+        member_samples: int | None = 2,
+        tsa_weight: float = 1.0,
+        fsa_weight: float = 1.0,
+        estimator_weight: float = 1.0,
+        fsa_temperature: float = 0.02,
+        use_estimator: bool = True,
+        estimator_hidden: int = 256,
+        estimator_max_std: float | None = None,
+        estimator_trust_ratio: float = 1.0,
+        refresh_fraction: float = 0.1,
+        pictures: int = 6,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.save_hyperparameters()
+        if token_payoff not in ("encoder", "pooled"):
+            raise ConfigError(f"token_payoff must be 'encoder' or 'pooled', got {token_payoff!r}")
+        if tsa_score not in ("interaction", "excess"):
+            raise ConfigError(f"tsa_score must be 'interaction' or 'excess', got {tsa_score!r}")
+        pool = getattr(self.image_encoder, "global_pool", "avg")
+        if pool not in ("avg", ""):
+            raise ConfigError(
+                f"LOUPE's token-level payoff mean-pools patch tokens, so the image encoder must pool the same way: "
+                f"got global_pool={pool!r}; set model.init_args.image_encoder_kwargs.global_pool: avg"
+            )
+        width, dim = self.image_encoder.num_features, self.image_proj.out_features
+        self.region_generator = RegionGenerator(width, num_regions)
+        trust = (estimator_max_std, estimator_trust_ratio)
+        self.token_estimator = NeuralShapleyEstimator(3 * dim + 5, estimator_hidden, *trust)
+        self.semantic_estimator = NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, *trust)
+        self.cfg = dict(
+            R=num_regions, J=num_candidates, jitter=jitter_scale, P=max_phrases, chunker=noun_chunker,
+            M=shapley_samples, members=member_samples, shapley_batch=shapley_batch, payoff=token_payoff,
+            score=tsa_score, chunk=payoff_chunk, alpha=tsa_weight, beta=fsa_weight, gamma=estimator_weight,
+            tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
+        )  # fmt: skip
+
+    # ---- tokens ----------------------------------------------------------------------------------------------------
+    def patch_grid(self, tokens: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The final patch tokens ``[B, n, C]`` (prefix tokens dropped, NHWC maps flattened) and their grid."""
+        if tokens.ndim == 4:  # Swin and other NHWC encoders
+            B, h, w, C = tokens.shape
+            return tokens.reshape(B, h * w, C), (h, w)
+        prefix = getattr(self.image_encoder, "num_prefix_tokens", 0)
+        grid = tuple(self.image_encoder.patch_embed.grid_size)
+        return tokens[:, prefix:], grid
+
+    def regions(self, tokens: Tensor) -> dict:
+        """Boxes ``[B, R, 4]``, their patch masks ``[B, R, n]``, the projected patch tokens ``[B, n, D]`` and the
+        region embeddings ``[B, R, D]`` (unit norm) of encoder ``tokens``."""
+        patches, grid = self.patch_grid(tokens)
+        projected = self.image_proj(patches)
+        boxes = self.region_generator(patches.detach(), grid)
+        masks = box_to_patch_mask(boxes.detach(), grid)
+        m = masks.to(projected.dtype)
+        pooled = torch.bmm(m, projected) / m.sum(-1, keepdim=True).clamp(min=1)
+        return {"boxes": boxes, "masks": masks, "projected": projected, "grid": grid,
+                "embeds": F.normalize(pooled, dim=-1)}  # fmt: skip
+
+    def phrases(self, captions: list[str], words: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, list[list[str]]]:
+        """Phrase embeddings ``[B, P, D]`` (unit norm), valid mask ``[B, P]`` and texts."""
+        masks, texts = phrase_token_masks(captions, offsets, self.cfg["P"], self.cfg["chunker"])
+        m = masks.to(words.dtype)
+        pooled = torch.bmm(m, words) / m.sum(-1, keepdim=True).clamp(min=1)
+        return F.normalize(self.text_proj(pooled), dim=-1), masks.any(-1), texts
+
+    # ---- L_TSA -----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encoder_payoff(self, images: Tensor, text: Tensor, grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
+        """Token-level payoff by re-encoding: the patches outside the kept set are replaced by the mean colour (0 after
+        normalisation) and the image encoder is run again; ``v(S) = cos(image embedding, text)``.
+
+        Args: images ``[G, 3, H, W]``, text ``[G, D]`` (unit norm), grid: the final token grid. The returned function
+        maps bool masks ``[G, ..., n]`` to payoffs ``[G, ...]``; the encoder runs in chunks of ``payoff_chunk`` images.
+        """
+        G, _, H, W = images.shape
+
+        def v(masks: Tensor) -> Tensor:
+            flat = masks.reshape(G, -1, grid[0], grid[1])
+            X = flat.shape[1]
+            keep = F.interpolate(flat.reshape(G * X, 1, *grid).to(images.dtype), size=(H, W), mode="nearest")
+            owner = torch.arange(G, device=images.device).repeat_interleave(X)
+            out = []
+            was_training = self.image_encoder.training
+            self.image_encoder.eval()
+            for lo in range(0, G * X, self.cfg["chunk"]):
+                idx = slice(lo, lo + self.cfg["chunk"])
+                emb, _ = self.encode_images(images[owner[idx]] * keep[idx])
+                out.append((emb * text[owner[idx]]).sum(-1))
+            self.image_encoder.train(was_training)
+            return torch.cat(out).reshape(masks.shape[:-1])
+
+        return v
+
+    def token_interactions(
+        self, reg: dict, text: Tensor, candidates: Tensor, images: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Token-level scores ``[B, R, C]`` of candidate boxes ``[B, R, C, 4]`` for the caption ``text``: the
+        interaction ``I([S])`` (``tsa_score: interaction``) or the region's excess value
+        ``phi([S]) - |S|/n (v(N) - v(0))`` (``tsa_score: excess``), with the payoff ``token_payoff`` (``encoder``
+        needs ``images``)."""
+        B, R, C, _ = candidates.shape
+        n = reg["projected"].shape[1]
+        tokens, text = reg["projected"].detach(), text.detach()
+        masks = box_to_patch_mask(candidates, reg["grid"]).reshape(B, R * C, n)
+        owner = torch.arange(B, device=text.device).repeat_interleave(R * C)
+        flat_masks = masks.reshape(-1, n)
+        pooled = F.normalize(torch.bmm(masks.to(tokens.dtype), tokens), dim=-1).reshape(-1, tokens.shape[-1])
+        features = torch.cat(
+            [pooled, text[owner], pooled * text[owner], candidates.reshape(-1, 4),
+             flat_masks.to(tokens.dtype).mean(-1, keepdim=True)], -1,
+        )  # fmt: skip
+
+        def sample(index: Tensor) -> Tensor:
+            who = owner[index]
+            if self.cfg["payoff"] == "encoder":
+                game = self.encoder_payoff(images[who], text[who], reg["grid"])
+            else:
+                game = lambda masks_: pooled_similarity(masks_, tokens[who], text[who])  # noqa: E731
+            if self.cfg["score"] == "excess":
+                coalitions = flat_masks[index]
+                value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"])
+                ends = game(torch.stack([torch.ones_like(coalitions), torch.zeros_like(coalitions)], 1))  # v(N), v(0)
+                share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1]).float()
+                return value - share, stderr
+            return mc_interaction(game, flat_masks[index], self.cfg["M"], member_samples=self.cfg["members"])
+
+        estimator = self.token_estimator if self.cfg["estimator"] else None
+        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"])
+        return values.reshape(B, R, C), nll, share
+
+    def tsa_loss(self, reg: dict, text: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(L_TSA, estimator NLL, sampled share, scores [B, R, 1 + J])``."""
+        boxes = reg["boxes"]
+        min_size = 1 / max(reg["grid"])
+        candidates = torch.cat(
+            [boxes.detach().unsqueeze(2), jitter_boxes(boxes.detach(), self.cfg["J"], self.cfg["jitter"], min_size)],
+            dim=2,
+        )
+        scores, nll, share = self.token_interactions(reg, text, candidates, images)
+        best = scores.argmax(-1)  # [B, R]
+        target = torch.gather(candidates, 2, best[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
+        pred, target = boxes.reshape(-1, 4), target.reshape(-1, 4)
+        giou = generalized_box_iou_loss(
+            box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"), reduction="mean"
+        )
+        return F.l1_loss(pred, target) + giou, nll, share, scores
+
+    # ---- L_FSA -----------------------------------------------------------------------------------------------------
+    def semantic_interactions(
+        self, regions: Tensor, phrases: Tensor, valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Region-phrase interactions ``[B, R, P]`` (0 for padded phrases), the estimator NLL, sampled share, and the
+        valid-pair mask."""
+        B, R, _ = regions.shape
+        P = phrases.shape[1]
+        scores = (regions @ phrases.transpose(1, 2)).detach()  # [B, R, P]
+        pairs = valid.unsqueeze(1).expand(B, R, P)
+        b, i, j = pairs.nonzero(as_tuple=True)
+        out = scores.new_zeros(B, R, P)
+        if b.numel() == 0:
+            return out, scores.new_zeros(()), scores.new_zeros(()), pairs
+        players = torch.zeros(b.numel(), R + P, dtype=torch.bool, device=scores.device)
+        players[torch.arange(b.numel()), i] = True
+        players[torch.arange(b.numel()), R + j] = True
+        low = torch.finfo(scores.dtype).min
+        masked = scores.masked_fill(~valid.unsqueeze(1), low)
+        s = scores[b, i, j]
+        features = torch.cat(
+            [regions[b, i].detach(), phrases[b, j].detach(), (regions[b, i] * phrases[b, j]).detach(),
+             torch.stack([s, s - masked[b, :, j].amax(-1), s - masked[b, i].amax(-1)], -1)], -1,
+        )  # fmt: skip
+        # padded phrases are null players: keep them out of every coalition
+        allowed = torch.cat([torch.ones(B, R, dtype=torch.bool, device=valid.device), valid], 1)
+
+        def sample(index: Tensor) -> Tensor:
+            who = b[index]
+            keep = allowed[who]
+
+            def game(masks_: Tensor) -> Tensor:
+                shape = masks_.shape
+                flat = masks_.reshape(shape[0], -1, R + P) & keep.unsqueeze(1)
+                return fine_grained_similarity(flat, scores[who]).reshape(shape[:-1])
+
+            return mc_interaction(game, players[index], self.cfg["M"])
+
+        estimator = self.semantic_estimator if self.cfg["estimator"] else None
+        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"])
+        out[b, i, j] = values.to(out.dtype)
+        return out, nll, share, pairs
+
+    def fsa_loss(self, regions: Tensor, phrases: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(L_FSA, estimator NLL, sampled share)``: per phrase, KL from the interaction distribution over regions to
+        the alignment distribution."""
+        inter, nll, share, _ = self.semantic_interactions(regions, phrases, valid)
+        if not valid.any():
+            return regions.sum() * 0, nll, share
+        logits = self.scale() * regions @ phrases.transpose(1, 2)  # [B, R, P]
+        target = torch.softmax(inter / self.cfg["tau"], dim=1)
+        kl = (target * (torch.log(target.clamp(min=1e-12)) - torch.log_softmax(logits, dim=1))).sum(1)  # [B, P]
+        return (kl * valid).sum() / valid.sum(), nll, share
+
+    # ---- steps -----------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        image_emb, tokens = self.encode_images(batch["image"])
+        text_emb, words, _, offsets = self.encode_texts(batch["captions"], offsets=True)
+        cmc = contrastive_loss(image_emb, text_emb, batch["image_ids"], self.scale(), self.momentum_keys(batch))
+        k = self.cfg["shapley_batch"] or tokens.shape[0]  # the Shapley terms use the first k pairs
+        reg = self.regions(tokens[:k])
+        tsa, nll_t, share_t, _ = self.tsa_loss(reg, text_emb[:k], batch["image"][:k])
+        phrases, valid, _ = self.phrases(batch["captions"][:k], words[:k], offsets[:k])
+        fsa, nll_s, share_s = self.fsa_loss(reg["embeds"], phrases, valid)
+        c = self.cfg
+        loss = cmc + c["alpha"] * tsa + c["beta"] * fsa + c["gamma"] * (nll_t + nll_s)
+        B = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        logs = {"cmc": cmc, "tsa": tsa, "fsa": fsa, "nse_token": nll_t, "nse_semantic": nll_s,
+                "sampled_token": share_t, "sampled_semantic": share_s, "temperature": 1 / self.scale(),
+                "phrases_per_caption": valid.float().sum(1).mean()}  # fmt: skip
+        if c["estimator"]:  # the typical predicted uncertainty and the trust threshold it is compared with
+            for name, est in (("token", self.token_estimator), ("semantic", self.semantic_estimator)):
+                logs[f"estimator_std_{name}"], logs[f"sampling_stderr_{name}"] = est.last_std, est.noise_std
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=B)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        super().validation_step(batch, batch_idx)
+        if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None and not self.trainer.sanity_checking:
+            self.draw_grounding(batch)
+
+    @torch.no_grad()
+    def ground(self, images: Tensor, captions: list[str]) -> tuple[Tensor, Tensor, list[list[str]]]:
+        """Phrase grounding: for each caption's noun phrases, the box ``[B, P, 4]`` of the region it aligns to
+        best, the alignment score ``[B, P]`` and the phrase texts."""
+        _, tokens = self.encode_images(images)
+        _, words, _, offsets = self.encode_texts(captions, offsets=True)
+        reg = self.regions(tokens)
+        phrases, valid, texts = self.phrases(captions, words, offsets)
+        scores = reg["embeds"] @ phrases.transpose(1, 2)  # [B, R, P]
+        best = scores.argmax(1)  # [B, P]
+        boxes = torch.gather(reg["boxes"], 1, best.unsqueeze(-1).expand(-1, -1, 4))
+        return boxes, scores.amax(1), texts
+
+    def draw_grounding(self, batch: dict) -> None:
+        """Log (TensorBoard) and save (``<run>/pictures/``) a few validation images with each noun phrase of their
+        first caption drawn as the box of the region it aligns to."""
+        count = min(self.cfg["pictures"], batch["image"].shape[0])
+        firsts = [int((batch["text_image_ids"] == i).nonzero()[0]) for i in batch["image_ids"][:count].tolist()]
+        captions = [batch["captions"][k] for k in firsts]
+        boxes, _, texts = self.ground(batch["image"][:count], captions)
+        dm = self.trainer.datamodule
+        mean = torch.tensor(getattr(dm, "mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1).to(batch["image"])
+        std = torch.tensor(getattr(dm, "std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1).to(batch["image"])
+        images = (batch["image"][:count] * std + mean).clamp(0, 1)
+        panels = draw_phrase_boxes(images.cpu(), boxes.cpu(), texts, captions)
+        self.log_image_grid("val/grounding", panels, nrow=min(count, 3))
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            from torchvision.utils import save_image
+
+            out = Path(self.trainer.default_root_dir) / "pictures" / f"grounding_epoch{self.current_epoch:03d}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_image(panels, out, nrow=min(count, 3))
+
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
+
+
+def draw_phrase_boxes(
+    images: Tensor, boxes: Tensor, texts: list[list[str]], captions: list[str], size: int = 192
+) -> Tensor:
+    """``[N, 3, size + 14 * (P + 1), size]`` panels: each image upscaled with one coloured box per phrase and, below
+    it, the caption and the phrases in their box colours."""
+    rows = max((len(t) for t in texts), default=0) + 1
+    panels = []
+    for img, bxs, phrases, caption in zip(images, boxes, texts, captions, strict=True):
+        array = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        canvas = Image.new("RGB", (size, size + 14 * rows), (255, 255, 255))
+        canvas.paste(Image.fromarray(array).resize((size, size), Image.NEAREST), (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((2, size + 1), caption[: size // 6], fill=(0, 0, 0))
+        for k, (phrase, box) in enumerate(zip(phrases, bxs.tolist(), strict=False)):
+            colour = PALETTE[k % len(PALETTE)]
+            cx, cy, w, h = (v * size for v in box)
+            draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=colour, width=2)
+            draw.text((2, size + 1 + 14 * (k + 1)), phrase, fill=colour)
+        panels.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
+    return torch.stack(panels)

@@ -1,0 +1,228 @@
+"""LOUPE's pieces with hand-computed values: boxes to patch sets, the attention-moment box head, both payoffs, the
+sampled semantics-level interactions against enumeration, the estimator's replace-or-sample rule, and the losses."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lightning_modules.retrieval.loupe import (
+    LoupeRetrieval,
+    RegionGenerator,
+    box_to_patch_mask,
+    estimate_interactions,
+    fine_grained_similarity,
+    jitter_boxes,
+    phrase_token_masks,
+    pooled_similarity,
+)
+from lightning_modules.retrieval.shapley import NeuralShapleyEstimator, exact_interaction
+from lightning_modules.retrieval.text import load_text_encoder
+
+
+def small_loupe(**kwargs) -> LoupeRetrieval:
+    torch.manual_seed(0)
+    return LoupeRetrieval(
+        image_encoder="vit_tiny_patch16_224",
+        image_encoder_kwargs=dict(img_size=32, patch_size=8, depth=1, global_pool="avg", class_token=False),
+        text_encoder="minilm-offline", embed_dim=16, max_text_length=24, num_regions=3, num_candidates=2,
+        shapley_samples=4, **kwargs,
+    )  # fmt: skip
+
+
+def test_box_to_patch_mask_by_hand():
+    # 4x4 grid, patch centres at 1/8, 3/8, 5/8, 7/8: a centred half-size box holds the inner 2x2 patches
+    mask = box_to_patch_mask(torch.tensor([0.5, 0.5, 0.5, 0.5]), (4, 4))
+    assert mask.nonzero().flatten().tolist() == [5, 6, 9, 10]
+    # a box narrower than a patch keeps the patch under its centre
+    assert box_to_patch_mask(torch.tensor([0.9, 0.1, 0.01, 0.01]), (4, 4)).nonzero().flatten().tolist() == [3]
+    # the whole image
+    assert box_to_patch_mask(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), (4, 4)).all()
+
+
+def test_jitter_stays_in_the_image():
+    boxes = torch.tensor([[0.05, 0.95, 0.9, 0.1]])
+    out = jitter_boxes(boxes, 50, 0.3, 0.25)
+    assert out.shape == (1, 50, 4)
+    assert (out[..., :2] >= 0).all() and (out[..., :2] <= 1).all() and (out[..., 2:] >= 0.25).all()
+    assert (out[..., 2:] <= 1).all() and out[..., :3].std(1).gt(0).all()
+    assert (out[..., 3] == 0.25).all()  # a height under the minimum is raised to it
+
+
+def test_region_boxes_are_the_moments_of_the_attention():
+    head = RegionGenerator(dim=8, num_regions=2)
+    attn = torch.zeros(1, 2, 16)
+    attn[0, 0, 6] = 1.0  # row 1, column 2 of a 4x4 grid
+    attn[0, 1] = 1 / 16  # uniform
+    head.attention = lambda tokens: attn
+    boxes = head(torch.zeros(1, 16, 8), (4, 4))[0]
+    torch.testing.assert_close(boxes[0], torch.tensor([5 / 8, 3 / 8, 0.25, 0.25]))  # min size one patch
+    side = math.sqrt(12 * 5 / 64)  # variance of {1, 3, 5, 7} / 8 is 5/64
+    torch.testing.assert_close(boxes[1], torch.tensor([0.5, 0.5, side, side]))
+
+
+def test_pooled_similarity_by_hand():
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    text = torch.tensor([[1.0, 0.0]])
+    masks = torch.tensor([[[True, False, False], [True, True, False], [False, False, False]]])
+    out = pooled_similarity(masks, tokens, text)
+    torch.testing.assert_close(out, torch.tensor([[1.0, 1 / math.sqrt(2), 0.0]]))
+
+
+def test_fine_grained_similarity_by_hand():
+    scores = torch.tensor([[[0.9, 0.1], [0.2, 0.5]]])  # 2 regions x 2 phrases
+    masks = torch.tensor([[[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 0, 0], [0, 1, 0, 1]]], dtype=torch.bool)
+    out = fine_grained_similarity(masks, scores)
+    # all: regions' best 0.9, 0.5 and phrases' best 0.9, 0.5 -> 0.7; region 1 only: (0.5 + (0.2 + 0.5) / 2) / 2
+    torch.testing.assert_close(out, torch.tensor([[0.7, 0.425, 0.0, 0.5]]))
+
+
+def test_semantic_interactions_agree_with_enumeration():
+    model = small_loupe(use_estimator=False)
+    model.cfg["M"] = 3000
+    gen = torch.Generator().manual_seed(0)
+    regions = torch.nn.functional.normalize(torch.randn(1, 3, 16, generator=gen), dim=-1)
+    phrases = torch.nn.functional.normalize(torch.randn(1, 2, 16, generator=gen), dim=-1)
+    valid = torch.tensor([[True, True]])
+    torch.manual_seed(1)
+    inter, _, share, pairs = model.semantic_interactions(regions, phrases, valid)
+    assert share == 1.0 and pairs.all()
+    scores = regions @ phrases.transpose(1, 2)
+
+    def game(masks):
+        flat = masks.reshape(1, -1, 5)
+        return fine_grained_similarity(flat, scores).reshape(masks.shape[:-1])
+
+    for i in range(3):
+        for j in range(2):
+            exact = exact_interaction(game, 5, [i, 3 + j])
+            assert inter[0, i, j].item() == pytest.approx(exact, abs=0.01), (i, j)
+    # a padded phrase is a null player: no interaction is computed for it
+    inter2, *_ = model.semantic_interactions(regions, phrases, torch.tensor([[True, False]]))
+    assert (inter2[0, :, 1] == 0).all()
+
+
+def test_estimator_replaces_sampling_only_where_confident():
+    estimator = NeuralShapleyEstimator(4, hidden_dim=8, max_std=0.1)
+    features = torch.randn(6, 4)
+    calls = []
+
+    def sample(index):
+        calls.append(index.tolist())
+        return torch.full((index.numel(),), 7.0), torch.zeros(index.numel())
+
+    with torch.no_grad():  # half the coalitions trusted: a large log-variance for the first feature > 0
+        estimator.log_var_head.weight.zero_()
+        estimator.log_var_head.bias.fill_(-10.0)
+    trusted = features[:, 0] <= 0
+    estimator.forward = lambda f: (torch.zeros(len(f)), torch.where(trusted, 1e-4, 1.0))
+    values, nll, share = estimate_interactions(features, sample, estimator, refresh_fraction=0.0)
+    assert calls == [(~trusted).nonzero().flatten().tolist()]
+    torch.testing.assert_close(values, torch.where(trusted, 0.0, 7.0))
+    assert share.item() == pytest.approx((~trusted).float().mean().item()) and torch.isfinite(nll)
+    calls.clear()
+    values, _, share = estimate_interactions(features, sample, None, refresh_fraction=0.0)
+    assert calls == [list(range(6))] and share == 1.0 and (values == 7).all()
+
+
+def test_phrase_tokens_decode_to_the_phrases():
+    _, tokenizer = load_text_encoder("minilm-offline")
+    captions = ["A small red circle left of a blue square.", "there is a green star"]
+    enc = tokenizer(captions, padding=True, return_offsets_mapping=True, return_tensors="pt")
+    masks, texts = phrase_token_masks(captions, enc["offset_mapping"], max_phrases=3)
+    assert texts == [["a small red circle", "a blue square"], ["a green star"]]
+    for b, phrases in enumerate(texts):
+        for p, text in enumerate(phrases):
+            assert tokenizer.decode(enc["input_ids"][b][masks[b, p]]) == text
+        assert not masks[b, len(phrases) :].any()
+
+
+def test_encoder_payoff_keeps_the_global_similarity_and_masks_pixels():
+    model = small_loupe().eval()
+    images = torch.randn(2, 3, 32, 32)
+    text = torch.nn.functional.normalize(torch.randn(2, 16), dim=-1)
+    v = model.encoder_payoff(images, text, (4, 4))
+    full = torch.ones(2, 1, 16, dtype=torch.bool)
+    with torch.no_grad():
+        emb, _ = model.encode_images(images)
+        empty_emb, _ = model.encode_images(torch.zeros_like(images))
+    torch.testing.assert_close(v(full)[:, 0], (emb * text).sum(-1))
+    torch.testing.assert_close(v(~full)[:, 0], (empty_emb * text).sum(-1))
+    # keeping the left half equals encoding the image with its right half set to the mean colour
+    left = torch.zeros(2, 1, 16, dtype=torch.bool)
+    left.view(2, 1, 4, 4)[..., :2] = True
+    half = images.clone()
+    half[..., 16:] = 0
+    with torch.no_grad():
+        half_emb, _ = model.encode_images(half)
+    torch.testing.assert_close(v(left)[:, 0], (half_emb * text).sum(-1))
+
+
+def test_tsa_pulls_each_box_to_its_best_candidate():
+    model = small_loupe(use_estimator=False)
+    boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.4, 0.4], [0.5, 0.5, 0.5, 0.5]]], requires_grad=True)
+    reg = {"boxes": boxes, "grid": (4, 4)}
+
+    def scores(reg_, text, candidates, images=None):
+        scores.candidates = candidates
+        out = torch.zeros(candidates.shape[:3])
+        out[0, 0, 0] = 1.0  # region 0: the box itself is best
+        out[0, 1, 2] = 1.0  # region 1: the second jittered candidate
+        out[0, 2, 1] = 1.0
+        return out, torch.zeros(()), torch.ones(())
+
+    model.token_interactions = scores
+    loss, *_ = model.tsa_loss(reg, torch.zeros(1, 16))
+    loss.backward()
+    assert boxes.grad[0, 0].abs().sum() < 1e-4  # already at its target (GIoU has an eps)
+    cand = scores.candidates[0]
+    for r, c in ((1, 2), (2, 1)):  # a gradient step moves the box towards the chosen candidate
+        moved = boxes[0, r] - 0.01 * boxes.grad[0, r]
+        assert (moved - cand[r, c]).abs().sum() < (boxes[0, r] - cand[r, c]).abs().sum()
+
+
+def test_fsa_is_zero_when_alignment_matches_the_interactions():
+    model = small_loupe(use_estimator=False, fsa_temperature=0.1)
+    regions = torch.nn.functional.normalize(torch.randn(1, 3, 16), dim=-1)
+    phrases = torch.nn.functional.normalize(torch.randn(1, 2, 16), dim=-1)
+    logits = model.scale() * regions @ phrases.transpose(1, 2)
+    matched = (logits * 0.1).detach()  # softmax(I / tau) equals softmax(logits)
+    model.semantic_interactions = lambda r, p, v: (matched, torch.zeros(()), torch.ones(()), None)
+    loss, *_ = model.fsa_loss(regions, phrases, torch.tensor([[True, True]]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    model.semantic_interactions = lambda r, p, v: (-matched, torch.zeros(()), torch.ones(()), None)
+    assert model.fsa_loss(regions, phrases, torch.tensor([[True, True]]))[0].item() > 0.01
+
+
+def test_class_token_pooling_is_refused():
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="global_pool"):
+        LoupeRetrieval(
+            image_encoder="vit_tiny_patch16_224", image_encoder_kwargs=dict(img_size=32, patch_size=8, depth=1),
+            text_encoder="minilm-offline", embed_dim=16,
+        )  # fmt: skip
+
+
+def test_excess_score_prefers_the_tight_box_around_the_evidence():
+    """Pooled payoff on a 4x4 grid whose top-left 2x2 patches carry the caption: the excess value ranks the tight box
+    first, then the box twice its size, the whole image (0 by efficiency) and a background box last."""
+    model = small_loupe(use_estimator=False, token_payoff="pooled", tsa_score="excess")
+    model.cfg["M"] = 400
+    gen = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(1, 16, generator=gen), dim=-1)
+    other = torch.randn(16, 16, generator=gen)
+    other = other - (other @ text.t()) * text  # background tokens orthogonal to the caption
+    tokens = other.clone().unsqueeze(0)
+    for k in (0, 1, 4, 5):
+        tokens[0, k] = 3 * text[0] + 0.1 * other[k]
+    reg = {"projected": tokens, "grid": (4, 4)}
+    candidates = torch.tensor([[[[0.25, 0.25, 0.5, 0.5], [0.375, 0.375, 0.75, 0.75], [0.5, 0.5, 1, 1],
+                                 [0.75, 0.75, 0.5, 0.5]]]])  # fmt: skip
+    torch.manual_seed(0)
+    scores, _, _ = model.token_interactions(reg, text, candidates)
+    s = scores[0, 0]
+    assert s[0] > s[1] > s[2] > s[3], s
+    assert s[2].abs() < 1e-5  # the whole image gets exactly its even share
