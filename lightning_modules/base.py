@@ -42,9 +42,30 @@ class SuiteModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optimizer_root(), self.optim, self.global_batch_size())
+        self.adjust_param_groups(optimizer)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.optim, total, self.trainer.max_epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scales(self) -> dict[str, float]:
+        """Submodules (attribute names) trained at a multiple of the scheduled learning rate; none by default."""
+        return {}
+
+    def adjust_param_groups(self, optimizer: torch.optim.Optimizer) -> None:
+        """Move the parameters of each submodule in :meth:`lr_scales` into groups of their own whose ``lr_scale`` (which
+        timm's schedulers multiply into the scheduled lr) is the group's times the submodule's factor. Runs before
+        the scheduler reads the groups."""
+        for name, factor in self.lr_scales().items():
+            own = {id(p) for p in getattr(self, name).parameters()}
+            moved = []
+            for group in optimizer.param_groups:
+                mine = [p for p in group["params"] if id(p) in own]
+                if mine:
+                    group["params"] = [p for p in group["params"] if id(p) not in own]
+                    settings = {k: v for k, v in group.items() if k != "params"}
+                    moved.append({**settings, "params": mine, "lr_scale": group.get("lr_scale", 1.0) * factor})
+            for group in moved:
+                optimizer.add_param_group(group)
 
     def log_image_grid(self, tag: str, images: torch.Tensor, mean=None, std=None, nrow: int = 8) -> None:
         """Log ``[N, 3, H, W]`` images as one grid to TensorBoard (un-normalised with ``mean``/``std`` if given)."""

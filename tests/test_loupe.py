@@ -226,3 +226,24 @@ def test_excess_score_prefers_the_tight_box_around_the_evidence():
     s = scores[0, 0]
     assert s[0] > s[1] > s[2] > s[3], s
     assert s[2].abs() < 1e-5  # the whole image gets exactly its even share
+
+
+def test_estimators_get_their_own_learning_rate():
+    from lightning_modules.optim import OptimConfig, build_optimizer, build_scheduler
+
+    model = small_loupe(estimator_lr_scale=10.0, optim=OptimConfig(base_lr=1e-3, base_batch_size=1, warmup_steps=0))
+    optimizer = build_optimizer(model, model.optim, 1)
+    model.adjust_param_groups(optimizer)
+    scheduler = build_scheduler(optimizer, model.optim, 100, None)
+    scheduler.step_update(0)
+    estimator_ids = {id(p) for p in model.token_estimator.parameters()} | {
+        id(p) for p in model.semantic_estimator.parameters()
+    }
+    lrs = {}
+    for group in optimizer.param_groups:
+        kinds = {id(p) in estimator_ids for p in group["params"]}
+        assert len(kinds) == 1  # a group holds estimator parameters or none of them
+        lrs.setdefault(kinds.pop(), set()).add(round(group["lr"], 9))
+    assert lrs == {False: {1e-3}, True: {1e-2}}
+    total = sum(len(g["params"]) for g in optimizer.param_groups)
+    assert total == sum(1 for p in model.parameters() if p.requires_grad)

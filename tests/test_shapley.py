@@ -203,12 +203,14 @@ def test_neural_estimator_mean_approaches_the_sampled_targets():
     assert estimator.confident(var).float().mean() > 0.9  # a fitted target set is trusted
 
 
-def test_relative_trust_rule_follows_the_sampling_error():
-    estimator = NeuralShapleyEstimator(3)  # max_std None: trust where as precise as sampling
+def test_relative_trust_rule_follows_the_spread_of_the_samples():
+    estimator = NeuralShapleyEstimator(3, trust_ratio=0.5)  # max_std None: the relative rule
     var = torch.tensor([0.01, 0.09])  # predicted std 0.1 and 0.3
     assert not estimator.confident(var).any()  # nothing is trusted before sampling was seen
-    estimator.observe_noise(torch.tensor([0.1, 0.3]))  # sampling's standard error: 0.2
+    targets = torch.tensor([0.0, 0.4, 0.8])  # std 0.4 -> threshold 0.2
+    estimator.observe(targets, torch.tensor([0.05, 0.05, 0.05]))
     assert estimator.confident(var).tolist() == [True, False]
-    estimator.observe_noise(torch.tensor([0.0]))  # running mean: 0.9 * 0.2 + 0.1 * 0 = 0.18
+    assert estimator.noise_std.item() == pytest.approx(0.05)
+    estimator.observe(torch.tensor([0.0, 0.0]), torch.zeros(2))  # spread 0.9 * 0.4 + 0.1 * 0 = 0.36
     assert estimator.threshold().item() == pytest.approx(0.18)
     assert NeuralShapleyEstimator(3, max_std=0.5).confident(var).all()  # an absolute threshold

@@ -36,8 +36,8 @@ The total objective (the paper's overall loss; the weights are unverified and se
       L_FSA = mean_j KL( softmax_i(I_ij / tau_I) || softmax_i(s * <h_i, p_j>) )
 
 * Uncertainty-aware neural Shapley interaction learning: one :class:`NeuralShapleyEstimator` per level predicts the
-  score and its variance from features of the coalition. Where its predicted standard deviation is below the standard
-  error that sampling itself reaches (or an absolute ``max_std``) its mean replaces Monte-Carlo sampling; the rest,
+  score and its variance from features of the coalition. Where its predicted standard deviation is below a fraction of
+  the spread of the sampled values (or an absolute ``max_std``) its mean replaces Monte-Carlo sampling; the rest,
   plus a random ``refresh_fraction`` that keeps it calibrated, is sampled, and the samples train it with a Gaussian
   NLL (``L_NSE``) whose variance is the predicted one plus each sample's squared standard error, so the predicted
   variance measures the estimator's own error, not the Monte-Carlo noise of its targets.
@@ -143,6 +143,35 @@ def pooled_similarity(masks: Tensor, tokens: Tensor, text: Tensor) -> Tensor:
     return sim.reshape(masks.shape[:-1])
 
 
+def masked_image_payoff(
+    encode: Callable[[Tensor], Tensor], images: Tensor, text: Tensor, grid: tuple[int, int], chunk: int = 512
+) -> Callable[[Tensor], Tensor]:
+    """Token-level payoff by re-encoding: the patches outside the kept set are replaced by the mean colour (0 after
+    normalisation) and the images are encoded again; ``v(S) = <encode(masked image), text>``.
+
+    Args:
+        encode: images ``[k, 3, H, W]`` -> unit-norm embeddings ``[k, D]``.
+        images: ``[G, 3, H, W]``; text: ``[G, D]`` (unit norm); grid: the final token grid (patch ``i`` covers the
+            ``i``-th cell of the image in row-major order).
+        chunk: images per ``encode`` call.
+
+    Returns the payoff, bool masks ``[G, ..., n]`` -> ``[G, ...]``.
+    """
+    G, _, H, W = images.shape
+
+    def v(masks: Tensor) -> Tensor:
+        X = masks.reshape(G, -1, masks.shape[-1]).shape[1]
+        keep = F.interpolate(masks.reshape(G * X, 1, *grid).to(images.dtype), size=(H, W), mode="nearest")
+        owner = torch.arange(G, device=images.device).repeat_interleave(X)
+        out = []
+        for lo in range(0, G * X, chunk):
+            idx = slice(lo, lo + chunk)
+            out.append((encode(images[owner[idx]] * keep[idx]) * text[owner[idx]]).sum(-1))
+        return torch.cat(out).reshape(masks.shape[:-1])
+
+    return v
+
+
 def fine_grained_similarity(masks: Tensor, scores: Tensor) -> Tensor:
     """Semantics-level payoff: FILIP's symmetric max-mean similarity of the kept regions and phrases.
 
@@ -195,7 +224,7 @@ def estimate_interactions(
         return values, mean.sum() * 0, features.new_zeros(())
     with torch.no_grad():
         sampled, stderr = sample(index)
-    estimator.observe_noise(stderr)
+    estimator.observe(sampled, stderr)
     values[index] = sampled.to(values.dtype)
     nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + stderr.to(var.dtype).pow(2))
     return values, nll, todo.float().mean()
@@ -258,8 +287,10 @@ class LoupeRetrieval(DualEncoderRetrieval):
         estimator_hidden: the estimators' width.
         estimator_max_std: trust a prediction whose standard deviation is below this (``None``: the relative rule).
         estimator_trust_ratio: the relative rule: trust a prediction whose standard deviation is below this times
-            the running standard error of the sampled estimates (as precise as the sampling it replaces).
+            the running spread of the sampled values (its error small next to the differences the losses use).
         refresh_fraction: share of trusted coalitions sampled anyway (keeps the estimators calibrated).
+        estimator_lr_scale: the estimators' learning rate relative to the model's (they must track the games of a
+            changing model from few samples per step).
         pictures: validation images drawn with their phrases' regions (0: none).
     """
 
@@ -284,8 +315,9 @@ class LoupeRetrieval(DualEncoderRetrieval):
         use_estimator: bool = True,
         estimator_hidden: int = 256,
         estimator_max_std: float | None = None,
-        estimator_trust_ratio: float = 1.0,
+        estimator_trust_ratio: float = 0.25,
         refresh_fraction: float = 0.1,
+        estimator_lr_scale: float = 10.0,
         pictures: int = 6,
         **kwargs,
     ) -> None:
@@ -304,14 +336,21 @@ class LoupeRetrieval(DualEncoderRetrieval):
         width, dim = self.image_encoder.num_features, self.image_proj.out_features
         self.region_generator = RegionGenerator(width, num_regions)
         trust = (estimator_max_std, estimator_trust_ratio)
-        self.token_estimator = NeuralShapleyEstimator(3 * dim + 5, estimator_hidden, *trust)
+        local = self.image_encoder.patch_embed.proj.out_channels  # width of the local (patch-embedding) features
+        self.token_estimator = NeuralShapleyEstimator(local + 3 * dim + 5, estimator_hidden, *trust)
         self.semantic_estimator = NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, *trust)
         self.cfg = dict(
             R=num_regions, J=num_candidates, jitter=jitter_scale, P=max_phrases, chunker=noun_chunker,
             M=shapley_samples, members=member_samples, shapley_batch=shapley_batch, payoff=token_payoff,
             score=tsa_score, chunk=payoff_chunk, alpha=tsa_weight, beta=fsa_weight, gamma=estimator_weight,
             tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
+            estimator_lr_scale=estimator_lr_scale,
         )  # fmt: skip
+
+    def lr_scales(self) -> dict[str, float]:
+        """The estimators learn at ``estimator_lr_scale`` times the model's learning rate."""
+        scale = self.cfg["estimator_lr_scale"]
+        return {"token_estimator": scale, "semantic_estimator": scale}
 
     # ---- tokens ----------------------------------------------------------------------------------------------------
     def patch_grid(self, tokens: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -335,6 +374,18 @@ class LoupeRetrieval(DualEncoderRetrieval):
         return {"boxes": boxes, "masks": masks, "projected": projected, "grid": grid,
                 "embeds": F.normalize(pooled, dim=-1)}  # fmt: skip
 
+    @torch.no_grad()
+    def local_features(self, images: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``[B, n, C0]``: the patch embedding (before any attention mixes the patches) average-pooled onto the final
+        token grid; what a region holds locally, an input of the token-level estimator."""
+        emb = self.image_encoder.patch_embed(images)
+        if emb.ndim == 4:  # NHWC (Swin)
+            emb = emb.permute(0, 3, 1, 2)
+        else:  # NLC (ViT)
+            h, w = self.image_encoder.patch_embed.grid_size
+            emb = emb.transpose(1, 2).reshape(emb.shape[0], -1, h, w)
+        return F.adaptive_avg_pool2d(emb, grid).flatten(2).transpose(1, 2)
+
     def phrases(self, captions: list[str], words: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, list[list[str]]]:
         """Phrase embeddings ``[B, P, D]`` (unit norm), valid mask ``[B, P]`` and texts."""
         masks, texts = phrase_token_masks(captions, offsets, self.cfg["P"], self.cfg["chunker"])
@@ -345,30 +396,17 @@ class LoupeRetrieval(DualEncoderRetrieval):
     # ---- L_TSA -----------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encoder_payoff(self, images: Tensor, text: Tensor, grid: tuple[int, int]) -> Callable[[Tensor], Tensor]:
-        """Token-level payoff by re-encoding: the patches outside the kept set are replaced by the mean colour (0 after
-        normalisation) and the image encoder is run again; ``v(S) = cos(image embedding, text)``.
+        """:func:`masked_image_payoff` with this model's image encoder, run in eval mode (no drop-path noise)."""
 
-        Args: images ``[G, 3, H, W]``, text ``[G, D]`` (unit norm), grid: the final token grid. The returned function
-        maps bool masks ``[G, ..., n]`` to payoffs ``[G, ...]``; the encoder runs in chunks of ``payoff_chunk`` images.
-        """
-        G, _, H, W = images.shape
-
-        def v(masks: Tensor) -> Tensor:
-            flat = masks.reshape(G, -1, grid[0], grid[1])
-            X = flat.shape[1]
-            keep = F.interpolate(flat.reshape(G * X, 1, *grid).to(images.dtype), size=(H, W), mode="nearest")
-            owner = torch.arange(G, device=images.device).repeat_interleave(X)
-            out = []
+        def encode(x: Tensor) -> Tensor:
             was_training = self.image_encoder.training
             self.image_encoder.eval()
-            for lo in range(0, G * X, self.cfg["chunk"]):
-                idx = slice(lo, lo + self.cfg["chunk"])
-                emb, _ = self.encode_images(images[owner[idx]] * keep[idx])
-                out.append((emb * text[owner[idx]]).sum(-1))
-            self.image_encoder.train(was_training)
-            return torch.cat(out).reshape(masks.shape[:-1])
+            try:
+                return self.encode_images(x)[0]
+            finally:
+                self.image_encoder.train(was_training)
 
-        return v
+        return masked_image_payoff(encode, images, text, grid, self.cfg["chunk"])
 
     def token_interactions(
         self, reg: dict, text: Tensor, candidates: Tensor, images: Tensor | None = None
@@ -383,23 +421,33 @@ class LoupeRetrieval(DualEncoderRetrieval):
         masks = box_to_patch_mask(candidates, reg["grid"]).reshape(B, R * C, n)
         owner = torch.arange(B, device=text.device).repeat_interleave(R * C)
         flat_masks = masks.reshape(-1, n)
-        pooled = F.normalize(torch.bmm(masks.to(tokens.dtype), tokens), dim=-1).reshape(-1, tokens.shape[-1])
+        m = masks.to(tokens.dtype)
+        pooled = F.normalize(torch.bmm(m, tokens), dim=-1).reshape(-1, tokens.shape[-1])
+        width = self.image_encoder.patch_embed.proj.out_channels
+        if images is not None:
+            local = torch.bmm(m, self.local_features(images, reg["grid"])) / m.sum(-1, keepdim=True).clamp(min=1)
+        else:
+            local = tokens.new_zeros(B, R * C, width)
         features = torch.cat(
-            [pooled, text[owner], pooled * text[owner], candidates.reshape(-1, 4),
+            [local.reshape(-1, width), pooled, text[owner], pooled * text[owner], candidates.reshape(-1, 4),
              flat_masks.to(tokens.dtype).mean(-1, keepdim=True)], -1,
         )  # fmt: skip
 
-        def sample(index: Tensor) -> Tensor:
-            who = owner[index]
+        def payoff(rows: Tensor) -> Callable[[Tensor], Tensor]:
             if self.cfg["payoff"] == "encoder":
-                game = self.encoder_payoff(images[who], text[who], reg["grid"])
-            else:
-                game = lambda masks_: pooled_similarity(masks_, tokens[who], text[who])  # noqa: E731
+                return self.encoder_payoff(images[rows], text[rows], reg["grid"])
+            return lambda masks_: pooled_similarity(masks_, tokens[rows], text[rows])
+
+        def sample(index: Tensor) -> Tensor:
+            game = payoff(owner[index])
             if self.cfg["score"] == "excess":
                 coalitions = flat_masks[index]
                 value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"])
-                ends = game(torch.stack([torch.ones_like(coalitions), torch.zeros_like(coalitions)], 1))  # v(N), v(0)
-                share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1]).float()
+                # v(N) - v(0) once per image (not per coalition)
+                rows = torch.arange(B, device=text.device)
+                full = torch.ones(B, 1, n, dtype=torch.bool, device=text.device)
+                ends = payoff(rows)(torch.cat([full, ~full], 1)).float()  # [B, 2]
+                share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1])[owner[index]]
                 return value - share, stderr
             return mc_interaction(game, flat_masks[index], self.cfg["M"], member_samples=self.cfg["members"])
 
@@ -497,7 +545,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 "phrases_per_caption": valid.float().sum(1).mean()}  # fmt: skip
         if c["estimator"]:  # the typical predicted uncertainty and the trust threshold it is compared with
             for name, est in (("token", self.token_estimator), ("semantic", self.semantic_estimator)):
-                logs[f"estimator_std_{name}"], logs[f"sampling_stderr_{name}"] = est.last_std, est.noise_std
+                logs[f"estimator_std_{name}"], logs[f"trust_below_{name}"] = est.last_std, est.threshold()
+                logs[f"sampling_stderr_{name}"] = est.noise_std
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=B)
         return loss
 

@@ -199,9 +199,10 @@ class NeuralShapleyEstimator(nn.Module):
     caption) to a mean and a log-variance. It is trained with the Gaussian negative log-likelihood on sampled
     estimates (:meth:`loss`), so the variance head learns where the estimate is unreliable; :meth:`confident` marks
     the coalitions whose prediction replaces sampling: those whose predicted standard deviation is below ``max_std``
-    or, with ``max_std=None``, below ``trust_ratio`` times the standard error that sampling itself achieves (a running
-    mean of the sampled estimates' standard errors, :meth:`observe_noise`): the estimate is used where it is at least
-    as precise as the samples it replaces.
+    or, with ``max_std=None``, below ``trust_ratio`` times the spread (standard deviation) of the sampled values
+    themselves, tracked as a running mean by :meth:`observe`: the estimate is used where its error is small next to
+    the differences between coalitions that the losses act on. The running standard error of the samples is tracked
+    too (``noise_std``), for logging.
 
     Args:
         in_dim: coalition feature width.
@@ -211,7 +212,7 @@ class NeuralShapleyEstimator(nn.Module):
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int = 256, max_std: float | None = None, trust_ratio: float = 1.0
+        self, in_dim: int, hidden_dim: int = 256, max_std: float | None = None, trust_ratio: float = 0.25
     ) -> None:
         super().__init__()
         self.body = nn.Sequential(
@@ -220,7 +221,8 @@ class NeuralShapleyEstimator(nn.Module):
         self.mean_head = nn.Linear(hidden_dim, 1)
         self.log_var_head = nn.Linear(hidden_dim, 1)
         self.max_std, self.trust_ratio = max_std, trust_ratio
-        self.register_buffer("noise_std", torch.tensor(float("nan")))  # running standard error of sampling
+        self.register_buffer("noise_std", torch.tensor(float("nan")))  # running standard error of the samples
+        self.register_buffer("target_std", torch.tensor(float("nan")))  # running spread of the sampled values
         self.last_std = torch.tensor(float("nan"))
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,18 +245,18 @@ class NeuralShapleyEstimator(nn.Module):
         return F.gaussian_nll_loss(mean, targets.detach(), var)
 
     @torch.no_grad()
-    def observe_noise(self, stderr: Tensor, decay: float = 0.9) -> None:
-        """Track the standard error of the sampled estimates (exponential moving average of batch means)."""
-        if stderr.numel() == 0:
+    def observe(self, targets: Tensor, stderr: Tensor, decay: float = 0.9) -> None:
+        """Track the spread of the sampled values and their standard error (moving averages of batch statistics)."""
+        if targets.numel() < 2:
             return
-        value = stderr.float().mean()
-        self.noise_std.copy_(value if torch.isnan(self.noise_std) else decay * self.noise_std + (1 - decay) * value)
+        for buffer, value in ((self.target_std, targets.float().std()), (self.noise_std, stderr.float().mean())):
+            buffer.copy_(value if torch.isnan(buffer) else decay * buffer + (1 - decay) * value)
 
     def threshold(self) -> Tensor:
         """The predicted standard deviation under which a prediction is trusted (NaN: nothing is trusted yet)."""
         if self.max_std is not None:
             return torch.tensor(float(self.max_std))
-        return self.trust_ratio * self.noise_std
+        return self.trust_ratio * self.target_std
 
     def confident(self, variance: Tensor) -> Tensor:
         """Bool mask of the predictions to use instead of sampling (comparisons with NaN are False)."""
