@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe clean reproduce-%
 
 setup: $(STAMP)
 
@@ -60,6 +60,13 @@ bench-gpu: setup
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py
+
+# LOUPE's Shapley terms per step: Monte-Carlo sampling vs the fitted neural estimators, and the estimators' error;
+# a row appended to docs/benchmarks.md. LOUPE_CKPT: a trained toy LOUPE (or ITC) checkpoint, else the initial weights.
+LOUPE_CKPT ?=
+bench-loupe: setup
+	$(BIN)/python benchmarks/loupe_shapley.py --config configs/loupe/toy_loupe.yaml \
+		$(if $(LOUPE_CKPT),--ckpt $(LOUPE_CKPT)) --markdown docs/benchmarks.md $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,0 +1,274 @@
+"""LOUPE's Shapley terms: cost per training step with Monte-Carlo sampling vs the neural estimator, and the estimator's
+error against sampling.
+
+    python benchmarks/loupe_shapley.py [--config configs/loupe/toy_loupe.yaml] [--ckpt RUN/checkpoints/last.ckpt]
+        [--shapley-batch 8] [--fit-steps 2000] [--fit-batches 16] [--steps 4] [--reference-samples 16]
+        [--markdown docs/benchmarks.md]
+
+1. The model and data of ``--config`` (optionally the weights of ``--ckpt``, e.g. a trained toy LOUPE run, without
+   its estimators), with the Shapley terms on ``--shapley-batch`` pairs per step.
+2. Every coalition of ``--fit-batches`` batches is sampled once (the config's orders), and the estimators are fitted
+   on those samples with the Gaussian NLL (``--fit-steps`` full-batch AdamW steps): the data they would see over as
+   many training steps, with the encoders fixed so the games do not move.
+3. Timing, same batches and batch size: L_TSA + L_FSA forward and backward with every interaction sampled, then with
+   the estimators (sampling only where they are not confident, plus the refresh share). Medians over ``--steps``.
+4. Error, on held-out batches: the estimators' means and the config's sampled estimates against a reference sampled
+   with ``--reference-samples`` orders: mean absolute error and Pearson correlation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from datetime import date
+
+import torch
+import yaml
+
+from datamodules.captions import CaptionsDataModule
+from experiments.io import atomic_write_bytes
+from lightning_modules.retrieval.loupe import LoupeRetrieval, jitter_boxes
+
+
+def build(config: str, shapley_batch: int, ckpt: str | None) -> tuple[LoupeRetrieval, CaptionsDataModule]:
+    spec = yaml.safe_load(open(config))
+    model_args = dict(spec["model"]["init_args"])
+    model_args.pop("optim", None)
+    model_args["shapley_batch"] = shapley_batch
+    model = LoupeRetrieval(**model_args)
+    if ckpt:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        own = ("token_estimator.", "semantic_estimator.")  # fitted here from scratch
+        state = {k: v for k, v in state.items() if not k.startswith(own)}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        own = ("region_generator.", "token_estimator.", "semantic_estimator.")  # absent from an ITC checkpoint
+        if unexpected or any(not k.startswith(own) for k in missing):
+            raise ValueError(f"{ckpt} does not match {config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    data_args = dict(spec["data"]["init_args"], batch_size=shapley_batch, num_workers=0)
+    data = CaptionsDataModule(**data_args)
+    data.prepare_data()
+    data.setup("fit")
+    model.log = model.log_dict = lambda *a, **k: None
+    return model, data
+
+
+@torch.no_grad()
+def encode(model: LoupeRetrieval, batch: dict) -> dict:
+    image_emb, tokens = model.encode_images(batch["image"])
+    text_emb, words, _, offsets = model.encode_texts(batch["captions"], offsets=True)
+    return dict(tokens=tokens, text=text_emb, words=words, offsets=offsets, images=batch["image"],
+                captions=batch["captions"])  # fmt: skip
+
+
+def shapley_terms(model: LoupeRetrieval, enc: dict) -> tuple[torch.Tensor, dict]:
+    """L_TSA + L_FSA (+ the estimators' NLL) on pre-computed encodings, as in a training step."""
+    reg = model.regions(enc["tokens"])
+    tsa, nll_t, share_t, _ = model.tsa_loss(reg, enc["text"], enc["images"])
+    phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
+    fsa, nll_s, share_s = model.fsa_loss(reg["embeds"], phrases, valid)
+    c = model.cfg
+    loss = c["alpha"] * tsa + c["beta"] * fsa + c["gamma"] * (nll_t + nll_s)
+    return loss, {"token": float(share_t), "semantic": float(share_s)}
+
+
+def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, list[torch.Tensor]]:
+    """Sample every coalition of ``batches`` once (the config's orders) and keep (features, values, stderr) per
+    level: the training data the estimators would see over as many training steps."""
+    import lightning_modules.retrieval.loupe as loupe
+
+    records = {"token": [], "semantic": []}
+    original = loupe.estimate_interactions
+
+    def record(features, sample, estimator, refresh_fraction):
+        with torch.no_grad():
+            values, stderr = sample(torch.arange(features.shape[0], device=features.device))
+        level = "token" if estimator is model.token_estimator else "semantic"
+        records[level].append((features.detach(), values.float(), stderr.float()))
+        return values, features.new_zeros(()), features.new_ones(())
+
+    loupe.estimate_interactions = record
+    model.cfg["estimator"] = True
+    try:
+        for enc in batches:
+            reg = model.regions(enc["tokens"])
+            model.tsa_loss(reg, enc["text"], enc["images"])
+            phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
+            model.fsa_loss(reg["embeds"], phrases, valid)
+    finally:
+        loupe.estimate_interactions = original
+    return records
+
+
+def fit_estimators(model: LoupeRetrieval, records: dict, steps: int) -> None:
+    """Gaussian-NLL fit of both estimators on the collected samples (full batch, AdamW at 1e-3), then record the
+    samples' spread so the trust rule has its reference."""
+    for level, estimator in (("token", model.token_estimator), ("semantic", model.semantic_estimator)):
+        feats, values, stderr = (torch.cat(t) for t in zip(*records[level], strict=True))
+        opt = torch.optim.AdamW(estimator.parameters(), lr=1e-3, weight_decay=1e-4)
+        for _ in range(steps):
+            opt.zero_grad()
+            estimator.loss(feats, values, stderr.pow(2)).backward()
+            opt.step()
+        estimator.observe(values, stderr, decay=0.0)
+
+
+def time_terms(model: LoupeRetrieval, batches: list[dict], use_estimator: bool) -> tuple[float, dict]:
+    model.cfg["estimator"] = use_estimator
+    times, shares = [], []
+    for enc in batches:
+        start = time.perf_counter()
+        loss, share = shapley_terms(model, enc)
+        loss.backward()
+        times.append(time.perf_counter() - start)
+        shares.append(share)
+    model.zero_grad(set_to_none=True)
+    mean_share = {k: statistics.mean(s[k] for s in shares) for k in shares[0]}
+    return statistics.median(times), mean_share
+
+
+def trust_rule(model: LoupeRetrieval) -> str:
+    est = model.token_estimator
+    return f"max_std {est.max_std}" if est.max_std is not None else f"{est.trust_ratio} x spread of the samples"
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (a.norm() * b.norm()).clamp(min=1e-12))
+
+
+@torch.no_grad()
+def errors(model: LoupeRetrieval, batches: list[dict], reference_samples: int) -> dict:
+    """Estimator and config-sampling errors against a many-sample reference, both levels."""
+    out = {k: [] for k in ("tok_ref", "tok_est", "tok_mc", "sem_ref", "sem_est", "sem_mc")}
+    for enc in batches:
+        reg = model.regions(enc["tokens"])
+        boxes = reg["boxes"]
+        candidates = torch.cat([boxes.unsqueeze(2), jitter_boxes(boxes, model.cfg["J"], model.cfg["jitter"], 0.1)], 2)
+        phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
+        M = model.cfg["M"]
+        runs = {"ref": (False, reference_samples), "mc": (False, M), "est": (True, M)}
+        for name, (use_est, samples) in runs.items():
+            model.cfg.update(estimator=use_est, M=samples)
+            saved = (model.token_estimator.max_std, model.semantic_estimator.max_std, model.cfg["refresh"])
+            if use_est:  # every coalition from the estimator
+                model.token_estimator.max_std = model.semantic_estimator.max_std = float("inf")
+                model.cfg["refresh"] = 0.0
+            tok, _, _ = model.token_interactions(reg, enc["text"], candidates, enc["images"])
+            sem, _, _, pairs = model.semantic_interactions(reg["embeds"], phrases, valid)
+            model.token_estimator.max_std, model.semantic_estimator.max_std, model.cfg["refresh"] = saved
+            out[f"tok_{name}"].append(tok.flatten())
+            out[f"sem_{name}"].append(sem[pairs])
+        model.cfg.update(M=M)
+    cat = {k: torch.cat(v).float() for k, v in out.items()}
+    result = {}
+    for level in ("tok", "sem"):
+        ref = cat[f"{level}_ref"]
+        result[level] = {
+            "scale": float(ref.std()),
+            "est_mae": float((cat[f"{level}_est"] - ref).abs().mean()),
+            "est_r": pearson(cat[f"{level}_est"], ref),
+            "mc_mae": float((cat[f"{level}_mc"] - ref).abs().mean()),
+            "mc_r": pearson(cat[f"{level}_mc"], ref),
+            "count": int(ref.numel()),
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/loupe/toy_loupe.yaml")
+    parser.add_argument("--ckpt", default=None, help="weights of a trained LOUPE run (else the config's init)")
+    parser.add_argument("--shapley-batch", type=int, default=8)
+    parser.add_argument("--fit-steps", type=int, default=2000)
+    parser.add_argument("--fit-batches", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--reference-samples", type=int, default=16)
+    parser.add_argument("--markdown", default=None)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    model, data = build(args.config, args.shapley_batch, args.ckpt)
+    model.train()
+    loader = iter(data.train_dataloader())
+    fit = [encode(model, next(loader)) for _ in range(args.fit_batches)]
+    timed = [encode(model, next(loader)) for _ in range(args.steps)]
+    held = [encode(model, next(loader)) for _ in range(2)]
+    untrained = copy.deepcopy(model)
+    start = time.perf_counter()
+    records = collect_targets(model, fit)
+    sample_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    fit_estimators(model, records, args.fit_steps)
+    fit_seconds = time.perf_counter() - start
+    t_mc, share_mc = time_terms(model, timed, use_estimator=False)
+    t_est, share_est = time_terms(model, timed, use_estimator=True)
+    t_cold, share_cold = time_terms(untrained, timed, use_estimator=True)
+    err = errors(model, held, args.reference_samples)
+    c = model.cfg
+    setting = (
+        f"{args.config}, {args.shapley_batch} pairs x {c['R']} regions x {1 + c['J']} candidates, {c['M']} orders, "
+        f"token payoff {c['payoff']}, score {c['score']}, estimator trust {trust_rule(model)}, "
+        f"refresh {c['refresh']}, {'trained weights ' + args.ckpt if args.ckpt else 'initial weights'}, "
+        f"fitted on {args.fit_batches} batches"
+    )
+    lines = [
+        f"| {date.today()} | cpu | {setting} | {t_mc * 1e3:.0f} ms | {t_est * 1e3:.0f} ms "
+        f"({share_est['token']:.0%} / {share_est['semantic']:.0%} sampled) | {t_mc / t_est:.1f}x | "
+        f"{t_cold * 1e3:.0f} ms | {err['tok']['est_mae']:.4f} (r {err['tok']['est_r']:.2f}) vs MC "
+        f"{err['tok']['mc_mae']:.4f} (r {err['tok']['mc_r']:.2f}), scale {err['tok']['scale']:.4f} | "
+        f"{err['sem']['est_mae']:.4f} (r {err['sem']['est_r']:.2f}) vs MC {err['sem']['mc_mae']:.4f} "
+        f"(r {err['sem']['mc_r']:.2f}), scale {err['sem']['scale']:.4f} |"
+    ]
+    print(f"setting: {setting}")
+    counts = {k: sum(len(r[1]) for r in v) for k, v in records.items()}
+    print(f"targets sampled in {sample_seconds:.1f} s ({counts}); estimators fitted in {fit_seconds:.1f} s")
+    print(f"Shapley terms per step, all sampled : {t_mc * 1e3:.1f} ms (sampled share {share_mc})")
+    print(f"Shapley terms per step, estimator   : {t_est * 1e3:.1f} ms (sampled share {share_est}), "
+          f"{t_mc / t_est:.1f}x cheaper")  # fmt: skip
+    print(f"untrained estimator (falls back)    : {t_cold * 1e3:.1f} ms (sampled share {share_cold})")
+    for level, name in (("tok", "token-level"), ("sem", "semantics-level")):
+        e = err[level]
+        print(
+            f"{name:16s}: estimator MAE {e['est_mae']:.4f} (r {e['est_r']:.3f}); sampling with {c['M']} orders MAE "
+            f"{e['mc_mae']:.4f} (r {e['mc_r']:.3f}); reference std {e['scale']:.4f}; {e['count']} coalitions"
+        )
+    if args.markdown:
+        append_markdown_section(args.markdown, lines)
+    return 0
+
+
+HEADER = """## LOUPE Shapley terms: sampling vs the neural estimator (`make bench-loupe`)
+
+`benchmarks/loupe_shapley.py`: L_TSA + L_FSA forward and backward per training step (the encoders' own cost
+excluded), all interactions sampled vs the fitted estimators, same batches and batch size; then the estimators' error
+and the config's sampling error against a 16-order reference on held-out batches (mean absolute error, Pearson r,
+and the reference's std for scale). "cold" is an untrained estimator (never confident, so it samples everything).
+
+| date | device | setting | all sampled | estimator | speed-up | cold estimator | token-level error | semantics error |
+|---|---|---|---|---|---|---|---|---|
+"""
+
+
+def append_markdown_section(path: str, lines: list[str]) -> None:
+    """Add ``lines`` as rows at the end of this benchmark's table in ``path`` (the section is created once)."""
+    from pathlib import Path
+
+    target = Path(path)
+    text = target.read_text() if target.is_file() else "# Benchmarks\n"
+    title = HEADER.splitlines()[0]
+    if title not in text:
+        text = text.rstrip("\n") + "\n\n" + HEADER
+    rows = text.splitlines()
+    at = rows.index(title)
+    while at + 1 < len(rows) and not rows[at + 1].startswith("|---"):
+        at += 1
+    at += 1
+    while at + 1 < len(rows) and rows[at + 1].startswith("|"):
+        at += 1
+    rows[at + 1 : at + 1] = lines
+    atomic_write_bytes(target, ("\n".join(rows) + "\n").encode())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
