@@ -92,10 +92,12 @@ def box_to_patch_mask(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
     return (offset <= half[..., None, :] + 1e-6).all(-1)
 
 
-def jitter_boxes(boxes: Tensor, count: int, scale: float, min_size: float) -> Tensor:
+def jitter_boxes(
+    boxes: Tensor, count: int, scale: float, min_size: float, generator: torch.Generator | None = None
+) -> Tensor:
     """``[..., count, 4]`` random variants of ``(cx, cy, w, h)`` boxes: centres moved by up to ``scale`` of the size,
     sizes multiplied by up to ``exp(+-scale)``; clamped to the image."""
-    noise = torch.rand(*boxes.shape[:-1], count, 4, device=boxes.device) * 2 - 1
+    noise = torch.rand(*boxes.shape[:-1], count, 4, device=boxes.device, generator=generator) * 2 - 1
     base = boxes.unsqueeze(-2)
     centre = (base[..., :2] + scale * base[..., 2:] * noise[..., :2]).clamp(0, 1)
     size = (base[..., 2:] * torch.exp(scale * noise[..., 2:])).clamp(min_size, 1)
@@ -198,6 +200,7 @@ def estimate_interactions(
     sample: Callable[[Tensor], Tensor],
     estimator: NeuralShapleyEstimator | None,
     refresh_fraction: float,
+    generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Interactions ``[Q]`` of ``Q`` coalitions, from the neural estimator where it is confident, else sampled.
 
@@ -217,7 +220,7 @@ def estimate_interactions(
         return values, features.new_zeros(()), features.new_ones(())
     features = features.detach()
     mean, var = estimator(features)
-    todo = ~estimator.confident(var) | (torch.rand(Q, device=features.device) < refresh_fraction)
+    todo = ~estimator.confident(var) | (torch.rand(Q, device=features.device, generator=generator) < refresh_fraction)
     index = todo.nonzero().squeeze(1)
     values = mean.detach().clone()
     if index.numel() == 0:
@@ -292,6 +295,9 @@ class LoupeRetrieval(DualEncoderRetrieval):
         estimator_lr_scale: the estimators' learning rate relative to the model's (they must track the games of a
             changing model from few samples per step).
         pictures: validation images drawn with their phrases' regions (0: none).
+        shapley_seed: seed of the Shapley terms' own random generator (jitter, orders, refresh draws), so that they
+            leave the global RNG, and with it the data order and augmentation, exactly as the ITC-only baseline has
+            them: LOUPE and ITC runs with the same seed see the same batches.
     """
 
     def __init__(
@@ -319,6 +325,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
         refresh_fraction: float = 0.1,
         estimator_lr_scale: float = 10.0,
         pictures: int = 6,
+        shapley_seed: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -339,13 +346,22 @@ class LoupeRetrieval(DualEncoderRetrieval):
         local = self.image_encoder.patch_embed.proj.out_channels  # width of the local (patch-embedding) features
         self.token_estimator = NeuralShapleyEstimator(local + 3 * dim + 5, estimator_hidden, *trust)
         self.semantic_estimator = NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, *trust)
+        self._generators: dict[str, torch.Generator] = {}
         self.cfg = dict(
             R=num_regions, J=num_candidates, jitter=jitter_scale, P=max_phrases, chunker=noun_chunker,
             M=shapley_samples, members=member_samples, shapley_batch=shapley_batch, payoff=token_payoff,
             score=tsa_score, chunk=payoff_chunk, alpha=tsa_weight, beta=fsa_weight, gamma=estimator_weight,
             tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
-            estimator_lr_scale=estimator_lr_scale,
+            estimator_lr_scale=estimator_lr_scale, seed=shapley_seed,
         )  # fmt: skip
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """The Shapley terms' random generator on ``device`` (seeded with ``shapley_seed`` plus the global rank)."""
+        key = str(device)
+        if key not in self._generators:
+            rank = self.global_rank if self._trainer is not None else 0
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.cfg["seed"] + rank)
+        return self._generators[key]
 
     def lr_scales(self) -> dict[str, float]:
         """The estimators learn at ``estimator_lr_scale`` times the model's learning rate."""
@@ -442,17 +458,19 @@ class LoupeRetrieval(DualEncoderRetrieval):
             game = payoff(owner[index])
             if self.cfg["score"] == "excess":
                 coalitions = flat_masks[index]
-                value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"])
+                value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"], self.generator(text.device))
                 # v(N) - v(0) once per image (not per coalition)
                 rows = torch.arange(B, device=text.device)
                 full = torch.ones(B, 1, n, dtype=torch.bool, device=text.device)
                 ends = payoff(rows)(torch.cat([full, ~full], 1)).float()  # [B, 2]
                 share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1])[owner[index]]
                 return value - share, stderr
-            return mc_interaction(game, flat_masks[index], self.cfg["M"], member_samples=self.cfg["members"])
+            gen = self.generator(text.device)
+            return mc_interaction(game, flat_masks[index], self.cfg["M"], gen, member_samples=self.cfg["members"])
 
         estimator = self.token_estimator if self.cfg["estimator"] else None
-        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"])
+        gen = self.generator(features.device)
+        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen)
         return values.reshape(B, R, C), nll, share
 
     def tsa_loss(self, reg: dict, text: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -460,7 +478,10 @@ class LoupeRetrieval(DualEncoderRetrieval):
         boxes = reg["boxes"]
         min_size = 1 / max(reg["grid"])
         candidates = torch.cat(
-            [boxes.detach().unsqueeze(2), jitter_boxes(boxes.detach(), self.cfg["J"], self.cfg["jitter"], min_size)],
+            [
+                boxes.detach().unsqueeze(2),
+                jitter_boxes(boxes.detach(), self.cfg["J"], self.cfg["jitter"], min_size, self.generator(boxes.device)),
+            ],
             dim=2,
         )
         scores, nll, share = self.token_interactions(reg, text, candidates, images)
@@ -508,10 +529,11 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 flat = masks_.reshape(shape[0], -1, R + P) & keep.unsqueeze(1)
                 return fine_grained_similarity(flat, scores[who]).reshape(shape[:-1])
 
-            return mc_interaction(game, players[index], self.cfg["M"])
+            return mc_interaction(game, players[index], self.cfg["M"], self.generator(scores.device))
 
         estimator = self.semantic_estimator if self.cfg["estimator"] else None
-        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"])
+        gen = self.generator(features.device)
+        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen)
         out[b, i, j] = values.to(out.dtype)
         return out, nll, share, pairs
 
