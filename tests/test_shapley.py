@@ -214,3 +214,61 @@ def test_relative_trust_rule_follows_the_spread_of_the_samples():
     estimator.observe(torch.tensor([0.0, 0.0]), torch.zeros(2))  # spread 0.9 * 0.4 + 0.1 * 0 = 0.36
     assert estimator.threshold().item() == pytest.approx(0.18)
     assert NeuralShapleyEstimator(3, max_std=0.5).confident(var).all()  # an absolute threshold
+
+
+def test_budget_caps_the_sampled_share_least_confident_first():
+    estimator = NeuralShapleyEstimator(3, max_std=0.05, budget=0.25, warmup=1)  # nothing below std 0.05 here
+    var = torch.tensor([0.04, 0.01, 0.09, 0.0225, 0.0625, 0.16, 0.0001, 0.0016])  # std .2 .1 .3 .15 .25 .4 .01 .04
+    assert estimator.to_sample(var, 0.0).sum() == 6  # cold (no update yet): the trust rule alone, 6 untrusted
+    estimator.observe(torch.tensor([0.0, 1.0]), torch.zeros(2))  # one sampled batch: warm
+    picked = estimator.to_sample(var, 0.0)
+    assert picked.nonzero().squeeze(1).tolist() == [2, 5]  # ceil(0.25 * 8) = 2: the largest predicted std
+    assert estimator.to_sample(var[6:], 0.0).tolist() == [False, False]  # trusted ones stay unsampled under the cap
+    refresh = estimator.to_sample(var, 1.0)  # refresh draws go first, and everything is a refresh draw
+    assert refresh.sum() == 2
+    with pytest.raises(ValueError, match="budget"):
+        NeuralShapleyEstimator(3, budget=1.5)
+
+
+def test_replay_memory_refits_earlier_samples():
+    torch.manual_seed(0)
+    estimator = NeuralShapleyEstimator(2, hidden_dim=16, replay=5, replay_batch=64)
+    assert estimator.replay_loss() is None
+    estimator.remember(torch.zeros(3, 2), torch.arange(3.0), torch.zeros(3))
+    estimator.remember(torch.ones(4, 2), torch.arange(3.0, 7.0), torch.zeros(4))
+    features, targets, _ = estimator._memory
+    assert targets.tolist() == [2.0, 3.0, 4.0, 5.0, 6.0]  # the last five, oldest first out
+    assert features[0].tolist() == [0.0, 0.0] and features[1:].eq(1).all()
+    # the replayed NLL is the NLL of the remembered samples: fitting it moves the mean onto them
+    opt = torch.optim.Adam(estimator.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        estimator.replay_loss().backward()
+        opt.step()
+    mean, _ = estimator(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    assert mean[0].item() == pytest.approx(2.0, abs=0.3) and mean[1].item() == pytest.approx(4.5, abs=0.4)
+
+
+def test_exact_pair_interactions_match_enumeration():
+    from lightning_modules.retrieval.shapley import all_coalitions, exact_pair_interactions
+
+    torch.manual_seed(3)
+    n = 5
+    weights, pair_bonus = torch.randn(n), torch.randn(n, n)
+
+    def game(masks):
+        x = masks.double()
+        return x @ weights.double() + ((x @ pair_bonus.double()) * x).sum(-1) + (x.sum(-1) >= 3).double()
+
+    coalitions = all_coalitions(n)
+    assert coalitions.shape == (32, 5) and coalitions[6].tolist() == [False, True, True, False, False]
+    pairs = torch.tensor([[0, 1], [1, 3], [4, 2], [0, 4]])
+    got = exact_pair_interactions(game(coalitions), pairs)
+    want = [exact_interaction(game, n, p.tolist()) for p in pairs]
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+    # batched: two games at once, one set of pairs per game
+    both = torch.stack([game(coalitions), -game(coalitions)])
+    batched = exact_pair_interactions(both, torch.stack([pairs, pairs]))
+    torch.testing.assert_close(batched, torch.stack([got, -got]))
+    with pytest.raises(ValueError, match="2\\*\\*n"):
+        exact_pair_interactions(torch.zeros(6), pairs)

@@ -88,6 +88,45 @@ def exact_interaction(v: Payoff, n: int, coalition: list[int]) -> float:
     return unit - singles
 
 
+def all_coalitions(n: int, device: torch.device | str | None = None) -> Tensor:
+    """Bool masks ``[2**n, n]`` of every coalition of ``n`` players; row ``m`` holds the players of the bits of
+    ``m`` (player ``k`` is bit ``k``)."""
+    index = torch.arange(2**n, device=device)
+    return (index.unsqueeze(1) >> torch.arange(n, device=device)) & 1 == 1
+
+
+def exact_pair_interactions(payoffs: Tensor, pairs: Tensor) -> Tensor:
+    """Exact Shapley interactions ``I([{i, j}])`` of player pairs from the payoffs of every coalition.
+
+    For ``S = {i, j}`` the three Shapley values of the interaction are sums over the same coalitions
+    ``T subset N \\ S`` with the weights of an ``n - 1`` player game, so that::
+
+        I([S]) = sum_T |T|! (n - 2 - |T|)! / (n - 1)! * [v(T + S) - v(T + i) - v(T + j) + v(T)]
+
+    Args:
+        payoffs: ``[..., 2**n]``, ``v`` of every coalition in the order of :func:`all_coalitions`.
+        pairs: long ``[..., K, 2]`` (batch dims as ``payoffs``'s, or none), distinct players of each pair.
+    Returns ``[..., K]`` (float64). Costs ``K * 2**n`` additions; no payoff is evaluated twice.
+    """
+    size = payoffs.shape[-1]
+    n = size.bit_length() - 1
+    if size != 2**n or n < 2:
+        raise ValueError(f"payoffs must hold v of all 2**n coalitions (n >= 2), got {size} values")
+    v = payoffs.double()
+    m = torch.arange(size, device=payoffs.device)
+    bits = (m.unsqueeze(1) >> torch.arange(n, device=m.device)) & 1
+    weights = torch.tensor(_shapley_weights(n - 1) + [0.0, 0.0], dtype=torch.float64, device=m.device)[bits.sum(1)]
+    bi, bj = (1 << pairs[..., 0]).unsqueeze(-1), (1 << pairs[..., 1]).unsqueeze(-1)  # [..., K, 1]
+    outside = (m & (bi | bj)) == 0  # T subset N \ S: [..., K, 2**n]
+    ms = m.expand(outside.shape)
+
+    def at(index: Tensor) -> Tensor:
+        return torch.gather(v.unsqueeze(-2).expand(*index.shape[:-1], size), -1, index)
+
+    delta = at(ms | bi | bj) - at(ms | bi) - at(ms | bj) + at(ms)
+    return (delta * weights * outside).sum(-1)
+
+
 def mc_interaction(
     v: Payoff,
     coalitions: Tensor,
@@ -197,33 +236,58 @@ class NeuralShapleyEstimator(nn.Module):
 
     A two-layer MLP maps a coalition's feature vector (e.g. the pooled features of a region's patches and of the
     caption) to a mean and a log-variance. It is trained with the Gaussian negative log-likelihood on sampled
-    estimates (:meth:`loss`), so the variance head learns where the estimate is unreliable; :meth:`confident` marks
-    the coalitions whose prediction replaces sampling: those whose predicted standard deviation is below ``max_std``
-    or, with ``max_std=None``, below ``trust_ratio`` times the spread (standard deviation) of the sampled values
-    themselves, tracked as a running mean by :meth:`observe`: the estimate is used where its error is small next to
-    the differences between coalitions that the losses act on. The running standard error of the samples is tracked
-    too (``noise_std``), for logging.
+    estimates (:meth:`loss`), so the variance head learns where the estimate is unreliable. :meth:`to_sample` picks the
+    coalitions to sample; the estimator's mean stands in for the rest:
+
+    * trust rule: a prediction is trusted (:meth:`confident`) when its predicted standard deviation is below
+      ``max_std`` or, with ``max_std=None``, below ``trust_ratio`` times the spread (standard deviation) of the sampled
+      values themselves, tracked as a running mean by :meth:`observe`: the estimate is used where its error is small
+      next to the differences between coalitions that the losses act on;
+    * budget (optional): once the estimator has been updated on ``warmup`` sampled batches, at most ``budget`` of the
+      coalitions are sampled: the random refresh draws first, then the least confident ones (largest predicted
+      standard deviation). The cost of the Shapley terms is then bounded whatever the trust rule says.
+
+    ``replay`` keeps the last sampled (features, value, noise) triples so that each update also fits a random draw of
+    earlier samples (:meth:`replay_loss`): the few samples a training step yields are reused across steps. The running
+    standard error of the samples is tracked too (``noise_std``), for logging.
 
     Args:
         in_dim: coalition feature width.
         hidden_dim: hidden width.
         max_std: an absolute trust threshold on the predicted standard deviation (``None``: the relative rule).
         trust_ratio: the relative rule's factor.
+        budget: largest sampled share once warm (``None``: no cap).
+        warmup: sampled batches (:meth:`observe` calls) before the budget applies.
+        replay: size of the replay memory of samples (0: none).
+        replay_batch: earlier samples drawn per update.
     """
 
     def __init__(
-        self, in_dim: int, hidden_dim: int = 256, max_std: float | None = None, trust_ratio: float = 0.25
+        self,
+        in_dim: int,
+        hidden_dim: int = 256,
+        max_std: float | None = None,
+        trust_ratio: float = 0.25,
+        budget: float | None = None,
+        warmup: int = 0,
+        replay: int = 0,
+        replay_batch: int = 256,
     ) -> None:
         super().__init__()
+        if budget is not None and not 0 < budget <= 1:
+            raise ValueError(f"budget must be in (0, 1] or None, got {budget}")
         self.body = nn.Sequential(
             nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU()
         )
         self.mean_head = nn.Linear(hidden_dim, 1)
         self.log_var_head = nn.Linear(hidden_dim, 1)
         self.max_std, self.trust_ratio = max_std, trust_ratio
+        self.budget, self.warmup, self.replay, self.replay_batch = budget, warmup, replay, replay_batch
         self.register_buffer("noise_std", torch.tensor(float("nan")))  # running standard error of the samples
         self.register_buffer("target_std", torch.tensor(float("nan")))  # running spread of the sampled values
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # sampled batches observed
         self.last_std = torch.tensor(float("nan"))
+        self._memory: tuple[Tensor, Tensor, Tensor] | None = None  # replay memory (not checkpointed)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """``features [..., in_dim]`` -> ``(mean [...], variance [...])``."""
@@ -249,6 +313,7 @@ class NeuralShapleyEstimator(nn.Module):
         """Track the spread of the sampled values and their standard error (moving averages of batch statistics)."""
         if targets.numel() < 2:
             return
+        self.updates += 1
         for buffer, value in ((self.target_std, targets.float().std()), (self.noise_std, stderr.float().mean())):
             buffer.copy_(value if torch.isnan(buffer) else decay * buffer + (1 - decay) * value)
 
@@ -261,3 +326,39 @@ class NeuralShapleyEstimator(nn.Module):
     def confident(self, variance: Tensor) -> Tensor:
         """Bool mask of the predictions to use instead of sampling (comparisons with NaN are False)."""
         return variance.sqrt() < self.threshold().to(variance.device)
+
+    def to_sample(self, variance: Tensor, refresh_fraction: float, generator: torch.Generator | None = None) -> Tensor:
+        """Bool mask of the coalitions to sample: the untrusted ones and a random ``refresh_fraction`` of all (which
+        keep the estimator calibrated), capped at ``budget`` of them once warm (refresh draws first, then the largest
+        predicted variance)."""
+        Q = variance.shape[0]
+        refresh = torch.rand(Q, device=variance.device, generator=generator) < refresh_fraction
+        todo = ~self.confident(variance) | refresh
+        if self.budget is None or int(self.updates) < self.warmup:
+            return todo
+        cap = math.ceil(self.budget * Q)
+        if int(todo.sum()) <= cap:
+            return todo
+        priority = variance.detach().float().masked_fill(refresh, float("inf")).masked_fill(~todo, -float("inf"))
+        keep = torch.zeros_like(todo)
+        keep[priority.topk(cap).indices] = True
+        return keep
+
+    @torch.no_grad()
+    def remember(self, features: Tensor, targets: Tensor, noise_var: Tensor) -> None:
+        """Add sampled triples to the replay memory (the oldest leave first)."""
+        if self.replay <= 0 or features.shape[0] == 0:
+            return
+        new = (features.detach(), targets.detach().float(), noise_var.detach().float())
+        if self._memory is not None and self._memory[0].device == features.device:
+            new = tuple(torch.cat([old, fresh]) for old, fresh in zip(self._memory, new, strict=True))
+        self._memory = tuple(t[-self.replay :] for t in new)
+
+    def replay_loss(self, generator: torch.Generator | None = None) -> Tensor | None:
+        """Gaussian NLL on a random draw of ``replay_batch`` remembered samples (``None`` while the memory is empty)."""
+        if self._memory is None:
+            return None
+        features, targets, noise_var = self._memory
+        pick = torch.randint(features.shape[0], (min(self.replay_batch, features.shape[0]),),
+                             device=features.device, generator=generator)  # fmt: skip
+        return self.loss(features[pick], targets[pick], noise_var[pick])
