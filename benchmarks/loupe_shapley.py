@@ -3,7 +3,7 @@ error against sampling.
 
     python benchmarks/loupe_shapley.py [--config configs/loupe/toy_loupe.yaml] [--ckpt RUN/checkpoints/last.ckpt]
         [--shapley-batch 8] [--fit-steps 2000] [--fit-batches 16] [--steps 4] [--reference-samples 16]
-        [--markdown docs/benchmarks.md]
+        [--budget 0.15] [--markdown docs/benchmarks.md]
 
 1. The model and data of ``--config`` (optionally the weights of ``--ckpt``, e.g. a trained toy LOUPE run, without
    its estimators), with the Shapley terms on ``--shapley-batch`` pairs per step.
@@ -11,9 +11,12 @@ error against sampling.
    on those samples with the Gaussian NLL (``--fit-steps`` full-batch AdamW steps): the data they would see over as
    many training steps, with the encoders fixed so the games do not move.
 3. Timing, same batches and batch size: L_TSA + L_FSA forward and backward with every interaction sampled, then with
-   the estimators (sampling only where they are not confident, plus the refresh share). Medians over ``--steps``.
-4. Error, on held-out batches: the estimators' means and the config's sampled estimates against a reference sampled
-   with ``--reference-samples`` orders: mean absolute error and Pearson correlation.
+   the estimators (sampling only where they are not confident, plus the refresh share, at most ``--budget`` of the
+   coalitions if given, else the config's ``estimator_budget``). Medians over ``--steps``.
+4. Error, on held-out batches, against a reference sampled with ``--reference-samples`` orders: the config's sampled
+   estimates, the estimators' means alone, and the values a training step uses (estimator where trusted, samples
+   elsewhere): mean absolute error, Pearson correlation, and for the token level how often the best of a region's
+   candidate boxes (the L_TSA target) is the reference's best.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from experiments.io import atomic_write_bytes
 from lightning_modules.retrieval.loupe import LoupeRetrieval, jitter_boxes
 
 
-def build(config: str, shapley_batch: int, ckpt: str | None) -> tuple[LoupeRetrieval, CaptionsDataModule]:
+def build(
+    config: str, shapley_batch: int, ckpt: str | None, root: str | None = None
+) -> tuple[LoupeRetrieval, CaptionsDataModule]:
     spec = yaml.safe_load(open(config))
     model_args = dict(spec["model"]["init_args"])
     model_args.pop("optim", None)
@@ -47,6 +52,8 @@ def build(config: str, shapley_batch: int, ckpt: str | None) -> tuple[LoupeRetri
         if unexpected or any(not k.startswith(own) for k in missing):
             raise ValueError(f"{ckpt} does not match {config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     data_args = dict(spec["data"]["init_args"], batch_size=shapley_batch, num_workers=0)
+    if root is not None:
+        data_args["root"] = root
     data = CaptionsDataModule(**data_args)
     data.prepare_data()
     data.setup("fit")
@@ -81,7 +88,7 @@ def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, lis
     records = {"token": [], "semantic": []}
     original = loupe.estimate_interactions
 
-    def record(features, sample, estimator, refresh_fraction):
+    def record(features, sample, estimator, refresh_fraction, generator=None):
         with torch.no_grad():
             values, stderr = sample(torch.arange(features.shape[0], device=features.device))
         level = "token" if estimator is model.token_estimator else "semantic"
@@ -105,6 +112,8 @@ def fit_estimators(model: LoupeRetrieval, records: dict, steps: int) -> None:
     """Gaussian-NLL fit of both estimators on the collected samples (full batch, AdamW at 1e-3), then record the
     samples' spread so the trust rule has its reference."""
     for level, estimator in (("token", model.token_estimator), ("semantic", model.semantic_estimator)):
+        if estimator is None:  # the semantics-level game is computed exactly
+            continue
         feats, values, stderr = (torch.cat(t) for t in zip(*records[level], strict=True))
         opt = torch.optim.AdamW(estimator.parameters(), lr=1e-3, weight_decay=1e-4)
         for _ in range(steps):
@@ -112,6 +121,7 @@ def fit_estimators(model: LoupeRetrieval, records: dict, steps: int) -> None:
             estimator.loss(feats, values, stderr.pow(2)).backward()
             opt.step()
         estimator.observe(values, stderr, decay=0.0)
+        estimator.updates.fill_(max(estimator.warmup, len(records[level])))  # fitted on as many sampled batches
 
 
 def time_terms(model: LoupeRetrieval, batches: list[dict], use_estimator: bool) -> tuple[float, dict]:
@@ -140,39 +150,44 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def errors(model: LoupeRetrieval, batches: list[dict], reference_samples: int) -> dict:
-    """Estimator and config-sampling errors against a many-sample reference, both levels."""
-    out = {k: [] for k in ("tok_ref", "tok_est", "tok_mc", "sem_ref", "sem_est", "sem_mc")}
+    """Config sampling, estimator-only and as-trained (estimator where trusted, else sampled) errors against a
+    many-sample reference, both levels, and how often each picks the reference's best candidate box."""
+    names = ("ref", "mc", "est", "mix")
+    out = {f"{lvl}_{k}": [] for lvl in ("tok", "sem") for k in names}
     for enc in batches:
         reg = model.regions(enc["tokens"])
         boxes = reg["boxes"]
         candidates = torch.cat([boxes.unsqueeze(2), jitter_boxes(boxes, model.cfg["J"], model.cfg["jitter"], 0.1)], 2)
         phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
         M = model.cfg["M"]
-        runs = {"ref": (False, reference_samples), "mc": (False, M), "est": (True, M)}
+        runs = {"ref": (False, reference_samples), "mc": (False, M), "est": (True, M), "mix": (True, M)}
         for name, (use_est, samples) in runs.items():
             model.cfg.update(estimator=use_est, M=samples)
-            saved = (model.token_estimator.max_std, model.semantic_estimator.max_std, model.cfg["refresh"])
-            if use_est:  # every coalition from the estimator
-                model.token_estimator.max_std = model.semantic_estimator.max_std = float("inf")
+            ests = [e for e in (model.token_estimator, model.semantic_estimator) if e is not None]
+            saved = [(e.max_std, e.budget) for e in ests] + [model.cfg["refresh"]]
+            if name == "est":  # every coalition from the estimator
+                for e in ests:
+                    e.max_std, e.budget = float("inf"), None
                 model.cfg["refresh"] = 0.0
             tok, _, _ = model.token_interactions(reg, enc["text"], candidates, enc["images"])
             sem, _, _, pairs = model.semantic_interactions(reg["embeds"], phrases, valid)
-            model.token_estimator.max_std, model.semantic_estimator.max_std, model.cfg["refresh"] = saved
-            out[f"tok_{name}"].append(tok.flatten())
+            for e, (max_std, budget) in zip(ests, saved[:-1], strict=True):
+                e.max_std, e.budget = max_std, budget
+            model.cfg["refresh"] = saved[-1]
+            out[f"tok_{name}"].append(tok.flatten(0, 1))  # [B * R, C]
             out[f"sem_{name}"].append(sem[pairs])
         model.cfg.update(M=M)
     cat = {k: torch.cat(v).float() for k, v in out.items()}
     result = {}
     for level in ("tok", "sem"):
         ref = cat[f"{level}_ref"]
-        result[level] = {
-            "scale": float(ref.std()),
-            "est_mae": float((cat[f"{level}_est"] - ref).abs().mean()),
-            "est_r": pearson(cat[f"{level}_est"], ref),
-            "mc_mae": float((cat[f"{level}_mc"] - ref).abs().mean()),
-            "mc_r": pearson(cat[f"{level}_mc"], ref),
-            "count": int(ref.numel()),
-        }
+        result[level] = {"scale": float(ref.std()), "count": int(ref.numel())}
+        for name in names[1:]:
+            got = cat[f"{level}_{name}"]
+            result[level][f"{name}_mae"] = float((got - ref).abs().mean())
+            result[level][f"{name}_r"] = pearson(got.flatten(), ref.flatten())
+            if level == "tok":
+                result[level][f"{name}_best"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
     return result
 
 
@@ -185,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-batches", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--reference-samples", type=int, default=16)
+    parser.add_argument("--budget", type=float, default=None, help="estimator budget (default: the config's)")
+    parser.add_argument("--root", default=None, help="data root (default: the config's)")
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    model, data = build(args.config, args.shapley_batch, args.ckpt)
+    model, data = build(args.config, args.shapley_batch, args.ckpt, args.root)
+    if args.budget is not None:
+        for estimator in (model.token_estimator, model.semantic_estimator):
+            if estimator is not None:
+                estimator.budget = args.budget
     model.train()
     loader = iter(data.train_dataloader())
     fit = [encode(model, next(loader)) for _ in range(args.fit_batches)]
@@ -206,20 +227,26 @@ def main(argv: list[str] | None = None) -> int:
     t_cold, share_cold = time_terms(untrained, timed, use_estimator=True)
     err = errors(model, held, args.reference_samples)
     c = model.cfg
+    budget = model.token_estimator.budget
     setting = (
         f"{args.config}, {args.shapley_batch} pairs x {c['R']} regions x {1 + c['J']} candidates, {c['M']} orders, "
         f"token payoff {c['payoff']}, score {c['score']}, estimator trust {trust_rule(model)}, "
-        f"refresh {c['refresh']}, {'trained weights ' + args.ckpt if args.ckpt else 'initial weights'}, "
-        f"fitted on {args.fit_batches} batches"
+        f"budget {budget if budget is not None else 'none'}, refresh {c['refresh']}, "
+        f"{'trained weights ' + args.ckpt if args.ckpt else 'initial weights'}, fitted on {args.fit_batches} batches"
     )
+    tok, sem = err["tok"], err["sem"]
     lines = [
         f"| {date.today()} | cpu | {setting} | {t_mc * 1e3:.0f} ms | {t_est * 1e3:.0f} ms "
         f"({share_est['token']:.0%} / {share_est['semantic']:.0%} sampled) | {t_mc / t_est:.1f}x | "
-        f"{t_cold * 1e3:.0f} ms | {err['tok']['est_mae']:.4f} (r {err['tok']['est_r']:.2f}) vs MC "
-        f"{err['tok']['mc_mae']:.4f} (r {err['tok']['mc_r']:.2f}), scale {err['tok']['scale']:.4f} | "
-        f"{err['sem']['est_mae']:.4f} (r {err['sem']['est_r']:.2f}) vs MC {err['sem']['mc_mae']:.4f} "
-        f"(r {err['sem']['mc_r']:.2f}), scale {err['sem']['scale']:.4f} |"
-    ]
+        f"{t_cold * 1e3:.0f} ms | MC {tok['mc_mae']:.4f} (r {tok['mc_r']:.2f}, best {tok['mc_best']:.0%}); "
+        f"estimator {tok['est_mae']:.4f} (r {tok['est_r']:.2f}, best {tok['est_best']:.0%}); as trained "
+        f"{tok['mix_mae']:.4f} (r {tok['mix_r']:.2f}, best {tok['mix_best']:.0%}); scale {tok['scale']:.4f} | "
+        + (
+            f"exact, all 2^{c['R'] + c['P']} coalitions; scale {sem['scale']:.4f} |" if c["exact"] else
+            f"MC {sem['mc_mae']:.4f} (r {sem['mc_r']:.2f}); estimator {sem['est_mae']:.4f} (r {sem['est_r']:.2f}); "
+            f"as trained {sem['mix_mae']:.4f} (r {sem['mix_r']:.2f}); scale {sem['scale']:.4f} |"
+        )
+    ]  # fmt: skip
     print(f"setting: {setting}")
     counts = {k: sum(len(r[1]) for r in v) for k, v in records.items()}
     print(f"targets sampled in {sample_seconds:.1f} s ({counts}); estimators fitted in {fit_seconds:.1f} s")
@@ -229,10 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"untrained estimator (falls back)    : {t_cold * 1e3:.1f} ms (sampled share {share_cold})")
     for level, name in (("tok", "token-level"), ("sem", "semantics-level")):
         e = err[level]
-        print(
-            f"{name:16s}: estimator MAE {e['est_mae']:.4f} (r {e['est_r']:.3f}); sampling with {c['M']} orders MAE "
-            f"{e['mc_mae']:.4f} (r {e['mc_r']:.3f}); reference std {e['scale']:.4f}; {e['count']} coalitions"
-        )
+        if level == "sem" and c["exact"]:
+            print(f"{name:16s}: exact (all 2^{c['R'] + c['P']} coalitions); std {e['scale']:.4f}")
+            continue
+        for kind, label in (("mc", f"sampling, {c['M']} orders"), ("est", "estimator alone"), ("mix", "as trained")):
+            best = f", best candidate agrees {e[kind + '_best']:.0%}" if level == "tok" else ""
+            print(f"{name:16s} {label:18s}: MAE {e[kind + '_mae']:.4f} (r {e[kind + '_r']:.3f}){best}")
+        print(f"{name:16s} reference std {e['scale']:.4f}; {e['count']} coalitions")
     if args.markdown:
         append_markdown_section(args.markdown, lines)
     return 0
@@ -241,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
 HEADER = """## LOUPE Shapley terms: sampling vs the neural estimator (`make bench-loupe`)
 
 `benchmarks/loupe_shapley.py`: L_TSA + L_FSA forward and backward per training step (the encoders' own cost
-excluded), all interactions sampled vs the fitted estimators, same batches and batch size; then the estimators' error
-and the config's sampling error against a 16-order reference on held-out batches (mean absolute error, Pearson r,
-and the reference's std for scale). "cold" is an untrained estimator (never confident, so it samples everything).
+excluded), all interactions sampled vs the fitted estimators, same batches and batch size; then, against a 16-order
+reference on held-out batches, the error of the config's sampling, of the estimator alone, and of the values a
+training step uses (estimator where trusted, samples elsewhere): mean absolute error, Pearson r, the reference's std
+for scale and, token level, how often the best candidate box (the L_TSA target) is the reference's. "cold" is an
+untrained estimator (never confident, so it samples everything).
 
 | date | device | setting | all sampled | estimator | speed-up | cold estimator | token-level error | semantics error |
 |---|---|---|---|---|---|---|---|---|

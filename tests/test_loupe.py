@@ -79,8 +79,10 @@ def test_fine_grained_similarity_by_hand():
     torch.testing.assert_close(out, torch.tensor([[0.7, 0.425, 0.0, 0.5]]))
 
 
-def test_semantic_interactions_agree_with_enumeration():
-    model = small_loupe(use_estimator=False)
+@pytest.mark.parametrize("exact_players", [0, 12])  # sampled (3000 orders), and exact from all coalitions
+def test_semantic_interactions_agree_with_enumeration(exact_players):
+    model = small_loupe(use_estimator=False, semantic_exact_players=exact_players)
+    assert (model.semantic_estimator is None) == (exact_players > 0)
     model.cfg["M"] = 3000
     gen = torch.Generator().manual_seed(0)
     regions = torch.nn.functional.normalize(torch.randn(1, 3, 16, generator=gen), dim=-1)
@@ -88,8 +90,9 @@ def test_semantic_interactions_agree_with_enumeration():
     valid = torch.tensor([[True, True]])
     torch.manual_seed(1)
     inter, _, share, pairs = model.semantic_interactions(regions, phrases, valid)
-    assert share == 1.0 and pairs.all()
+    assert share == (0.0 if exact_players else 1.0) and pairs.all()
     scores = regions @ phrases.transpose(1, 2)
+    tol = 1e-6 if exact_players else 0.01
 
     def game(masks):
         flat = masks.reshape(1, -1, 5)
@@ -98,10 +101,18 @@ def test_semantic_interactions_agree_with_enumeration():
     for i in range(3):
         for j in range(2):
             exact = exact_interaction(game, 5, [i, 3 + j])
-            assert inter[0, i, j].item() == pytest.approx(exact, abs=0.01), (i, j)
-    # a padded phrase is a null player: no interaction is computed for it
+            assert inter[0, i, j].item() == pytest.approx(exact, abs=tol), (i, j)
+    # a padded phrase is a null player: no interaction is computed for it, and the others' are those of the game
+    # without it
     inter2, *_ = model.semantic_interactions(regions, phrases, torch.tensor([[True, False]]))
     assert (inter2[0, :, 1] == 0).all()
+
+    def game_without(masks):
+        flat = masks.reshape(1, -1, 4)
+        return fine_grained_similarity(flat, scores[:, :, :1]).reshape(masks.shape[:-1])
+
+    for i in range(3):
+        assert inter2[0, i, 0].item() == pytest.approx(exact_interaction(game_without, 4, [i, 3]), abs=tol), i
 
 
 def test_estimator_replaces_sampling_only_where_confident():
@@ -231,7 +242,8 @@ def test_excess_score_prefers_the_tight_box_around_the_evidence():
 def test_estimators_get_their_own_learning_rate():
     from lightning_modules.optim import OptimConfig, build_optimizer, build_scheduler
 
-    model = small_loupe(estimator_lr_scale=10.0, optim=OptimConfig(base_lr=1e-3, base_batch_size=1, warmup_steps=0))
+    model = small_loupe(estimator_lr_scale=10.0, semantic_exact_players=0,  # both estimators built
+                        optim=OptimConfig(base_lr=1e-3, base_batch_size=1, warmup_steps=0))  # fmt: skip
     optimizer = build_optimizer(model, model.optim, 1)
     model.adjust_param_groups(optimizer)
     scheduler = build_scheduler(optimizer, model.optim, 100, None)
@@ -263,3 +275,23 @@ def test_shapley_terms_leave_the_global_rng_alone():
     a = small_loupe().generator(torch.device("cpu"))
     b = small_loupe().generator(torch.device("cpu"))
     assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+
+
+def test_estimator_budget_and_replay_in_a_training_step():
+    torch.manual_seed(0)
+    estimator = NeuralShapleyEstimator(4, hidden_dim=8, max_std=1e-6, budget=0.25, warmup=1, replay=100)
+    features = torch.randn(8, 4)
+    calls = []
+
+    def sample(index):
+        calls.append(index.tolist())
+        return features[index, 0] * 2, torch.zeros(index.numel())
+
+    estimate_interactions(features, sample, estimator, refresh_fraction=0.0)  # cold: nothing trusted, all sampled
+    assert calls[-1] == list(range(8)) and estimator._memory[0].shape[0] == 8 and int(estimator.updates) == 1
+    _, var = estimator(features)
+    values, nll, share = estimate_interactions(features, sample, estimator, refresh_fraction=0.0)
+    assert calls[-1] == sorted(var.topk(2).indices.tolist()) and share.item() == 0.25  # warm: 2 of 8, least sure
+    sampled = torch.tensor(calls[-1])
+    torch.testing.assert_close(values[sampled], features[sampled, 0] * 2)  # sampled values are the samples
+    assert estimator._memory[0].shape[0] == 10 and nll.requires_grad  # fresh + replayed samples in one NLL

@@ -66,7 +66,13 @@ from torchvision.ops import box_convert, generalized_box_iou_loss
 from experiments.errors import ConfigError
 from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
 from lightning_modules.retrieval.phrases import noun_phrases
-from lightning_modules.retrieval.shapley import NeuralShapleyEstimator, mc_coalition_value, mc_interaction
+from lightning_modules.retrieval.shapley import (
+    NeuralShapleyEstimator,
+    all_coalitions,
+    exact_pair_interactions,
+    mc_coalition_value,
+    mc_interaction,
+)
 
 _WORD = re.compile(r"[,.;:!?]|[^\s,.;:!?]+")  # the items of phrases.words(), with their character positions
 
@@ -220,16 +226,22 @@ def estimate_interactions(
         return values, features.new_zeros(()), features.new_ones(())
     features = features.detach()
     mean, var = estimator(features)
-    todo = ~estimator.confident(var) | (torch.rand(Q, device=features.device, generator=generator) < refresh_fraction)
+    todo = estimator.to_sample(var, refresh_fraction, generator)
     index = todo.nonzero().squeeze(1)
     values = mean.detach().clone()
+    replay = estimator.replay_loss(generator)  # earlier samples, drawn before this step's join the memory
     if index.numel() == 0:
-        return values, mean.sum() * 0, features.new_zeros(())
+        return values, mean.sum() * 0 + (replay if replay is not None else 0), features.new_zeros(())
     with torch.no_grad():
         sampled, stderr = sample(index)
     estimator.observe(sampled, stderr)
     values[index] = sampled.to(values.dtype)
-    nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + stderr.to(var.dtype).pow(2))
+    noise_var = stderr.to(var.dtype).pow(2)
+    nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + noise_var)
+    if replay is not None:  # weighted by count: one NLL over fresh and replayed samples
+        drawn = min(estimator.replay_batch, estimator._memory[0].shape[0])
+        nll = (index.numel() * nll + drawn * replay) / (index.numel() + drawn)
+    estimator.remember(features[index], sampled, noise_var)
     return values, nll, todo.float().mean()
 
 
@@ -291,6 +303,13 @@ class LoupeRetrieval(DualEncoderRetrieval):
         estimator_max_std: trust a prediction whose standard deviation is below this (``None``: the relative rule).
         estimator_trust_ratio: the relative rule: trust a prediction whose standard deviation is below this times
             the running spread of the sampled values (its error small next to the differences the losses use).
+        semantic_exact_players: the semantics-level game is computed exactly, from the payoffs of all ``2**(R + P)``
+            coalitions, when it has at most this many players (regions + phrases); it is then cheaper than sampling
+            and noise-free, and the semantics-level estimator is not built. 0: always sample (and estimate).
+        estimator_budget: once warm, sample at most this share of the coalitions, the least confident first
+            (``None``: the trust rule alone decides; see :meth:`NeuralShapleyEstimator.to_sample`).
+        estimator_warmup: sampled batches before the budget applies.
+        estimator_replay: samples each estimator remembers and refits on (0: only the current step's).
         refresh_fraction: share of trusted coalitions sampled anyway (keeps the estimators calibrated).
         estimator_lr_scale: the estimators' learning rate relative to the model's (they must track the games of a
             changing model from few samples per step).
@@ -322,6 +341,10 @@ class LoupeRetrieval(DualEncoderRetrieval):
         estimator_hidden: int = 256,
         estimator_max_std: float | None = None,
         estimator_trust_ratio: float = 0.25,
+        semantic_exact_players: int = 12,
+        estimator_budget: float | None = None,
+        estimator_warmup: int = 50,
+        estimator_replay: int = 0,
         refresh_fraction: float = 0.1,
         estimator_lr_scale: float = 10.0,
         pictures: int = 6,
@@ -342,17 +365,19 @@ class LoupeRetrieval(DualEncoderRetrieval):
             )
         width, dim = self.image_encoder.num_features, self.image_proj.out_features
         self.region_generator = RegionGenerator(width, num_regions)
-        trust = (estimator_max_std, estimator_trust_ratio)
+        trust = dict(max_std=estimator_max_std, trust_ratio=estimator_trust_ratio, budget=estimator_budget,
+                     warmup=estimator_warmup, replay=estimator_replay)  # fmt: skip
         local = self.image_encoder.patch_embed.proj.out_channels  # width of the local (patch-embedding) features
-        self.token_estimator = NeuralShapleyEstimator(local + 3 * dim + 5, estimator_hidden, *trust)
-        self.semantic_estimator = NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, *trust)
+        self.token_estimator = NeuralShapleyEstimator(local + 3 * dim + 5, estimator_hidden, **trust)
+        exact = num_regions + max_phrases <= semantic_exact_players
+        self.semantic_estimator = None if exact else NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, **trust)
         self._generators: dict[str, torch.Generator] = {}
         self.cfg = dict(
             R=num_regions, J=num_candidates, jitter=jitter_scale, P=max_phrases, chunker=noun_chunker,
             M=shapley_samples, members=member_samples, shapley_batch=shapley_batch, payoff=token_payoff,
             score=tsa_score, chunk=payoff_chunk, alpha=tsa_weight, beta=fsa_weight, gamma=estimator_weight,
             tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
-            estimator_lr_scale=estimator_lr_scale, seed=shapley_seed,
+            estimator_lr_scale=estimator_lr_scale, seed=shapley_seed, exact=exact,
         )  # fmt: skip
 
     def generator(self, device: torch.device) -> torch.Generator:
@@ -366,7 +391,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
     def lr_scales(self) -> dict[str, float]:
         """The estimators learn at ``estimator_lr_scale`` times the model's learning rate."""
         scale = self.cfg["estimator_lr_scale"]
-        return {"token_estimator": scale, "semantic_estimator": scale}
+        names = ("token_estimator", "semantic_estimator")
+        return {name: scale for name in names if getattr(self, name) is not None}
 
     # ---- tokens ----------------------------------------------------------------------------------------------------
     def patch_grid(self, tokens: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -460,10 +486,10 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 coalitions = flat_masks[index]
                 value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"], self.generator(text.device))
                 # v(N) - v(0) once per image (not per coalition)
-                rows = torch.arange(B, device=text.device)
-                full = torch.ones(B, 1, n, dtype=torch.bool, device=text.device)
-                ends = payoff(rows)(torch.cat([full, ~full], 1)).float()  # [B, 2]
-                share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1])[owner[index]]
+                rows, where = owner[index].unique(return_inverse=True)  # only the images sampled from
+                full = torch.ones(rows.numel(), 1, n, dtype=torch.bool, device=text.device)
+                ends = payoff(rows)(torch.cat([full, ~full], 1)).float()  # [rows, 2]
+                share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1])[where]
                 return value - share, stderr
             gen = self.generator(text.device)
             return mc_interaction(game, flat_masks[index], self.cfg["M"], gen, member_samples=self.cfg["members"])
@@ -507,6 +533,14 @@ class LoupeRetrieval(DualEncoderRetrieval):
         out = scores.new_zeros(B, R, P)
         if b.numel() == 0:
             return out, scores.new_zeros(()), scores.new_zeros(()), pairs
+        # padded phrases are null players: keep them out of every coalition
+        allowed = torch.cat([torch.ones(B, R, dtype=torch.bool, device=valid.device), valid], 1)
+        if self.cfg["exact"]:  # v of every coalition once per image, then every pair's interaction exactly
+            coalitions = all_coalitions(R + P, scores.device).unsqueeze(0) & allowed.unsqueeze(1)  # [B, 2**n, n]
+            payoffs = fine_grained_similarity(coalitions, scores)  # [B, 2**n]
+            pair = torch.stack([i, R + j], -1).unsqueeze(1)  # [K, 1, 2]
+            out[b, i, j] = exact_pair_interactions(payoffs[b], pair).squeeze(1).to(out.dtype)
+            return out, scores.new_zeros(()), scores.new_zeros(()), pairs
         players = torch.zeros(b.numel(), R + P, dtype=torch.bool, device=scores.device)
         players[torch.arange(b.numel()), i] = True
         players[torch.arange(b.numel()), R + j] = True
@@ -517,8 +551,6 @@ class LoupeRetrieval(DualEncoderRetrieval):
             [regions[b, i].detach(), phrases[b, j].detach(), (regions[b, i] * phrases[b, j]).detach(),
              torch.stack([s, s - masked[b, :, j].amax(-1), s - masked[b, i].amax(-1)], -1)], -1,
         )  # fmt: skip
-        # padded phrases are null players: keep them out of every coalition
-        allowed = torch.cat([torch.ones(B, R, dtype=torch.bool, device=valid.device), valid], 1)
 
         def sample(index: Tensor) -> Tensor:
             who = b[index]
@@ -567,6 +599,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 "phrases_per_caption": valid.float().sum(1).mean()}  # fmt: skip
         if c["estimator"]:  # the typical predicted uncertainty and the trust threshold it is compared with
             for name, est in (("token", self.token_estimator), ("semantic", self.semantic_estimator)):
+                if est is None:
+                    continue
                 logs[f"estimator_std_{name}"], logs[f"trust_below_{name}"] = est.last_std, est.threshold()
                 logs[f"sampling_stderr_{name}"] = est.noise_std
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=B)
