@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from datetime import date
 
@@ -88,7 +89,7 @@ def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, lis
     records = {"token": [], "semantic": []}
     original = loupe.estimate_interactions
 
-    def record(features, sample, estimator, refresh_fraction, generator=None):
+    def record(features, sample, estimator, refresh_fraction, generator=None, group_size=1):
         with torch.no_grad():
             values, stderr = sample(torch.arange(features.shape[0], device=features.device))
         level = "token" if estimator is model.token_estimator else "semantic"
@@ -141,6 +142,11 @@ def time_terms(model: LoupeRetrieval, batches: list[dict], use_estimator: bool) 
 def trust_rule(model: LoupeRetrieval) -> str:
     est = model.token_estimator
     return f"max_std {est.max_std}" if est.max_std is not None else f"{est.trust_ratio} x spread of the samples"
+
+
+def log(message: str) -> None:
+    """Progress on stderr (the results go to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -216,15 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     timed = [encode(model, next(loader)) for _ in range(args.steps)]
     held = [encode(model, next(loader)) for _ in range(2)]
     untrained = copy.deepcopy(model)
+    log(f"sampling every coalition of {args.fit_batches} batches")
     start = time.perf_counter()
     records = collect_targets(model, fit)
     sample_seconds = time.perf_counter() - start
+    log(f"fitting the estimators ({args.fit_steps} steps)")
     start = time.perf_counter()
     fit_estimators(model, records, args.fit_steps)
     fit_seconds = time.perf_counter() - start
+    log(f"timing {args.steps} steps: all sampled, estimator, untrained estimator")
     t_mc, share_mc = time_terms(model, timed, use_estimator=False)
     t_est, share_est = time_terms(model, timed, use_estimator=True)
     t_cold, share_cold = time_terms(untrained, timed, use_estimator=True)
+    log(f"errors against a {args.reference_samples}-order reference")
     err = errors(model, held, args.reference_samples)
     c = model.cfg
     budget = model.token_estimator.budget

@@ -272,3 +272,14 @@ def test_exact_pair_interactions_match_enumeration():
     torch.testing.assert_close(batched, torch.stack([got, -got]))
     with pytest.raises(ValueError, match="2\\*\\*n"):
         exact_pair_interactions(torch.zeros(6), pairs)
+
+
+def test_groups_are_sampled_or_estimated_whole():
+    estimator = NeuralShapleyEstimator(3, max_std=0.05, budget=0.5, warmup=0)
+    # four groups of two: std (.01, .01) trusted; (.01, .2) not (one member unsure); (.1, .1) and (.3, .01) not
+    var = torch.tensor([0.01, 0.01, 0.01, 0.2, 0.1, 0.1, 0.3, 0.01]) ** 2
+    assert estimator.to_sample(var, 0.0, group_size=2).tolist() == [False, False, True, True, False, False, True, True]
+    estimator.budget = None  # no cap: every untrusted group
+    assert estimator.to_sample(var, 0.0, group_size=2).tolist() == [False, False] + [True] * 6
+    with pytest.raises(ValueError, match="groups of 3"):
+        estimator.to_sample(var, 0.0, group_size=3)

@@ -207,6 +207,7 @@ def estimate_interactions(
     estimator: NeuralShapleyEstimator | None,
     refresh_fraction: float,
     generator: torch.Generator | None = None,
+    group_size: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Interactions ``[Q]`` of ``Q`` coalitions, from the neural estimator where it is confident, else sampled.
 
@@ -216,6 +217,8 @@ def estimate_interactions(
             sample.
         estimator: ``None`` samples everything.
         refresh_fraction: share of confident coalitions sampled anyway (keeps the estimator calibrated).
+        generator: the random generator of the refresh draws.
+        group_size: consecutive coalitions sampled or estimated together (:meth:`NeuralShapleyEstimator.to_sample`).
 
     Returns ``(interactions [Q], estimator NLL on the sampled ones (0 without), sampled share)``.
     """
@@ -226,7 +229,7 @@ def estimate_interactions(
         return values, features.new_zeros(()), features.new_ones(())
     features = features.detach()
     mean, var = estimator(features)
-    todo = estimator.to_sample(var, refresh_fraction, generator)
+    todo = estimator.to_sample(var, refresh_fraction, generator, group_size)
     index = todo.nonzero().squeeze(1)
     values = mean.detach().clone()
     replay = estimator.replay_loss(generator)  # earlier samples, drawn before this step's join the memory
@@ -496,7 +499,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
 
         estimator = self.token_estimator if self.cfg["estimator"] else None
         gen = self.generator(features.device)
-        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen)
+        # a region's candidates are compared with each other: sampled or estimated together
+        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen, C)
         return values.reshape(B, R, C), nll, share
 
     def tsa_loss(self, reg: dict, text: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -327,22 +327,34 @@ class NeuralShapleyEstimator(nn.Module):
         """Bool mask of the predictions to use instead of sampling (comparisons with NaN are False)."""
         return variance.sqrt() < self.threshold().to(variance.device)
 
-    def to_sample(self, variance: Tensor, refresh_fraction: float, generator: torch.Generator | None = None) -> Tensor:
+    def to_sample(
+        self,
+        variance: Tensor,
+        refresh_fraction: float,
+        generator: torch.Generator | None = None,
+        group_size: int = 1,
+    ) -> Tensor:
         """Bool mask of the coalitions to sample: the untrusted ones and a random ``refresh_fraction`` of all (which
         keep the estimator calibrated), capped at ``budget`` of them once warm (refresh draws first, then the largest
-        predicted variance)."""
+        predicted variance).
+
+        ``group_size``: the coalitions come in consecutive groups whose values are compared with each other (e.g.
+        the candidate boxes of one region, whose best becomes the L_TSA target); a group is sampled or estimated as a
+        whole, so that a comparison never sets a sample against an estimate (the estimate shrinks towards the mean,
+        a sample does not, so the sampled member would win by its noise). A group is trusted when all its members
+        are, and ranked by its largest predicted variance."""
         Q = variance.shape[0]
-        refresh = torch.rand(Q, device=variance.device, generator=generator) < refresh_fraction
-        todo = ~self.confident(variance) | refresh
-        if self.budget is None or int(self.updates) < self.warmup:
-            return todo
-        cap = math.ceil(self.budget * Q)
-        if int(todo.sum()) <= cap:
-            return todo
-        priority = variance.detach().float().masked_fill(refresh, float("inf")).masked_fill(~todo, -float("inf"))
-        keep = torch.zeros_like(todo)
-        keep[priority.topk(cap).indices] = True
-        return keep
+        if Q % group_size:
+            raise ValueError(f"{Q} coalitions do not split into groups of {group_size}")
+        grouped = variance.detach().float().reshape(-1, group_size)
+        refresh = torch.rand(grouped.shape[0], device=variance.device, generator=generator) < refresh_fraction
+        todo = ~self.confident(grouped).all(-1) | refresh
+        cap = math.ceil(self.budget * grouped.shape[0]) if self.budget is not None else None
+        if cap is not None and int(self.updates) >= self.warmup and int(todo.sum()) > cap:
+            priority = grouped.amax(-1).masked_fill(refresh, float("inf")).masked_fill(~todo, -float("inf"))
+            todo = torch.zeros_like(todo)
+            todo[priority.topk(cap).indices] = True
+        return todo.repeat_interleave(group_size)
 
     @torch.no_grad()
     def remember(self, features: Tensor, targets: Tensor, noise_var: Tensor) -> None:
