@@ -32,7 +32,7 @@ import torch
 import yaml
 
 from datamodules.captions import CaptionsDataModule
-from experiments.io import atomic_write_bytes
+from experiments.io import append_table_rows
 from lightning_modules.retrieval.loupe import LoupeRetrieval, jitter_boxes
 
 
@@ -294,22 +294,7 @@ untrained estimator (never confident, so it samples everything).
 
 def append_markdown_section(path: str, lines: list[str]) -> None:
     """Add ``lines`` as rows at the end of this benchmark's table in ``path`` (the section is created once)."""
-    from pathlib import Path
-
-    target = Path(path)
-    text = target.read_text() if target.is_file() else "# Benchmarks\n"
-    title = HEADER.splitlines()[0]
-    if title not in text:
-        text = text.rstrip("\n") + "\n\n" + HEADER
-    rows = text.splitlines()
-    at = rows.index(title)
-    while at + 1 < len(rows) and not rows[at + 1].startswith("|---"):
-        at += 1
-    at += 1
-    while at + 1 < len(rows) and rows[at + 1].startswith("|"):
-        at += 1
-    rows[at + 1 : at + 1] = lines
-    atomic_write_bytes(target, ("\n".join(rows) + "\n").encode())
+    append_table_rows(path, HEADER, lines)
 
 
 if __name__ == "__main__":

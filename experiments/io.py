@@ -50,3 +50,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+
+
+def append_table_rows(path: str | os.PathLike, header: str, rows: list[str]) -> None:
+    """Add Markdown ``rows`` at the end of the table of the section that ``header`` opens (its first line is the
+    section title; the rest is its text, the table's header row and ``|---|`` line). The section is appended to the
+    file the first time; everything else in the file is kept. Written atomically."""
+    target = Path(path)
+    text = target.read_text() if target.is_file() else "# Benchmarks\n"
+    title = header.splitlines()[0]
+    if title not in text.splitlines():
+        text = text.rstrip("\n") + "\n\n" + header
+    lines = text.splitlines()
+    at = lines.index(title)
+    while at + 1 < len(lines) and not lines[at + 1].startswith("|---"):
+        at += 1
+    at += 1
+    while at + 1 < len(lines) and lines[at + 1].startswith("|"):
+        at += 1
+    lines[at + 1 : at + 1] = rows
+    atomic_write_bytes(target, ("\n".join(lines) + "\n").encode())
