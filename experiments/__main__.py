@@ -6,6 +6,7 @@ table <paper> [--runs runs]       the paper's table: paper numbers beside measur
 reproduce <paper> --scale toy|full   run every row of the paper's table, then print the table
 launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
+data extract --config X.yaml      video datasets: embed every clip once with a frozen backbone (feature shards)
 sweep --config X.yaml --space S.yaml --trials N   Optuna search over config keys (resumable, pruned)
 bench --config X.yaml [--steps N] [--compile]     step time, samples/s, memory, FLOPs, MFU; loader alone
 """

@@ -1,7 +1,14 @@
-"""``python -m experiments data check --config C.yaml [--data.key value ...] [--no-decode]``.
+"""``python -m experiments data check|extract --config C.yaml [--data.key value ...]``.
 
-Builds only the config's DataModule (no model, no trainer, no GPU) and asks it to validate its dataset: layout,
-counts per split, unreadable files. Every problem is printed with its path; the exit code is 1 when there is any.
+``check [--no-decode]`` builds only the config's DataModule (no model, no trainer, no GPU) and asks it to validate its
+dataset: layout, counts per split, unreadable files. Every problem is printed with its path; the exit code is 1 when
+there is any.
+
+``extract [--backbone NAME] [--batch-size N] [--device cuda]`` (video datasets): decodes every clip of the config's
+splits with decord at the data's ``fps``, embeds the frames once with a frozen timm backbone (default: the config's
+``model.init_args.visual_backbone``) and writes one feature shard per clip, ``<features_root>/<movie>/<clip>.npy``
+(``[frames, dim]`` float16, written atomically; existing shards are kept, so an interrupted run resumes), plus
+``features.json`` (fps, backbone, width). Training then reads the shards with ``data.init_args.visual: features``.
 """
 
 from __future__ import annotations
@@ -42,14 +49,78 @@ def check(config: str, overrides: list[str], decode: bool = True) -> int:
     return 1 if problems else 0
 
 
+def extract(config: str, overrides: list[str], backbone: str | None, batch_size: int, device: str) -> int:
+    import io
+    import time
+
+    import numpy as np
+    import timm
+    import torch
+    import yaml
+    from tqdm import tqdm
+
+    from datamodules.video_subtitles import FEATURES_META, decode_clip
+    from experiments.io import atomic_write_bytes, atomic_write_json
+
+    datamodule = build_datamodule(config, overrides)
+    if not hasattr(datamodule, "features_root"):
+        raise ConfigError(f"{type(datamodule).__name__} has no video clips to extract features from")
+    datamodule.prepare_data()
+    model_args = (yaml.safe_load(open(config)) or {}).get("model", {}).get("init_args", {})
+    name = backbone or model_args.get("visual_backbone")
+    if not name:
+        raise ConfigError("no backbone: pass --backbone NAME or set model.init_args.visual_backbone in the config")
+    torch.manual_seed(0)  # a backbone without pretrained weights is then the same in every extraction
+    net = timm.create_model(name, num_classes=0, **(model_args.get("visual_backbone_kwargs") or {}))
+    net = net.requires_grad_(False).eval().to(device)
+    cfg = net.pretrained_cfg
+    mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
+    root = datamodule.features_root
+    splits = [split for split in ("train", "val", "test") if datamodule.paths[split] is not None]
+    clips = {c.key: c for split in splits for c in datamodule.clips(split)}
+    frames_total, decode_s, embed_s, written = 0, 0.0, 0.0, 0
+    for clip in tqdm(clips.values(), desc=f"extract {name}", unit="clip"):
+        out = root / clip.movie / f"{clip.clip}.npy"
+        if out.is_file():
+            continue
+        start = time.perf_counter()
+        frames, _ = decode_clip(datamodule.video_root / clip.movie / f"{clip.clip}.mp4", datamodule.fps,
+                                datamodule.frame_size)  # fmt: skip
+        decode_s += time.perf_counter() - start
+        start = time.perf_counter()
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(frames), batch_size):
+                x = torch.from_numpy(frames[i : i + batch_size]).to(device).permute(0, 3, 1, 2).float() / 255
+                feats.append(net((x - mean) / std).float().cpu())
+        embed_s += time.perf_counter() - start
+        buffer = io.BytesIO()
+        np.save(buffer, torch.cat(feats).numpy().astype(np.float16))
+        atomic_write_bytes(out, buffer.getvalue())
+        frames_total, written = frames_total + len(frames), written + 1
+    atomic_write_json(root / FEATURES_META, {"fps": datamodule.fps, "backbone": name, "dim": net.num_features,
+                                             "frame_size": datamodule.frame_size})  # fmt: skip
+    print(f"features: {root} ({written} clips written, {len(clips) - written} already there)")
+    if frames_total:
+        print(f"decoding: {frames_total / max(decode_s, 1e-9):.0f} frames/s (decord, {datamodule.fps} fps sampling); "
+              f"embedding: {frames_total / max(embed_s, 1e-9):.0f} frames/s ({name} on {device})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments data", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("action", choices=["check"])
+    parser.add_argument("action", choices=["check", "extract"])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--no-decode", action="store_true", help="skip decoding every image (layout and counts only)")
+    parser.add_argument("--no-decode", action="store_true", help="check: skip decoding every image")
+    parser.add_argument("--backbone", default=None, help="extract: timm model (default: the config's visual_backbone)")
+    parser.add_argument("--batch-size", type=int, default=64, help="extract: frames per backbone call")
+    parser.add_argument("--device", default="cpu", help="extract: torch device")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--data.")]
     if bad:
-        raise ConfigError(f"data check takes only --data.* overrides, got {bad}")
+        raise ConfigError(f"data {args.action} takes only --data.* overrides, got {bad}")
+    if args.action == "extract":
+        return extract(args.config, overrides, args.backbone, args.batch_size, args.device)
     return check(args.config, overrides, decode=not args.no_decode)
