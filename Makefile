@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel clean reproduce-%
 
 setup: $(STAMP)
 
@@ -60,6 +60,11 @@ bench-gpu: setup
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py
+
+# TEL's video pipeline: decord decoding, the frames DataLoader and frozen-backbone extraction (frames/s); a row is
+# appended to docs/benchmarks.md.
+bench-tel: setup
+	$(BIN)/python benchmarks/tel_video.py --markdown docs/benchmarks.md $(BENCH_ARGS)
 
 # LOUPE's Shapley terms per step: Monte-Carlo sampling vs the fitted neural estimators, and the estimators' error;
 # a row appended to docs/benchmarks.md. LOUPE_CKPT: a trained toy LOUPE (or ITC) checkpoint, else the initial weights.

