@@ -109,3 +109,15 @@ def test_class_frequency_prior_scores_every_unit_by_the_training_share():
     prior.fit_prior(np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]], dtype=bool))
     probs = prior.unit_probs({"unit_mask": torch.ones(2, 4, dtype=torch.bool), "starts": torch.zeros(2, 4)})
     assert probs.shape == (2, 4, 3) and probs[1, 3].tolist() == [0.75, 0.25, 0.0]
+
+
+def test_relative_thresholds_give_every_clip_proposals():
+    probs = torch.tensor([[[0.02], [0.08], [0.01]]])  # below every absolute threshold
+    starts, ends = torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([[1.0, 2.0, 3.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    none = proposals(probs, starts, ends, mask, torch.tensor([0]), thresholds=(0.1, 0.5), relative=False)
+    assert none.shape == (0, 5)
+    rel = proposals(probs, starts, ends, mask, torch.tensor([0]), thresholds=(0.1, 0.5), relative=True)
+    # levels 0.25, 1, 0.125: >= 0.1 all three units (mean 0.0367), >= 0.5 unit 1 alone (0.08)
+    got = sorted((r[2].item(), r[3].item(), round(r[4].item(), 4)) for r in rel)
+    assert got == [(0.0, 3.0, round(0.11 / 3, 4)), (1.0, 2.0, 0.08)]

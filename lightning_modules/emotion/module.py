@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from datamodules.tel_annotations import EMOTIONS
 from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
-from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames
+from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames, topk_mean
 from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP
 from lightning_modules.emotion.proposals import ground_truth, proposals
 from lightning_modules.optim import OptimConfig
@@ -82,7 +82,9 @@ class LocalizationEvaluation:
         mask = batch["unit_mask"]
         segment.update(probs[mask], batch["unit_labels"][mask].long())
         ids = batch["index"]
-        pred = proposals(probs, batch["starts"], batch["ends"], mask, ids, self.cfg["thresholds"], self.cfg["nms"])
+        clip = topk_mean(probs, mask, self.cfg["ratio"]) if self.cfg.get("clip_score") else None
+        pred = proposals(probs, batch["starts"], batch["ends"], mask, ids, self.cfg["thresholds"], self.cfg["nms"],
+                         self.cfg.get("relative", True), clip)  # fmt: skip
         instance.update(pred, ground_truth(batch["unit_labels"], batch["starts"], batch["ends"], mask, ids))
         return probs
 
@@ -162,6 +164,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         topk_ratio: the MIL pooling averages the top ``ceil(U / topk_ratio)`` units.
         consensus_weight: ``lambda`` of the cross-modal consensus term (0: off).
         thresholds: probability thresholds that cut proposals.
+        relative_thresholds: apply them to each clip's class sequence divided by its maximum (WTAL convention).
+        clip_score: multiply each proposal's score by its clip's top-k pooled probability of the class.
         nms_iou: tIoU above which a lower-scored proposal of the same clip and class is suppressed.
         pictures: test/validation clips drawn as timelines (0: none).
         optim: optimiser and schedule.
@@ -187,6 +191,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         topk_ratio: float = 4.0,
         consensus_weight: float = 1.0,
         thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+        relative_thresholds: bool = True,
+        clip_score: bool = True,
         nms_iou: float = 0.6,
         pictures: int = 4,
         optim: OptimConfig | None = None,
@@ -211,7 +217,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
                                   "shards) or model.init_args.visual_backbone (to embed decoded frames)")  # fmt: skip
             self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
         self.cfg = dict(ratio=topk_ratio, lam=consensus_weight, thresholds=tuple(thresholds), nms=nms_iou,
-                        pictures=pictures)  # fmt: skip
+                        pictures=pictures, relative=relative_thresholds, clip_score=clip_score)  # fmt: skip
         self._make_metrics(num_classes)
 
     def train(self, mode: bool = True):

@@ -4,7 +4,10 @@ Proposals follow the multi-threshold convention of weakly supervised temporal lo
 and threshold ``theta`` in ``thresholds``, every maximal run of consecutive subtitle units whose probability is at
 least ``theta`` is a proposal from its first unit's start to its last unit's end, scored by its mean probability;
 duplicates across thresholds are removed by class-wise non-maximum suppression on tIoU (torchvision's
-``batched_nms`` on intervals drawn as boxes of unit height).
+``batched_nms`` on intervals drawn as boxes of unit height). With ``relative=True`` (the default) the thresholds
+apply to each clip's sequence divided by its maximum, as WTAL methods threshold a normalised class activation
+sequence: every clip gets proposals for every class, and the score (the mean raw probability) ranks them across
+clips; with absolute thresholds a class whose probabilities stay below the lowest threshold in a clip gets none.
 """
 
 from __future__ import annotations
@@ -36,16 +39,24 @@ def proposals(
     clip_ids: Tensor,
     thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     nms_iou: float = 0.6,
+    relative: bool = True,
+    clip_scores: Tensor | None = None,
 ) -> Tensor:
     """Scored instances ``[N, 5]`` (clip, class, start s, end s, score) from ``probs [B, U, C]``.
 
     ``starts``/``ends`` ``[B, U]`` are the units' times, ``unit_mask [B, U]`` marks real (not padded) units and
-    ``clip_ids [B]`` the dataset-wide clip ids written in the first column.
+    ``clip_ids [B]`` the dataset-wide clip ids written in the first column. ``clip_scores [B, C]`` (optional): the
+    clip-level probability of each class, multiplied into the score of the clip's proposals (WTAL methods fuse the
+    video-level class score into the proposal score so that proposals rank across clips by both).
     """
     B, U, C = probs.shape
     theta = torch.tensor(list(thresholds), dtype=probs.dtype, device=probs.device)
     p = probs.permute(0, 2, 1)  # [B, C, U]
-    active = (p.unsqueeze(2) >= theta.view(1, 1, -1, 1)) & unit_mask.view(B, 1, 1, U)  # [B, C, T, U]
+    level = p
+    if relative:
+        peak = p.masked_fill(~unit_mask.unsqueeze(1), 0).amax(-1, keepdim=True)
+        level = p / peak.clamp(min=torch.finfo(p.dtype).tiny)
+    active = (level.unsqueeze(2) >= theta.view(1, 1, -1, 1)) & unit_mask.view(B, 1, 1, U)  # [B, C, T, U]
     row, first, last = unit_runs(active)
     if row.numel() == 0:
         return probs.new_zeros(0, 5)
@@ -53,6 +64,8 @@ def proposals(
     c = (row // len(theta)) % C
     cumulative = torch.cat([p.new_zeros(B, C, 1), p.cumsum(-1)], -1)  # [B, C, U + 1]
     score = (cumulative[b, c, last + 1] - cumulative[b, c, first]) / (last - first + 1)
+    if clip_scores is not None:
+        score = score * clip_scores[b, c].to(score.dtype)
     t0, t1 = starts[b, first], ends[b, last]
     boxes = torch.stack([t0, torch.zeros_like(t0), t1, torch.ones_like(t1)], 1).float()
     keep = batched_nms(boxes, score.float(), b * C + c, nms_iou)
