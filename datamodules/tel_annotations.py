@@ -96,6 +96,15 @@ def _intervals(times: list, where: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], dtype=np.float64), np.array([p[1] for p in pairs], dtype=np.float64)
 
 
+def _unit_times(entry: dict, key: str, noun: str, count: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The subtitle intervals under ``key`` (one per subtitle), checked and parsed."""
+    if key not in entry:
+        raise DataError(f"{where}: the entry needs {key!r} (one interval per subtitle)")
+    if len(entry[key]) != count:
+        raise DataError(f"{where}: {len(entry[key])} {noun} for {count} subtitles")
+    return _intervals(entry[key], where)
+
+
 def parse_clip(movie: str, clip: str, entry: dict, source: str) -> Clip:
     """One clip of either split (the format is told by the type of the ``emo`` values)."""
     where = f"{source}: {movie}/{clip}"
@@ -104,22 +113,13 @@ def parse_clip(movie: str, clip: str, entry: dict, source: str) -> Clip:
     emo, texts = entry["emo"], [str(t).strip() for t in entry["dialog"]]
     labels = np.zeros(len(EMOTIONS), dtype=bool)
     if all(isinstance(v, (int, float)) for v in emo.values()):  # training split: clip-level counts
-        if "time" not in entry:
-            raise DataError(f"{where}: a clip-level entry needs 'time' (one interval per subtitle)")
-        times = entry["time"]
-        if len(times) != len(texts):
-            raise DataError(f"{where}: {len(times)} times for {len(texts)} subtitles")
-        starts, ends = _intervals(times, where)
+        starts, ends = _unit_times(entry, "time", "times", len(texts), where)
         for name, count in emo.items():
             if count > 0:
                 labels[emotion_index(name, where)] = True
         return Clip(movie, clip, starts, ends, texts, labels, None, source)
-    if "dialog_name" not in entry:
-        raise DataError(f"{where}: a subtitle-level entry needs 'dialog_name' (one interval per subtitle)")
+    starts, ends = _unit_times(entry, "dialog_name", "dialog_name intervals", len(texts), where)
     names = entry["dialog_name"]
-    if len(names) != len(texts):
-        raise DataError(f"{where}: {len(names)} dialog_name intervals for {len(texts)} subtitles")
-    starts, ends = _intervals(names, where)
     units: dict[int, list[int]] = {}
     for name, spec in emo.items():
         c = emotion_index(name, where)
