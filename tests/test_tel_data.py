@@ -72,7 +72,8 @@ def test_toy_mp4_decodes_to_the_written_frames_and_srt_parses(tmp_path):
     assert frames.shape == written["frames"].shape and (frames == written["frames"]).all()  # lossless
     assert duration == pytest.approx(len(frames) / 4.0)
     starts, ends, texts = read_srt(tmp_path / "videos" / clip.movie / f"{clip.clip}.srt")
-    np.testing.assert_allclose(starts, clip.starts) and np.testing.assert_allclose(ends, clip.ends)
+    np.testing.assert_allclose(starts, clip.starts)  # each call asserts (it returns None: no `and` chaining)
+    np.testing.assert_allclose(ends, clip.ends)
     assert texts == clip.texts == written["texts"]
     test = read_tel(tmp_path / "test.json")
     assert all(c.units for c in test)  # every test clip holds an emotion, at subtitle level
