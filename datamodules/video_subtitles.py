@@ -217,10 +217,12 @@ class VideoSubtitlesDataModule(SuiteDataModule):
             against it.
         dataset: ``tel`` (the official splits) or ``toy``.
         train_json: training annotations (clip-level labels).
-        val_json: validation annotations (subtitle-level); ``None``: no validation (the official release has no
-            validation split, and choosing checkpoints on the test split would leak: train a fixed schedule and test
-            the final weights; docs/tel.md).
+        val_json: validation annotations (subtitle-level); ``None``: no such split (the official release has none,
+            and choosing checkpoints on the test split would leak: see ``val_movies``).
         test_json: test annotations (subtitle-level).
+        val_movies: with ``val_json: None``, hold out this many training movies (drawn with ``seed``) as a
+            validation split with clip-level labels, disjoint by movie as train and test are: checkpoints are then
+            chosen on ``val/clip_map`` without touching the test split (0: no validation).
         visual: ``none`` (subtitle-only), ``frames`` (decode the mp4 files) or ``features`` (read the shards).
         video_root: ``<video_root>/<movie>/<clip>.mp4`` (and ``.srt``).
         features_root: ``<features_root>/<movie>/<clip>.npy``.
@@ -240,6 +242,7 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         train_json: str = "train.json",
         val_json: str | None = None,
         test_json: str = "test.json",
+        val_movies: int = 0,
         visual: Literal["none", "frames", "features"] = "none",
         video_root: str = "videos",
         features_root: str = "features",
@@ -273,6 +276,10 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         self.class_names = EMOTIONS[: self.num_classes]
         if dataset == "toy" and val_json is None:
             self.paths["val"] = base / "val.json"
+        if val_movies < 0 or (val_movies and self.paths["val"] is not None):
+            raise ConfigError(f"data.init_args.val_movies is {val_movies}: it holds out that many training movies "
+                              "when no val_json is given; use a count >= 0 and val_json: null")  # fmt: skip
+        self.val_movies = val_movies
 
     def prepare_data(self) -> None:
         if self.dataset == "toy":
@@ -282,9 +289,22 @@ class VideoSubtitlesDataModule(SuiteDataModule):
             ensure_written(self.root, write_toy_tel, **self.toy_options)
 
     def clips(self, split: str) -> list[Clip]:
+        if self.val_movies and split in ("train", "val"):
+            return self._held_out(split)
         if self.paths[split] is None:
             raise ConfigError(f"no {split} annotations configured (data.init_args.{split}_json)")
         return read_tel(self.paths[split])
+
+    def _held_out(self, split: str) -> list[Clip]:
+        """The training clips without (``train``) or of (``val``) ``val_movies`` movies drawn with ``seed``."""
+        clips = read_tel(self.paths["train"])
+        movies = sorted({c.movie for c in clips})
+        if self.val_movies >= len(movies):
+            raise ConfigError(f"data.init_args.val_movies is {self.val_movies} but {self.paths['train']} has only "
+                              f"{len(movies)} movies; hold out fewer")  # fmt: skip
+        order = np.random.default_rng(self.seed).permutation(len(movies))
+        held = {movies[i] for i in order[: self.val_movies]}
+        return [c for c in clips if (c.movie in held) == (split == "val")]
 
     def dataset_for(self, split: str) -> TelClips:
         return TelClips(self.clips(split), self.visual, self.video_root, self.features_root, self.subtitles,
@@ -294,7 +314,8 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         if stage == "fit":
             self.train_set = self.dataset_for("train")
         if stage in ("fit", "validate"):
-            self.val_set = self.dataset_for("val") if self.paths["val"] is not None else None
+            has_val = self.paths["val"] is not None or self.val_movies
+            self.val_set = self.dataset_for("val") if has_val else None
         if stage in ("test", "predict"):
             self.test_set = self.dataset_for("test")
 

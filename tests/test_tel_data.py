@@ -13,7 +13,7 @@ import torch
 from datamodules.tel_annotations import EMOTIONS, instances, parse_interval, read_tel, runs
 from datamodules.toy.emotion_clips import make_clip, write_toy_tel
 from datamodules.video_subtitles import VideoSubtitlesDataModule, collate_clips, decode_clip, read_srt
-from experiments.errors import CorruptFileError, DataError
+from experiments.errors import ConfigError, CorruptFileError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,3 +184,24 @@ def test_extract_writes_shards_that_training_reads(tmp_path, capsys):
                             4.0, None)  # fmt: skip
     assert item["features"].shape == (len(frames), meta["dim"]) and torch.isfinite(item["features"]).all()
     torch.testing.assert_close(item["frame_times"], torch.from_numpy((np.arange(len(frames)) + 0.5) / 4.0).float())
+
+
+def test_val_movies_holds_out_whole_training_movies(tmp_path):
+    clip = {"emo": {"anger": 1}, "time": ["00:00:01.000-->00:00:02.000"], "dialog": ["hi"]}
+    train = {f"tt{m}": {f"c{k}": clip for k in range(m + 1)} for m in range(6)}  # movie m has m + 1 clips
+    _write_json(tmp_path / "train.json", train)
+
+    def split(seed: int, **kw) -> tuple[list, list]:
+        dm = VideoSubtitlesDataModule(root=str(tmp_path), val_movies=2, seed=seed, num_workers=0, **kw)
+        return dm.clips("train"), dm.clips("val")
+
+    tr, va = split(0)
+    held = {c.movie for c in va}
+    assert len(held) == 2 and not held & {c.movie for c in tr}  # disjoint by movie
+    assert len(tr) + len(va) == 21 and len(va) == sum(int(m[2:]) + 1 for m in held)  # every clip of a held movie
+    assert {c.movie for c in split(0)[1]} == held  # seeded
+    assert any({c.movie for c in split(s)[1]} != held for s in range(1, 6))
+    with pytest.raises(ConfigError, match="val_movies is 6 but .*train.json has only 6 movies"):
+        VideoSubtitlesDataModule(root=str(tmp_path), val_movies=6).clips("val")
+    with pytest.raises(ConfigError, match="val_json: null"):
+        VideoSubtitlesDataModule(root=str(tmp_path), val_movies=1, val_json="val.json")

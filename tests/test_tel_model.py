@@ -121,3 +121,57 @@ def test_relative_thresholds_give_every_clip_proposals():
     # levels 0.25, 1, 0.125: >= 0.1 all three units (mean 0.0367), >= 0.5 unit 1 alone (0.08)
     got = sorted((r[2].item(), r[3].item(), round(r[4].item(), 4)) for r in rel)
     assert got == [(0.0, 3.0, round(0.11 / 3, 4)), (1.0, 2.0, 0.08)]
+
+
+def test_threshold_zero_adds_the_whole_clip():
+    probs = torch.tensor([[[0.1], [0.9], [0.2], [0.8]]])
+    starts, ends = torch.tensor([[0.0, 1.0, 2.0, 3.0]]), torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    mask = torch.tensor([[True, True, True, False]])  # the fourth unit is padding
+    got = proposals(probs, starts, ends, mask, torch.tensor([7]), thresholds=(0.0, 0.5), nms_iou=0.9)
+    rows = sorted((r[2].item(), r[3].item(), round(r[4].item(), 4)) for r in got)
+    assert rows == [(0.0, 3.0, 0.4), (1.0, 2.0, 0.9)]  # whole (real) clip scored by its mean; the peak unit
+    assert (got[:, 0] == 7).all()
+
+
+def test_clip_level_validation_and_test_needs_unit_labels():
+    from experiments.errors import ConfigError
+    from lightning_modules.emotion.prior import ClassFrequencyPrior
+
+    prior = ClassFrequencyPrior(num_classes=2)
+    prior.fit_prior(torch.tensor([[1, 0], [1, 1], [0, 0], [1, 0]]).bool().numpy())  # frequencies 0.75, 0.25
+    batch = {"unit_mask": torch.ones(3, 2, dtype=torch.bool), "starts": torch.zeros(3, 2), "ends": torch.ones(3, 2),
+             "labels": torch.tensor([[1, 0], [0, 1], [1, 1]]), "index": torch.arange(3)}  # fmt: skip
+    prior._evaluate(batch, "val")
+    assert prior.val_clip.update_count == 1 and prior.val_segment.update_count == 0
+    # every clip ties within a class, so each class's AP is its share of positive clips: (2/3 + 2/3) / 2
+    assert prior.val_clip.compute().item() == pytest.approx(100 * 2 / 3)
+    with pytest.raises(ConfigError, match="test split needs subtitle-level labels"):
+        prior._evaluate(batch, "test")
+
+
+def test_localizer_rejects_an_unknown_monitor():
+    from experiments.errors import ConfigError
+    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+
+    with pytest.raises(ConfigError, match="monitor is 'val/loss'.*val/clip_map"):
+        TemporalEmotionLocalizer(num_classes=2, modalities="video", visual_dim=8, monitor="val/loss")
+
+
+def test_whole_clip_proposals_rank_first_by_the_clip_score():
+    probs = torch.tensor([[[0.1, 0.0], [0.9, 0.0], [0.2, 0.0]], [[0.5, 0.5], [0.0, 0.0], [0.0, 0.0]]])
+    starts = torch.tensor([[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]])
+    ends = starts + 1
+    mask = torch.tensor([[True, True, True], [True, False, False]])  # clip 1 has one real unit
+    clip = torch.tensor([[0.8, 0.1], [0.5, 0.4]])
+    got = proposals(probs, starts, ends, mask, torch.tensor([3, 4]), thresholds=(0.5,), nms_iou=0.9,
+                    clip_scores=clip, whole_clip=True)  # fmt: skip
+    rows = sorted((int(r[0]), int(r[1]), r[2].item(), r[3].item(), round(r[4].item(), 4)) for r in got)
+    assert rows == [
+        (3, 0, 0.0, 3.0, 0.8),  # the whole clip, scored by the clip probability
+        (3, 0, 1.0, 2.0, round(0.9 * 0.8, 4)),  # the run at level >= 0.5: unit 1, mean 0.9 x clip 0.8
+        (3, 1, 0.0, 3.0, 0.1),  # an all-zero class still gets its whole clip
+        (4, 0, 0.0, 1.0, 0.5),  # clip 4: one unit, so the run and the whole clip coincide (NMS keeps the best)
+        (4, 1, 0.0, 1.0, 0.4),
+    ]
+    with pytest.raises(ValueError, match="pass clip_scores"):
+        proposals(probs, starts, ends, mask, torch.tensor([3, 4]), whole_clip=True)

@@ -66,51 +66,63 @@ class SubtitleEncoder(nn.Module):
 
 
 class LocalizationEvaluation:
-    """Validation and test of per-subtitle emotion probabilities: segment-level mAP, instance-level mAP at tIoU
-    0.1:0.1:0.5 (proposals cut at ``cfg["thresholds"]``, NMS at ``cfg["nms"]``), and timeline pictures. The host
-    defines ``unit_probs(batch) -> [B, U, C]``, ``cfg`` and ``class_names``."""
+    """Validation and test of per-subtitle emotion probabilities: clip-level mAP (the top-k pooled probabilities
+    against the clip labels; the only metric a split with clip-level labels supports), and on splits with
+    subtitle-level labels segment-level mAP, instance-level mAP at tIoU 0.1:0.1:0.5 (proposals cut at
+    ``cfg["thresholds"]``, NMS at ``cfg["nms"]``) and timeline pictures. The host defines
+    ``unit_probs(batch) -> [B, U, C]``, ``cfg`` (with ``ratio``, the top-k pooling ratio) and ``class_names``."""
 
     def _make_metrics(self, num_classes: int) -> None:
+        self.val_clip, self.test_clip = SegmentMAP(num_classes), SegmentMAP(num_classes)
         self.val_segment, self.val_instance = SegmentMAP(num_classes), InstanceMAP(num_classes)
         self.test_segment, self.test_instance = SegmentMAP(num_classes), InstanceMAP(num_classes)
 
-    def _evaluate(self, batch: dict, segment: SegmentMAP, instance: InstanceMAP) -> Tensor:
-        if "unit_labels" not in batch:
-            raise ConfigError("evaluation needs subtitle-level labels: point data.init_args.val_json / test_json at "
-                              "an annotation in the TEL test format")  # fmt: skip
+    def _evaluate(self, batch: dict, stage: str) -> Tensor:
+        if stage == "test" and "unit_labels" not in batch:
+            raise ConfigError("the test split needs subtitle-level labels: point data.init_args.test_json at an "
+                              "annotation in the TEL test format")  # fmt: skip
         probs = self.unit_probs(batch)
         mask = batch["unit_mask"]
-        segment.update(probs[mask], batch["unit_labels"][mask].long())
+        clip = topk_mean(probs, mask, self.cfg["ratio"])
+        getattr(self, f"{stage}_clip").update(clip, batch["labels"].long())
+        if "unit_labels" not in batch:  # a clip-level validation split (held-out training movies)
+            return probs
+        getattr(self, f"{stage}_segment").update(probs[mask], batch["unit_labels"][mask].long())
         ids = batch["index"]
-        clip = topk_mean(probs, mask, self.cfg["ratio"]) if self.cfg.get("clip_score") else None
         pred = proposals(probs, batch["starts"], batch["ends"], mask, ids, self.cfg["thresholds"], self.cfg["nms"],
-                         self.cfg.get("relative", True), clip)  # fmt: skip
-        instance.update(pred, ground_truth(batch["unit_labels"], batch["starts"], batch["ends"], mask, ids))
+                         self.cfg.get("relative", True), clip if self.cfg.get("clip_score") else None,
+                         self.cfg.get("whole_clip", False))  # fmt: skip
+        gt = ground_truth(batch["unit_labels"], batch["starts"], batch["ends"], mask, ids)
+        getattr(self, f"{stage}_instance").update(pred, gt)
         return probs
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        probs = self._evaluate(batch, self.val_segment, self.val_instance)
-        if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None and not self.trainer.sanity_checking:
+        probs = self._evaluate(batch, "val")
+        if (batch_idx == 0 and self.cfg["pictures"] and "unit_labels" in batch and self._trainer is not None
+                and not self.trainer.sanity_checking):  # fmt: skip
             self.draw_timelines(batch, probs, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        probs = self._evaluate(batch, self.test_segment, self.test_instance)
+        probs = self._evaluate(batch, "test")
         if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None:
             self.draw_timelines(batch, probs, "test")
 
-    def _log_metrics(self, stage: str, segment: SegmentMAP, instance: InstanceMAP) -> None:
-        values = {f"{stage}/segment_map": segment.compute()}
-        for key, value in instance.compute().items():
-            values[f"{stage}/instance_{key.replace('@', '_')}"] = value
+    def _log_metrics(self, stage: str) -> None:
+        clip, segment, instance = (getattr(self, f"{stage}_{k}") for k in ("clip", "segment", "instance"))
+        values = {f"{stage}/clip_map": clip.compute()} if clip.update_count else {}
+        if segment.update_count:
+            values[f"{stage}/segment_map"] = segment.compute()
+            for key, value in instance.compute().items():
+                values[f"{stage}/instance_{key.replace('@', '_')}"] = value
         self.log_dict(values, sync_dist=False)
-        segment.reset()
-        instance.reset()
+        for metric in (clip, segment, instance):
+            metric.reset()
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_segment, self.val_instance)
+        self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", self.test_segment, self.test_instance)
+        self._log_metrics("test")
 
     # ---- pictures --------------------------------------------------------------------------------------------------
     def draw_timelines(self, batch: dict, probs: Tensor, stage: str) -> None:
@@ -124,7 +136,7 @@ class LocalizationEvaluation:
             n = int(batch["unit_mask"][b].sum())
             panels.append(draw_timeline(
                 batch["starts"][b, :n].cpu(), batch["ends"][b, :n].cpu(), batch["texts"][b][:n],
-                batch["unit_labels"][b, :n].cpu(), probs[b, :n].cpu(), self.class_names, self.cfg["thresholds"][4],
+                batch["unit_labels"][b, :n].cpu(), probs[b, :n].cpu(), self.class_names, 0.5,
             ))  # fmt: skip
         height, width = max(x.shape[1] for x in panels), max(x.shape[2] for x in panels)
         images = torch.ones(len(panels), 3, height, width)  # white padding to the tallest panel
@@ -166,13 +178,18 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         thresholds: probability thresholds that cut proposals.
         relative_thresholds: apply them to each clip's class sequence divided by its maximum (WTAL convention).
         clip_score: multiply each proposal's score by its clip's top-k pooled probability of the class.
+        whole_clip: also propose each clip's whole span for every class, scored by that clip-level probability
+            (needs ``clip_score``).
         nms_iou: tIoU above which a lower-scored proposal of the same clip and class is suppressed.
         pictures: test/validation clips drawn as timelines (0: none).
+        monitor: the validation metric that picks the best checkpoint: ``val/segment_map`` or ``val/instance_map``
+            (a validation split with subtitle-level labels), or ``val/clip_map`` (clip-level labels suffice: the
+            official configs hold out training movies, ``data.init_args.val_movies``).
         optim: optimiser and schedule.
     """
 
-    monitor = "val/segment_map"
     monitor_mode = "max"
+    MONITORS = ("val/segment_map", "val/instance_map", "val/clip_map")
 
     def __init__(
         self,
@@ -193,12 +210,20 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
         relative_thresholds: bool = True,
         clip_score: bool = True,
+        whole_clip: bool = False,
         nms_iou: float = 0.6,
         pictures: int = 4,
+        monitor: str = "val/segment_map",
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
         self.save_hyperparameters()
+        if monitor not in self.MONITORS:
+            raise ConfigError(f"model.init_args.monitor is {monitor!r}; choose one of {', '.join(self.MONITORS)}")
+        self.monitor = monitor
+        if whole_clip and not clip_score:
+            raise ConfigError("model.init_args.whole_clip scores whole-clip proposals by the clip-level probability: "
+                              "set clip_score: true")  # fmt: skip
         self.modalities, self.num_classes = modalities, num_classes
         self.class_names = EMOTIONS[:num_classes]
         self.backbone = None
@@ -217,7 +242,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
                                   "shards) or model.init_args.visual_backbone (to embed decoded frames)")  # fmt: skip
             self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
         self.cfg = dict(ratio=topk_ratio, lam=consensus_weight, thresholds=tuple(thresholds), nms=nms_iou,
-                        pictures=pictures, relative=relative_thresholds, clip_score=clip_score)  # fmt: skip
+                        pictures=pictures, relative=relative_thresholds, clip_score=clip_score,
+                        whole_clip=whole_clip)  # fmt: skip
         self._make_metrics(num_classes)
 
     def train(self, mode: bool = True):

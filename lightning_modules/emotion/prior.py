@@ -42,7 +42,7 @@ class ClassFrequencyPrior(LocalizationEvaluation, SuiteModule):
     ) -> None:
         super().__init__(None)
         self.num_classes, self.class_names = num_classes, EMOTIONS[:num_classes]
-        self.cfg = dict(thresholds=tuple(thresholds), nms=nms_iou, pictures=pictures)
+        self.cfg = dict(thresholds=tuple(thresholds), nms=nms_iou, pictures=pictures, ratio=1.0)
         self.register_buffer("frequency", torch.full((num_classes,), float("nan")))
         self._make_metrics(num_classes)
 
