@@ -1,0 +1,1 @@
+"""Text-guided image editing: DE-Net (arXiv 2206.01160)."""
