@@ -367,7 +367,7 @@ def crop_around_box(image, box: tuple[float, float, float, float]):
 
 class EditingImages(Dataset):
     """Items ``{"image" [-1, 1], "caption", "tokens", "wrong_caption", "wrong_tokens", "target_caption",
-    "target_tokens", "index"}``.
+    "target_tokens", "index", "class_id"}`` (``class_id`` -1 without classes; DAMSM masks same-class negatives).
 
     ``caption`` describes the image (training: a random one of its captions; evaluation: the first). ``wrong_caption``
     describes another image (of another class when classes are known): the discriminator's mismatched pair.
@@ -390,12 +390,15 @@ class EditingImages(Dataset):
         self.by_class: dict = {}
         for i, e in enumerate(entries):
             self.by_class.setdefault(e["class"], []).append(i)
+        self.class_ids = {c: k for k, c in enumerate(sorted(c for c in self.by_class if c is not None))}
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def _rng(self, index: int) -> random.Random:
-        return random.Random() if self.train else random.Random(self.seed * 1_000_003 + index)
+        if self.train:  # drawn from torch's generator: seed_everything (and Lightning's worker seeding) fix it
+            return random.Random(int(torch.randint(2**62, (1,))))
+        return random.Random(self.seed * 1_000_003 + index)
 
     def _other(self, index: int, rng: random.Random) -> int:
         cls = self.entries[index]["class"]
@@ -423,6 +426,7 @@ class EditingImages(Dataset):
         return {
             "image": self.transform(image),
             "index": index,
+            "class_id": self.class_ids.get(entry["class"], -1),
             "caption": caption, "tokens": self._encode(caption, entry["name"]),
             "wrong_caption": wrong, "wrong_tokens": self._encode(wrong, other["name"]),
             "target_caption": target, "target_tokens": self._encode(target, f"edit target of {entry['name']}"),
@@ -439,7 +443,8 @@ def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
 
 def collate_editing(items: list[dict]) -> dict:
     """Stack images; pad each token list (0 = AttnGAN's ``<end>``) with its lengths."""
-    out = {"image": torch.stack([it["image"] for it in items]), "index": torch.tensor([it["index"] for it in items])}
+    out = {"image": torch.stack([it["image"] for it in items]), "index": torch.tensor([it["index"] for it in items]),
+           "class_ids": torch.tensor([it["class_id"] for it in items])}  # fmt: skip
     for key in ("", "wrong_", "target_"):
         out[f"{key}captions"] = [it[f"{key}caption"] for it in items]
         out[f"{key}tokens"], out[f"{key}lengths"] = _pad([it[f"{key}tokens"] for it in items])

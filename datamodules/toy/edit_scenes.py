@@ -6,7 +6,7 @@ that is red", ...). An editing target is well defined: the same caption with ano
 to recolour the object and leave the background alone. Layout (as the real datasets; ``edits/`` and
 ``objects.json`` are the toy's extras)::
 
-    <root>/images/<name>.png
+    <root>/images/<name>.png               <name> = <colour>_<shape>/<split>_<index>: the class is the folder
     <root>/text/<name>.txt                 five captions, one per line
     <root>/{train,test}/filenames.pickle   list of names
     <root>/captions_DAMSM.pickle           [train_captions, test_captions, ixtoword, wordtoix] (AttnGAN's)
@@ -15,7 +15,8 @@ to recolour the object and leave the background alone. Layout (as the real datas
 
 :func:`object_mask` redraws an object's pixels and :func:`classify_colour` names the colour inside a mask (nearest
 palette colour of the median pixel): an attribute classifier that owes nothing to any model, used to score edits.
-Generation is a pure function of the options.
+As in CUB, the class folder in each name lets DAMSM mask same-class pairs as negatives (images of one colour and shape
+share their captions). Generation is a pure function of the options.
 """
 
 from __future__ import annotations
@@ -113,8 +114,10 @@ def write_toy_edit_scenes(root: str | Path, train: int = 400, test: int = 100, i
     offsets = {"train": 0, "test": 7_000_003}
     for split, count in (("train", train), ("test", test)):
         for i in range(count):
-            name = f"{split}_{i:05d}"
             image, obj = render(seed * 10_000_019 + offsets[split] + i, img_size)
+            name = f"{obj['colour']}_{obj['shape']}/{split}_{i:05d}"  # a class folder, as CUB's names have
+            for sub in ("images", "text", "edits"):
+                (root / sub / name).parent.mkdir(exist_ok=True)
             image.save(root / "images" / f"{name}.png")
             (root / "text" / f"{name}.txt").write_text(
                 "\n".join(caption(obj["colour"], obj["shape"], t) for t in range(len(TEMPLATES))) + "\n"
@@ -138,3 +141,36 @@ def write_toy_edit_scenes(root: str | Path, train: int = 400, test: int = 100, i
     }  # fmt: skip
     with open(root / "captions_DAMSM.pickle", "wb") as f:
         pickle.dump([encoded["train"], encoded["test"], ixtoword, wordtoix], f, protocol=2)
+
+
+def target_colour(text: str) -> str:
+    """The first palette colour named in ``text``."""
+    for word in tokenize(text):
+        if word in COLOURS:
+            return word
+    raise ValueError(f"no colour named in {text!r}")
+
+
+def score_edits(sources: torch.Tensor, edited: torch.Tensor, objects: list[dict], targets: list[str],
+                margin: int = 2) -> dict[str, float]:  # fmt: skip
+    """How well recolour edits worked, by the attribute classifier and the pixels.
+
+    ``sources``/``edited`` ``[N, 3, S, S]`` in ``[0, 1]``, ``objects`` the scenes' objects, ``targets`` the target
+    captions. Returns the share of edited (``success_edited``) and of unedited source images (``success_source``)
+    whose object shows the target colour, and the mean absolute pixel change inside the object and outside it (the
+    background, ``margin`` pixels away from the object's edge).
+    """
+    size = sources.shape[-1]
+    hits_edit, hits_src, inside, outside = [], [], [], []
+    for src, out, obj, text in zip(sources, edited, objects, targets, strict=True):
+        mask = object_mask(obj, size)
+        colour = target_colour(text)
+        hits_edit.append(classify_colour(out, mask) == colour)
+        hits_src.append(classify_colour(src, mask) == colour)
+        near = torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * margin + 1, 1, margin)[0, 0] > 0
+        change = (out - src).abs().mean(0)
+        inside.append(float(change[mask].mean()))
+        outside.append(float(change[~near].mean()))
+    n = len(hits_edit)
+    return {"success_edited": sum(hits_edit) / n, "success_source": sum(hits_src) / n,
+            "diff_inside": sum(inside) / n, "diff_outside": sum(outside) / n}  # fmt: skip
