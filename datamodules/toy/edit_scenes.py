@@ -30,14 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-COLOURS = {
-    "red": (220, 40, 40),
-    "green": (40, 180, 60),
-    "blue": (40, 80, 230),
-    "yellow": (240, 220, 40),
-    "purple": (150, 50, 200),
-    "white": (245, 245, 245),
-}
+from datamodules.toy.scenes import COLOURS  # the retrieval toy's palette
+
 SHAPES = ("circle", "square", "triangle")
 TEMPLATES = (
     "a {c} {s}",
