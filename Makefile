@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet clean reproduce-%
 
 setup: $(STAMP)
 
@@ -72,6 +72,15 @@ LOUPE_CKPT ?=
 bench-loupe: setup
 	$(BIN)/python benchmarks/loupe_shapley.py --config configs/loupe/toy_loupe.yaml \
 		$(if $(LOUPE_CKPT),--ckpt $(LOUPE_CKPT)) --markdown docs/benchmarks.md $(BENCH_ARGS)
+
+# DE-Net training step (D + G update): the paper setting (256 px, batch 32, Inception-v3 DAMSM) on a GPU with
+# bf16, and the toy setting on any machine; rows appended to docs/benchmarks.md.
+bench-denet: setup
+	$(BIN)/python benchmarks/denet_step.py --image-size 16 --batch-size 16 --ngf 16 --cond-dim 64 --vocab 23 \
+		--damsm-backbone resnet10t --damsm-input 32 --device cpu --markdown docs/benchmarks.md
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && \
+		$(BIN)/python benchmarks/denet_step.py --image-size 256 --batch-size 32 --bf16 --markdown docs/benchmarks.md \
+		|| echo "no GPU: the 256 px, batch 32 step is timed on a GPU only"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -30,6 +30,8 @@ class Row:
     toy: dict = field(default_factory=dict)
     pretrain: str | None = None  # pre-training config whose last checkpoint the row's (fine-tune) config starts from
     stage: str = "fit"  # "test": evaluate the config as it is (zero-shot rows), no training
+    pretrain_arg: str = "pretrained"  # the model argument that receives the pre-training checkpoint
+    pretrain_ckpt: str = "last"  # which checkpoint of the pre-training run: "last" or "best"
 
     def run_name(self, scale: str) -> str:
         """The run folder name this row's runs use (``--run_name`` in its args, else the config stem)."""
@@ -45,7 +47,8 @@ class Row:
         (None: no toy variant).
 
         A row with a pre-training step (``pretrain``, or ``toy.pretrain: {config, args}``) first pre-trains, then
-        runs its config with ``--model.init_args.pretrained`` set to the pre-training run's newest ``last.ckpt``.
+        runs its config with ``--model.init_args.<pretrain_arg>`` (``pretrained``) set to the pre-training run's newest
+        ``<pretrain_ckpt>.ckpt`` (``last``).
         """
         if scale == "toy":
             if not self.toy:
@@ -61,7 +64,8 @@ class Row:
         if pre_config is not None:
             steps.append(["fit", "--config", pre_config, *pre_args])
             name = pre_args[pre_args.index("--run_name") + 1] if "--run_name" in pre_args else Path(pre_config).stem
-            args += ["--model.init_args.pretrained", f"{runs}/{name}/version_*/checkpoints/last.ckpt"]
+            ckpt = f"{runs}/{name}/version_*/checkpoints/{self.pretrain_ckpt}.ckpt"
+            args += [f"--model.init_args.{self.pretrain_arg}", ckpt]
         if self.stage == "test":
             steps.append(["test", "--config", config, *args])
         else:
@@ -81,7 +85,18 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
     rows = []
     for i, raw in enumerate(spec.get("rows", [])):
         missing = {"label", "config", "metric", "paper"} - set(raw)
-        keys = ("label", "config", "metric", "paper", "source", "toy", "pretrain", "stage")
+        keys = (
+            "label",
+            "config",
+            "metric",
+            "paper",
+            "source",
+            "toy",
+            "pretrain",
+            "stage",
+            "pretrain_arg",
+            "pretrain_ckpt",
+        )
         unknown = set(raw) - set(keys)
         if missing or unknown:
             raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")

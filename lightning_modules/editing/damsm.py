@@ -183,6 +183,18 @@ def damsm_losses(regions: Tensor, image_global: Tensor, words: Tensor, sentence:
     return {"word": word, "sentence": _posterior_loss(gamma3 * sim, class_ids)}
 
 
+def check_vocabulary(text_encoder: TextEncoder, trainer, fix: str) -> None:
+    """The BiLSTM's vocabulary must be the data's (``captions_DAMSM.pickle``); ``fix`` tells the user what to set."""
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if text_encoder.kind != "bilstm" or dm is None or not hasattr(dm, "vocab_size"):
+        return
+    if dm.vocab_size != text_encoder.net.vocab_size:
+        raise ConfigError(
+            f"the data's vocabulary ({dm.root}/captions_DAMSM.pickle) has {dm.vocab_size} entries but "
+            f"the BiLSTM text encoder has {text_encoder.net.vocab_size}: {fix.format(n=dm.vocab_size)}"
+        )
+
+
 class DAMSM(SuiteModule):
     """Pre-trains the DAMSM text and image encoders on matching (image, caption) pairs.
 
@@ -220,6 +232,9 @@ class DAMSM(SuiteModule):
         self.text_encoder = TextEncoder(text, vocab_size, dim)
         self.image_encoder = ImageEncoder(image_backbone, dim, image_input_size, pretrained_backbone, train_backbone)
         self.gammas = (gamma1, gamma2, gamma3)
+
+    def setup(self, stage: str) -> None:
+        check_vocabulary(self.text_encoder, self._trainer, "set model.init_args.vocab_size: {n}")
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         words, sentence, mask = self.text_encoder(batch)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from lightning_modules.backbones import resolve_checkpoint_path
 from lightning_modules.base import SuiteModule
-from lightning_modules.editing.damsm import damsm_losses, load_damsm
+from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, load_damsm
 from lightning_modules.editing.metrics import ManipulativePrecision, fid_metric
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
 
@@ -122,7 +122,10 @@ class DENet(SuiteModule):
         self.val_mp, self.test_mp = ManipulativePrecision(), ManipulativePrecision()
         self.val_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
         self.test_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
-        self.fid_label = fid_backbone
+
+    def setup(self, stage: str) -> None:
+        check_vocabulary(self.damsm.text_encoder, self._trainer, "pre-train DAMSM on this dataset's vocabulary "
+                         "({n} entries) and pass that checkpoint as model.init_args.damsm")  # fmt: skip
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -225,7 +228,7 @@ class DENet(SuiteModule):
         mp.reset()
         fid = getattr(self, f"{stage}_fid")
         if fid is not None:
-            values[f"{stage}/fid_{self.fid_label}"] = fid.compute()
+            values[f"{stage}/fid"] = fid.compute()  # features of hparams.fid_backbone
             fid.reset()
         self.log_dict(values)
 
