@@ -68,3 +68,22 @@ def test_hinge_and_matching_aware_penalty_by_hand():
     s = torch.tensor([[3.0], [1.0]], requires_grad=True)
     out = (x * torch.tensor([1.0, 1.0])).sum(1) + 2 * s[:, 0]  # gradient (1, 1, 2) for each sample: norm sqrt(6)
     assert matching_aware_penalty(out, x, s, power=6.0).item() == pytest.approx(6.0**3, rel=1e-5)
+
+
+def test_damsm_with_the_offline_transformers_text_encoder(tmp_path):
+    from datamodules.captions import TextEditingDataModule
+    from datamodules.toy.edit_scenes import write_toy_edit_scenes
+    from lightning_modules.editing.damsm import DAMSM
+
+    write_toy_edit_scenes(tmp_path / "toy", train=8, test=2, img_size=16)
+    dm = TextEditingDataModule(root=str(tmp_path / "toy"), dataset="toy", image_size=16, val_images=0, batch_size=4,
+                               num_workers=0, pin_memory=False)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    model = DAMSM(text="minilm-offline", dim=32, image_backbone="resnet10t", image_input_size=32, train_backbone=True)
+    words, sentence, mask = model.text_encoder(batch, "target_")
+    assert sentence.shape == (4, 32) and words.shape[:2] == mask.shape and mask.any(1).all()
+    losses = model.losses(batch)
+    losses["loss"].backward()
+    assert model.text_encoder.net.sent_proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.text_encoder.net.encoder.parameters())  # the transformer stays frozen

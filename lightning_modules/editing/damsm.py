@@ -74,7 +74,8 @@ class TransformerTextEncoder(nn.Module):
 
     def forward(self, captions: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         device = self.word_proj.weight.device
-        ids, mask = self.tokenize(captions, device)
+        enc, _ = self.tokenize(captions, device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         with torch.no_grad():
             states = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(states.dtype)
