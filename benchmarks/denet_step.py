@@ -68,25 +68,16 @@ def main(argv: list[str] | None = None) -> int:
         model = build(args, Path(tmp)).to(device).train()
     opt_g, opt_d = model.configure_optimizers()
     batch = batch_of(args, device)
+
+    def amp():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+
     times = []
     for step in range(args.warmup + args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            x = batch["image"]
-            _, s, _ = model.encode_text(batch)
-            t_words, t, t_mask = model.encode_text(batch, "target_")
-            _, w, _ = model.encode_text(batch, "wrong_")
-            d = model.discriminator_loss(x, s, t, w)
-        opt_d.zero_grad(set_to_none=True)
-        d["loss"].backward()
-        opt_d.step()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            g = model.generator_loss(x, batch, s, t_words, t, t_mask)
-        opt_g.zero_grad(set_to_none=True)
-        g["loss"].backward()
-        opt_g.step()
+        model.update(batch, opt_g, opt_d, lambda loss: loss.backward(), amp)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= args.warmup:

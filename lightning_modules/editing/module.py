@@ -27,6 +27,7 @@ against the sources, and an editing grid (source | target text | edited) for fix
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -179,20 +180,29 @@ class DENet(SuiteModule):
             out["loss"] = out["loss"] + hp.lambda_keep * out["keep"]
         return out
 
+    def update(self, batch: dict, opt_g, opt_d, backward, amp=contextlib.nullcontext) -> tuple[dict, dict]:
+        """One discriminator then one generator update; ``backward(loss)`` runs the backward pass (Lightning's
+        ``manual_backward`` in training) and the losses are computed under ``amp()`` (benchmarks pass autocast)."""
+        x = batch["image"]
+        with amp():
+            _, s, _ = self.encode_text(batch)
+            t_words, t, t_mask = self.encode_text(batch, "target_")
+            _, w, _ = self.encode_text(batch, "wrong_")
+            d = self.discriminator_loss(x, s, t, w)
+        opt_d.zero_grad(set_to_none=True)
+        backward(d["loss"])
+        opt_d.step()
+        with amp():
+            g = self.generator_loss(x, batch, s, t_words, t, t_mask)
+        opt_g.zero_grad(set_to_none=True)
+        backward(g["loss"])
+        opt_g.step()
+        return d, g
+
     def training_step(self, batch: dict, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
+        d, g = self.update(batch, opt_g, opt_d, self.manual_backward)
         x = batch["image"]
-        _, s, _ = self.encode_text(batch)
-        t_words, t, t_mask = self.encode_text(batch, "target_")
-        _, w, _ = self.encode_text(batch, "wrong_")
-        d = self.discriminator_loss(x, s, t, w)
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d["loss"])
-        opt_d.step()
-        g = self.generator_loss(x, batch, s, t_words, t, t_mask)
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(g["loss"])
-        opt_g.step()
         B = x.shape[0]
         self.log_dict({"train/d_loss": d["loss"], "train/g_loss": g["loss"]}, prog_bar=True, batch_size=B)
         self.log_dict({f"train/d_{k}": v for k, v in d.items() if k != "loss"}, batch_size=B)
