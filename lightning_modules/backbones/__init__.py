@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from experiments.errors import ConfigError
-from lightning_modules.backbones import hivit, visformer
+from lightning_modules.backbones import hivit, resnet12, visformer  # noqa: F401 (registers resnet12)
 
 log = logging.getLogger(__name__)
 

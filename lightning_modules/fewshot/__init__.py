@@ -1,0 +1,1 @@
+"""Few-shot classification: COSOC (arXiv 2107.07746) and its baselines."""
