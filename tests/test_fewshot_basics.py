@@ -45,3 +45,28 @@ def test_episode_metric_orders_episodes_and_reports_both_intervals():
     out = metric.compute()  # episode order 80, 40, 60, 100: runs (80, 40) and (60, 100) -> means 60 and 80
     assert out["acc"].item() == pytest.approx(70)
     assert out["acc_runs"].item() == pytest.approx(70) and out["ci95_runs"].item() == pytest.approx(1.96 * 10)
+
+
+def test_episode_sampler_layout_no_overlap_seeded_and_split_across_ranks():
+    from datamodules.episodes import EpisodeSampler
+    from experiments.errors import DataError
+
+    labels = [c for c in range(8) for _ in range(25)]  # 8 classes x 25 images
+    sampler = EpisodeSampler(labels, n_way=5, k_shot=2, n_query=3, episodes=10, seed=7)
+    episodes = list(sampler)
+    assert len(episodes) == len(sampler) == 10
+    for ep in episodes:
+        support, query = ep[:10], ep[10:]
+        assert len(query) == 15 and not set(support) & set(query) and len(set(ep)) == 25
+        grid = torch.tensor([labels[i] for i in support]).view(5, 2)  # class-major: row = class, column = shot
+        assert (grid == grid[:, :1]).all() and len(set(grid[:, 0].tolist())) == 5
+        assert torch.equal(torch.tensor([labels[i] for i in query]).view(5, 3), grid[:, :1].expand(5, 3))
+    assert episodes == list(EpisodeSampler(labels, 5, 2, 3, episodes=10, seed=7))  # reproducible by seed
+    assert episodes != list(EpisodeSampler(labels, 5, 2, 3, episodes=10, seed=8))
+    ranks = [list(EpisodeSampler(labels, 5, 2, 3, episodes=9, seed=7, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 5  # 9 rounded up to 10 so that both ranks take the same steps
+    assert sorted(ranks[0] + ranks[1]) == sorted(episodes)  # together: exactly the single-process episodes
+    with pytest.raises(DataError, match="8 classes have fewer than 26 images"):
+        EpisodeSampler(labels, 5, 5, 21)
+    with pytest.raises(DataError, match="9-way episodes need 9 classes"):
+        EpisodeSampler(labels, 9, 1, 1)
