@@ -70,3 +70,61 @@ def test_episode_sampler_layout_no_overlap_seeded_and_split_across_ranks():
         EpisodeSampler(labels, 5, 5, 21)
     with pytest.raises(DataError, match="9-way episodes need 9 classes"):
         EpisodeSampler(labels, 9, 1, 1)
+
+
+def test_kshot_search_equals_brute_force():
+    import itertools
+
+    import torch.nn.functional as F
+
+    from lightning_modules.fewshot.soc import best_combination
+
+    torch.manual_seed(0)
+    views = F.normalize(torch.randn(3, 5, 8), dim=-1)
+    available = torch.ones(3, 5, dtype=torch.bool)
+    available[1, 2] = available[2, 0] = False
+    for allowed in (None, available):
+        best, best_value = None, -1e9
+        for combo in itertools.product(range(5), repeat=3):
+            if allowed is not None and not all(allowed[k, v] for k, v in enumerate(combo)):
+                continue
+            value = sum(float(views[a, combo[a]] @ views[b, combo[b]]) for a, b in itertools.combinations(range(3), 2))
+            if value > best_value:
+                best, best_value = combo, value
+        assert tuple(best_combination(views, allowed).tolist()) == best
+
+
+def test_soc_concentrates_on_the_shared_object():
+    import torch.nn.functional as F
+
+    from lightning_modules.fewshot.soc import class_prototypes, soc_logits
+
+    torch.manual_seed(0)
+    D, V = 32, 7
+    objects = F.normalize(torch.randn(2, D), dim=-1)  # the object each class's images share
+    support = F.normalize(torch.randn(2 * 3, V, D), dim=-1)  # 2-way 3-shot, background views
+    where = [4, 1, 6, 0, 3, 5]  # one view per support image shows its class's object (plus noise)
+    for i, v in enumerate(where):
+        support[i, v] = F.normalize(objects[i // 3] + 0.2 * torch.randn(D), dim=-1)
+    protos = class_prototypes(support[:3])
+    shared = F.normalize(torch.stack([support[i, where[i]] for i in range(3)]).mean(0), dim=-1)
+    assert torch.allclose(protos[0], shared, atol=1e-6)  # prototype 1 = the mean of the views showing the object
+    assert F.cosine_similarity(protos[0], objects[0], dim=0) > 0.8 > F.cosine_similarity(protos[1], objects[0], dim=0)
+    query = F.normalize(torch.randn(2, V, D), dim=-1)
+    query[0, 2] = F.normalize(objects[1] + 0.2 * torch.randn(D), dim=-1)  # query 0 shows class 1's object
+    query[1, 5] = F.normalize(objects[0] + 0.2 * torch.randn(D), dim=-1)  # query 1 shows class 0's object
+    logits = soc_logits(support, query, n_way=2, k_shot=3)
+    assert logits.argmax(1).tolist() == [1, 0]
+
+
+def test_greedy_match_by_hand():
+    from lightning_modules.fewshot.soc import greedy_match
+
+    protos = torch.tensor([[[0.9, 0.1], [0.8, 0.5]]])  # one class, two prototypes
+    queries = torch.eye(2)[None]  # one query whose two views are the axes: similarities = the prototypes' entries
+    # the global maximum 0.9 (prototype 0, view 0) goes first; deleting its row and column leaves 0.5 (weight 0.8)
+    assert greedy_match(protos, queries, beta=0.8).item() == pytest.approx(0.9 + 0.8 * 0.5)
+    # alpha weights prototype rows: 0.5 ** 1 halves row 1, so 0.9 then 0.25
+    assert greedy_match(protos, queries, alpha=0.5, beta=0.8).item() == pytest.approx(0.9 + 0.8 * 0.25)
+    negative = torch.tensor([[[-0.9, -0.1], [-0.8, -0.5]]])
+    assert greedy_match(negative, queries).item() == 0  # relu: negative matches add nothing
