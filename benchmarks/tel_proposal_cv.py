@@ -72,11 +72,14 @@ def rows(batches: list[dict], rule: dict | None, nms: float) -> tuple[torch.Tens
     return torch.cat(preds), torch.cat(gts)
 
 
+def within(rows: torch.Tensor, clips: set[int]) -> torch.Tensor:
+    """Rows whose first column (the clip id) is one of ``clips``."""
+    return torch.isin(rows[:, 0].long(), torch.tensor(sorted(clips), dtype=torch.long))
+
+
 def instance_map(pred: torch.Tensor, gt: torch.Tensor, clips: set[int], num_classes: int) -> float:
     metric = InstanceMAP(num_classes)
-    keep_p = torch.tensor([int(i) in clips for i in pred[:, 0]], dtype=torch.bool)
-    keep_g = torch.tensor([int(i) in clips for i in gt[:, 0]], dtype=torch.bool)
-    metric.update(pred[keep_p], gt[keep_g])
+    metric.update(pred[within(pred, clips)], gt[within(gt, clips)])
     return float(metric.compute()["map"])
 
 
@@ -123,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             best = max(scores, key=scores.get)
             chosen.append(best)
             pred, gt = by_rule[best]
-            held_pred.append(pred[torch.tensor([int(i) in held for i in pred[:, 0]], dtype=torch.bool)])
-            held_gt.append(gt[torch.tensor([int(i) in held for i in gt[:, 0]], dtype=torch.bool)])
+            held_pred.append(pred[within(pred, held)])
+            held_gt.append(gt[within(gt, held)])
             prior_folds.append(instance_map(*prior_rows, held, C))
             print(f"seed {seed} fold {k}: chose {best} on the other folds ({scores})", file=sys.stderr)
         pooled = instance_map(torch.cat(held_pred), torch.cat(held_gt), everything, C)

@@ -435,10 +435,7 @@ class EditingImages(Dataset):
 
 def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
     lengths = torch.tensor([len(s) for s in seqs])
-    out = torch.zeros(len(seqs), int(lengths.max()), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = s
-    return out, lengths
+    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0), lengths
 
 
 def collate_editing(items: list[dict]) -> dict:

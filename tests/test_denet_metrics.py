@@ -41,3 +41,12 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
     fid.update((images * 0.5 + 0.5).clamp(0, 1), real=False)
     shifted = fid.compute().item()
     assert abs(same) < 1e-2 * max(shifted, 1.0) and shifted > 100 * max(abs(same), 1e-4), (same, shifted)
+
+
+def test_missing_local_feature_weights_are_a_clear_error():
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrained weights '/no/such.pth' for resnet10t do not exist"):
+        fid_metric("resnet10t", pretrained="/no/such.pth")
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet10x'"):
+        fid_metric("resnet10x")

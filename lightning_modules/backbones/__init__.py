@@ -110,3 +110,15 @@ def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Mo
     if pretrained:
         load_checkpoint_file(model, pretrained)
     return model
+
+
+def create_timm_pretrained(name: str, pretrained: str | bool = False, **kwargs) -> nn.Module:
+    """``name`` from timm's registry with timm's own weights: ``True`` (timm's cache or hub), a local file in timm's
+    layout for that model (``pretrained_cfg_overlay``; timm adapts the classifier), or ``False`` (random init). For
+    frozen feature extractors (FID, DAMSM); checkpoints of this suite's own runs load with :func:`create_backbone`."""
+    check_backbone_name(name)
+    if isinstance(pretrained, str):
+        if not os.path.isfile(pretrained):
+            raise ConfigError(f"pretrained weights '{pretrained}' for {name} do not exist; give a local file")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": pretrained}, **kwargs)
+    return timm.create_model(name, pretrained=bool(pretrained), **kwargs)

@@ -115,12 +115,9 @@ class ImageEncoder(nn.Module):
     def __init__(self, backbone: str = "inception_v3", dim: int = 256, input_size: int = 299,
                  pretrained: str | bool = False, train_backbone: bool = False) -> None:  # fmt: skip
         super().__init__()
-        import timm
+        from lightning_modules.backbones import create_timm_pretrained
 
-        kwargs = {"pretrained": bool(pretrained)}
-        if isinstance(pretrained, str):
-            kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": pretrained}}
-        self.backbone = timm.create_model(backbone, features_only=True, **kwargs)
+        self.backbone = create_timm_pretrained(backbone, pretrained, features_only=True)
         reductions = self.backbone.feature_info.reduction()
         if 16 not in reductions:
             raise ConfigError(f"{backbone} has no stride-16 feature map for DAMSM's regions (reductions "

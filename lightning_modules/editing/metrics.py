@@ -55,14 +55,9 @@ class FrozenFeatures(nn.Module):
 
     def __init__(self, name: str = "resnet18", pretrained: str | bool = False, input_size: int | None = None) -> None:
         super().__init__()
-        import timm
+        from lightning_modules.backbones import create_timm_pretrained
 
-        kwargs = {}
-        if isinstance(pretrained, str):
-            kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": pretrained}}
-        else:
-            kwargs = {"pretrained": bool(pretrained)}
-        self.net = timm.create_model(name, num_classes=0, **kwargs).eval().requires_grad_(False)
+        self.net = create_timm_pretrained(name, pretrained, num_classes=0).eval().requires_grad_(False)
         cfg = self.net.pretrained_cfg
         self.size = input_size or cfg.get("input_size", (3, 224, 224))[-1]
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1))
