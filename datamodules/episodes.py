@@ -1,4 +1,17 @@
-"""Few-shot episodes: a seeded, DDP-aware N-way K-shot sampler.
+"""Few-shot data: miniImageNet / tieredImageNet / any ImageFolder split, COSOC's views, and a seeded, DDP-aware
+N-way K-shot episode sampler.
+
+Layouts (:func:`read_split`):
+
+* **folder** (miniImageNet as COSOC / BF3S ship it, tieredImageNet, any ImageFolder split):
+  ``<root>/{train,val,test}/<class>/<image>``.
+* **csv** (Ravi & Larochelle's miniImageNet): ``<root>/images/<file>`` plus ``<root>/{train,val,test}.csv`` with a
+  ``filename,label`` header.
+
+``layout: auto`` takes ``csv`` when ``<root>/<split>.csv`` exists, else ``folder``.
+
+Episodes
+--------
 
 An episode draws ``n_way`` classes and, from each, ``k_shot + n_query`` distinct images. Its indices are laid out
 **support first, then queries, each class-major**::
@@ -17,13 +30,31 @@ new draws, not repeats).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import csv
+import functools
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+import torchvision.transforms as T
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-from experiments.errors import DataError
+from datamodules.base import SuiteDataModule
+from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb
+from datamodules.toy import ensure_written
+from datamodules.toy.fewshot_scenes import write_fewshot_scenes
+from experiments.errors import ConfigError, CorruptFileError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class EpisodeSampler(Sampler[list[int]]):
@@ -77,3 +108,492 @@ class EpisodeSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return self.total // self.world_size
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the splits
+
+LAYOUTS = {
+    "folder": "<root>/{train,val,test}/<class>/<image>.jpg (miniImageNet folder version, tieredImageNet, ImageFolder)",
+    "csv": "<root>/images/<file>.jpg and <root>/{train,val,test}.csv with the header 'filename,label' (Ravi split)",
+}
+MINI_IMAGENET_MEAN, MINI_IMAGENET_STD = (0.4712, 0.4499, 0.4031), (0.2726, 0.2634, 0.2794)
+TIERED_IMAGENET_MEAN, TIERED_IMAGENET_STD = (0.4783, 0.4564, 0.4101), (0.2634, 0.2577, 0.2709)
+
+
+def detect_layout(root: str | os.PathLike, split: str, layout: str = "auto") -> str:
+    if layout not in ("auto", *LAYOUTS):
+        raise ConfigError(f"data.layout must be auto, folder or csv, got {layout!r}")
+    if layout != "auto":
+        return layout
+    return "csv" if (Path(root) / f"{split}.csv").is_file() else "folder"
+
+
+def read_split(root: str | os.PathLike, split: str, layout: str = "auto") -> tuple[list[str], list[str]]:
+    """``(image paths, class names)`` of one split, in a fixed order (sorted by class, then file)."""
+    root = Path(root)
+    layout = detect_layout(root, split, layout)
+    if layout == "csv":
+        table = root / f"{split}.csv"
+        if not table.is_file():
+            raise DataError(f"{table} does not exist. Expected layout: {LAYOUTS['csv']}")
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or [c.strip() for c in rows[0][:2]] != ["filename", "label"]:
+            raise DataError(f"{table}: the first line must be the header 'filename,label', got {rows[:1]}")
+        bad = [i + 2 for i, r in enumerate(rows[1:]) if len(r) < 2]
+        if bad:
+            raise DataError(f"{table}: line {bad[0]} does not have the two fields filename,label")
+        images = root / "images"
+        present = {e.name for e in os.scandir(images)} if images.is_dir() else set()
+        missing = [r[0] for r in rows[1:] if r[0] not in present]
+        if missing:
+            raise DataError(
+                f"{table} names {len(missing)} images missing from {images}/ (e.g. {missing[0]}); copy them there "
+                f"or remove their lines. Expected layout: {LAYOUTS['csv']}"
+            )
+        pairs = sorted((r[1], r[0]) for r in rows[1:])
+        return [str(images / f) for _, f in pairs], [c for c, _ in pairs]
+    split_dir = root / split
+    classes = list_classes(split_dir, LAYOUTS["folder"])
+    paths, names = [], []
+    for name in classes:
+        files = sorted(e.path for e in os.scandir(split_dir / name) if e.name.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise DataError(f"class folder {split_dir / name} holds no images; add them or remove the folder")
+        paths += files
+        names += [name] * len(files)
+    return paths, names
+
+
+def check_episodes(labels: Sequence[int], classes: Sequence[str], n_way: int, k_shot: int, n_query: int,
+                   where: str) -> None:  # fmt: skip
+    """Errors, naming the split and the class, for way/shot/query settings a split cannot serve."""
+    if min(n_way, k_shot, n_query) < 1:
+        raise ConfigError(f"{where}: n_way, k_shot and n_query must be >= 1, got {n_way}, {k_shot}, {n_query}")
+    if n_way > len(classes):
+        raise DataError(f"{where}: {n_way}-way episodes need {n_way} classes but the split has {len(classes)}; "
+                        "lower n_way or use a split with more classes")  # fmt: skip
+    counts = np.bincount(np.asarray(labels), minlength=len(classes))
+    short = np.flatnonzero(counts < k_shot + n_query)
+    if short.size:
+        c = int(short[0])
+        raise DataError(
+            f"{where}: class '{classes[c]}' has {counts[c]} images, fewer than k_shot + n_query = {k_shot + n_query} "
+            f"({short.size} classes are short); lower k_shot/n_query or remove the class"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Views (the official code's transforms)
+
+
+def normalize(mean: Sequence[float], std: Sequence[float]) -> T.Compose:
+    return T.Compose([T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
+
+
+def random_resized_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:  # fmt: skip
+    """torchvision's ``RandomResizedCrop.get_params`` (10 tries, then a centre crop), drawn from ``rng``:
+    ``(top, left, height, width)``."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+class EvalView:
+    """Validation / test view of the official ``miniImageNet``: ``Resize([92, 92])``, centre crop 84, normalise."""
+
+    def __init__(self, img_size: int, resize: int, mean, std) -> None:
+        self.ops = T.Compose([T.Resize((resize, resize)), T.CenterCrop(img_size), normalize(mean, std)])
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.ops(image)
+
+
+class MultiView:
+    """SOC's test views (official ``miniImageNet_multi_crop``): ``views`` x (RandomResizedCrop + flip), stacked."""
+
+    def __init__(self, views: int, img_size: int, mean, std) -> None:
+        self.views = views
+        self.ops = T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), normalize(mean, std)])
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return torch.stack([self.ops(image) for _ in range(self.views)])
+
+
+def train_view(img_size: int, mean, std) -> T.Compose:
+    """Supervised training view (official ``miniImageNet`` train): RandomResizedCrop + flip."""
+    return T.Compose([T.RandomResizedCrop(img_size), T.RandomHorizontalFlip(), normalize(mean, std)])
+
+
+class ContrastivePair:
+    """Two views for Exemplar / MoCo-v2 pre-training (official ``miniImageNet_contra``): colour jitter
+    (0.8, 0.8, 0.8, 0.2) with p 0.3, grayscale p 0.2, flip, Gaussian blur (3, sigma 1-2) with p 0.2,
+    RandomResizedCrop."""
+
+    def __init__(self, img_size: int, mean, std) -> None:
+        self.ops = T.Compose([
+            T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.3),
+            T.RandomGrayscale(p=0.2),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([T.GaussianBlur(3, (1.0, 2.0))], p=0.2),
+            T.RandomResizedCrop(img_size),
+            normalize(mean, std),
+        ])  # fmt: skip
+
+    def __call__(self, image: Image.Image) -> dict[str, Tensor]:
+        return {"image": self.ops(image), "image_k": self.ops(image)}
+
+
+class COSViews:
+    """COS's views of one image (official ``COS.py``): the whole image resized, then ``crops`` RandomResizedCrops
+    (scale 0.08-1), all at ``img_size``, with their boxes ``(top, left, height, width)`` in the image's pixels
+    (``-1`` marks the whole image). The crops of image ``index`` are a pure function of ``(seed, index)``."""
+
+    def __init__(self, crops: int, img_size: int, mean, std, seed: int = 0) -> None:
+        self.crops, self.img_size, self.seed = crops, img_size, seed
+        self.norm = normalize(mean, std)
+
+    def __call__(self, image: Image.Image, index: int) -> dict[str, Tensor]:
+        rng = np.random.default_rng([self.seed, index])
+        boxes = [(-1, -1, -1, -1)] + [random_resized_box(rng, image.height, image.width) for _ in range(self.crops)]
+        size = (self.img_size, self.img_size)
+        views = [TF.resize(image, size)] + [TF.resized_crop(image, *b, size) for b in boxes[1:]]
+        return {"views": torch.stack([self.norm(v) for v in views]), "boxes": torch.tensor(boxes, dtype=torch.float)}
+
+
+def enlarge_box(box: Sequence[float], height: int, width: int, ratio: float = 1.2) -> tuple[list[float], float]:
+    """COSOC's ``crop_func``: the box ``(top, left, h, w)`` grown ``ratio`` times around its top-left-shifted centre
+    and clipped to the image (``-1``: the whole image); returns the box and its area as a fraction of the image."""
+    top, left, h, w = (float(v) for v in box)
+    if top == -1:
+        top, left, h, w = 0.0, 0.0, float(height), float(width)
+    else:
+        top, left = max(0.0, top - h * (ratio - 1) / 2), max(0.0, left - w * (ratio - 1) / 2)
+        h, w = min(ratio * h, height - top), min(ratio * w, width - left)
+    return [top, left, h, w], h * w / (height * width)
+
+
+class FusionSampling:
+    """COSOC's fusion sampling (official ``miniImageNet_prob_crop``). With probability ``1 - sum(p)`` a plain
+    RandomResizedCrop; otherwise one of the image's COS boxes (box ``k`` with probability ``p_k``), enlarged
+    x``enlarge`` and cut out, then RandomResizedCrop with area scale ``(min_scale / area_ratio, 1)`` so the smallest
+    crop is still ``min_scale`` of the *image*; then flip and normalise."""
+
+    def __init__(self, img_size: int, mean, std, enlarge: float = 1.2, min_scale: float = 0.08) -> None:
+        self.img_size, self.enlarge, self.min_scale = img_size, enlarge, min_scale
+        self.plain = T.RandomResizedCrop(img_size)
+        self.finish = T.Compose([T.RandomHorizontalFlip(), normalize(mean, std)])
+
+    def __call__(self, image: Image.Image, boxes: Tensor, probs: Tensor) -> Tensor:
+        u, cumulative = random.random(), (1 - probs.sum()).item()
+        if u < cumulative:
+            return self.finish(self.plain(image))
+        k = min(int(torch.searchsorted(torch.cumsum(probs, 0) + cumulative, torch.tensor(u), right=True)),
+                len(probs) - 1)  # fmt: skip
+        (top, left, h, w), area = enlarge_box(boxes[k].tolist(), image.height, image.width, self.enlarge)
+        region = TF.crop(image, round(top), round(left), max(1, round(h)), max(1, round(w)))
+        low = min(1.0, self.min_scale / max(area, 1e-8))
+        return self.finish(T.RandomResizedCrop(self.img_size, scale=(low, 1.0))(region))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+class FewShotImages(Dataset):
+    """Images of one split with integer labels (in class-name order). Items: ``{"image", "target", "index"}``
+    (``image`` from ``transform``: a tensor, a ``[V, 3, H, W]`` stack, or a dict merged into the item).
+
+    ``mode``: ``plain`` applies ``transform(image)``; ``cos`` applies ``transform(image, index)`` (:class:`COSViews`);
+    ``fusion`` applies ``transform(image, boxes, probs)`` with this image's entry of ``cos`` (:class:`FusionSampling`).
+    """
+
+    def __init__(self, paths: Sequence[str], names: Sequence[str], transform: Callable, mode: str = "plain",
+                 cos: dict | None = None, on_corrupt: str = "raise", root: str | None = None) -> None:  # fmt: skip
+        self.paths, self.transform, self.mode, self.on_corrupt = list(paths), transform, mode, on_corrupt
+        self.classes = sorted(set(names))
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.labels = [index[n] for n in names]
+        self.cos_rows: list[int] | None = None
+        if mode == "fusion":
+            self.cos = cos
+            self.cos_rows = match_cos_entries(cos, self.paths, root)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            image = load_rgb(self.paths[index])
+        except CorruptFileError as err:
+            if self.on_corrupt == "raise":
+                raise
+            log.warning("skipping %s", err)
+            return None
+        if self.mode == "cos":
+            out = self.transform(image, index)
+        elif self.mode == "fusion":
+            row = self.cos_rows[index]
+            out = self.transform(image, self.cos["boxes"][row], self.cos["probs"][row])
+        else:
+            out = self.transform(image)
+        item = dict(out) if isinstance(out, dict) else {"image": out}
+        return {**item, "target": self.labels[index], "index": index}
+
+
+def relative_key(path: str, root: str | None) -> str:
+    """The COS-file key of an image: its path relative to the dataset root (POSIX separators)."""
+    return Path(os.path.relpath(path, root)).as_posix() if root else Path(path).as_posix()
+
+
+def match_cos_entries(cos: dict | None, paths: Sequence[str], root: str | None) -> list[int]:
+    """Row of each training image in a COS file; a clear error if the file does not cover the split."""
+    if cos is None:
+        raise ConfigError("data.train_mode: fusion needs data.cos_file (written by the COS stage: configs/cosoc/cos_*)")
+    where = {k: i for i, k in enumerate(cos["paths"])}
+    keys = [relative_key(p, root) for p in paths]
+    missing = [k for k in keys if k not in where]
+    if missing:
+        raise DataError(
+            f"the COS file {cos.get('file', '')} has no entry for {len(missing)} of {len(keys)} training images "
+            f"(e.g. {missing[0]}); it was written for another dataset or split: rerun the COS stage on this data"
+        )
+    return [where[k] for k in keys]
+
+
+def load_cos_file(path: str | os.PathLike) -> dict:
+    """Read a COS file (:mod:`lightning_modules.fewshot.cos`) and check its fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"COS file {path} does not exist; run the COS stage first "
+                        "(python -m experiments predict --config configs/cosoc/cos_<data>.yaml)")  # fmt: skip
+    cos = torch.load(path, map_location="cpu", weights_only=True)
+    need = {"paths", "boxes", "probs"}
+    if not isinstance(cos, dict) or not need <= set(cos):
+        raise DataError(f"{path} is not a COS file: it needs the keys {sorted(need)}")
+    if len(cos["paths"]) != len(cos["boxes"]) or cos["boxes"].shape[:2] != cos["probs"].shape:
+        raise DataError(f"{path}: paths, boxes and probs disagree in length; rerun the COS stage")
+    return {**cos, "file": str(path)}
+
+
+def collate_episode(items: list[dict | None], n_way: int, k_shot: int, n_query: int) -> dict:
+    """Stack an episode's items (layout in the module docstring); an undecodable image cannot be skipped."""
+    if any(item is None for item in items):
+        raise DataError("an episode holds an image that does not decode (logged above); episodes need every image: "
+                        "fix or remove the file")  # fmt: skip
+    batch = default_collate(items)
+    batch.update(n_way=n_way, k_shot=k_shot, n_query=n_query)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The DataModule
+
+
+class FewShotDataModule(SuiteDataModule):
+    """Few-shot learning data (COSOC's stages, ProtoNet and cosine-classifier baselines).
+
+    Training batches depend on ``train_mode``:
+
+    * ``classes``: ``{"image", "target"}`` over the training classes, RandomResizedCrop + flip (cosine classifier).
+    * ``fusion``: the same with COSOC's fusion sampling from ``cos_file`` (:class:`FusionSampling`).
+    * ``contrastive``: ``{"image", "image_k", "target"}`` pairs (Exemplar / MoCo-v2 pre-training).
+    * ``episodes``: episodes of ``train_way`` x (``train_shot`` + ``train_query``) (ProtoNet).
+
+    ``predict`` serves COS: ``{"views" [B, 1 + cos_crops, 3, S, S], "boxes", "target", "index"}`` over the training
+    split. Validation and test are episodes (one per batch) of ``n_way`` x (``k_shot`` + ``n_query``); each image is
+    one centre view, or ``eval_views`` random views (SOC) when ``eval_views > 1``.
+
+    Args:
+        root: dataset root (layouts in the module docstring).
+        dataset: ``miniimagenet``, ``tieredimagenet`` or ``folder`` read ``root``; ``toy`` writes the toy few-shot
+            scenes there first (:mod:`datamodules.toy.fewshot_scenes`).
+        layout: ``auto``, ``folder`` or ``csv``.
+        train_split, val_split, test_split: split names (folders or csv stems).
+        img_size: crop side (84).
+        resize: evaluation resize before the centre crop (92).
+        mean, std: normalisation (None: the dataset's statistics, miniImageNet's for folder and toy).
+        train_mode: see above.
+        cos_file: the COS stage's output, for ``train_mode: fusion``.
+        fusion_enlarge: COS box enlargement (1.2).
+        fusion_min_scale: smallest crop area as a fraction of the image (0.08).
+        cos_crops: random crops per image for COS (30; plus the whole image).
+        n_way, k_shot, n_query: evaluation episodes (5-way, 1 or 5 shot, 15 queries).
+        val_episodes: validation episodes (600).
+        test_episodes: test episodes (2,000 x 5 runs = 10,000).
+        eval_views: views per evaluation image (1: centre crop; 7: SOC).
+        train_way, train_shot, train_query, train_episodes: ProtoNet's training episodes per epoch.
+        batch_size: images per training step (classes / fusion / contrastive) or COS images per predict step.
+        toy_train_per_class, toy_eval_per_class, toy_img_size, toy_background_correlation: the toy dataset.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/miniImageNet",
+        dataset: Literal["miniimagenet", "tieredimagenet", "folder", "toy"] = "miniimagenet",
+        layout: Literal["auto", "folder", "csv"] = "auto",
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        img_size: int = 84,
+        resize: int = 92,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        train_mode: Literal["classes", "fusion", "contrastive", "episodes"] = "classes",
+        cos_file: str | None = None,
+        fusion_enlarge: float = 1.2,
+        fusion_min_scale: float = 0.08,
+        cos_crops: int = 30,
+        n_way: int = 5,
+        k_shot: int = 1,
+        n_query: int = 15,
+        val_episodes: int = 600,
+        test_episodes: int = 10_000,
+        eval_views: int = 1,
+        train_way: int = 5,
+        train_shot: int = 5,
+        train_query: int = 15,
+        train_episodes: int = 1000,
+        batch_size: int = 128,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+        drop_last: bool = True,
+        seed: int = 0,
+        toy_train_per_class: int = 80,
+        toy_eval_per_class: int = 40,
+        toy_img_size: int = 48,
+        toy_background_correlation: float = 0.9,
+    ) -> None:
+        super().__init__(root, dataset, batch_size, num_workers, pin_memory, persistent_workers, on_corrupt, seed)
+        if eval_views < 1 or cos_crops < 0:
+            raise ConfigError(f"data.eval_views must be >= 1 and data.cos_crops >= 0 (got {eval_views}, {cos_crops})")
+        if fusion_enlarge < 1 or not 0 < fusion_min_scale <= 1:
+            raise ConfigError(f"data.fusion_enlarge must be >= 1 and fusion_min_scale in (0, 1] "
+                              f"(got {fusion_enlarge}, {fusion_min_scale})")  # fmt: skip
+        tiered = dataset == "tieredimagenet"
+        self.mean = tuple(mean or (TIERED_IMAGENET_MEAN if tiered else MINI_IMAGENET_MEAN))
+        self.std = tuple(std or (TIERED_IMAGENET_STD if tiered else MINI_IMAGENET_STD))
+        self.layout = layout
+        self.splits = {"train": train_split, "val": val_split, "test": test_split}
+        self.img_size, self.resize = img_size, resize
+        self.train_mode, self.cos_file = train_mode, cos_file
+        self.fusion = dict(enlarge=fusion_enlarge, min_scale=fusion_min_scale)
+        self.cos_crops = cos_crops
+        self.episode_shape = dict(n_way=n_way, k_shot=k_shot, n_query=n_query)
+        self.val_episodes, self.test_episodes, self.eval_views = val_episodes, test_episodes, eval_views
+        self.train_shape = dict(n_way=train_way, k_shot=train_shot, n_query=train_query)
+        self.train_episodes = train_episodes
+        self.drop_last = drop_last
+        self.toy_options = dict(
+            train_per_class=toy_train_per_class,
+            eval_per_class=toy_eval_per_class,
+            img_size=toy_img_size,
+            background_correlation=toy_background_correlation,
+            seed=seed,
+        )
+        self.sets: dict[str, FewShotImages] = {}
+        if dataset != "toy" and not Path(root).is_dir():
+            raise DataError(f"data.root '{root}' does not exist. Expected layout: {LAYOUTS['folder']}, or "
+                            f"{LAYOUTS['csv']}. Point --data.root at your copy, or use --data.dataset toy")  # fmt: skip
+
+    def prepare_data(self) -> None:
+        if self.dataset == "toy":
+            ensure_written(self.root, write_fewshot_scenes, **self.toy_options)
+
+    # -- datasets -------------------------------------------------------------------------------------------------
+    def split_dataset(self, stage: str, transform: Callable, mode: str = "plain") -> FewShotImages:
+        paths, names = read_split(self.root, self.splits[stage], self.layout)
+        cos = load_cos_file(self.cos_file) if mode == "fusion" else None
+        return FewShotImages(paths, names, transform, mode, cos, self.on_corrupt, root=self.root)
+
+    def eval_transform(self) -> Callable:
+        if self.eval_views > 1:
+            return MultiView(self.eval_views, self.img_size, self.mean, self.std)
+        return EvalView(self.img_size, self.resize, self.mean, self.std)
+
+    def train_dataset(self) -> FewShotImages:
+        if self.train_mode == "fusion":
+            return self.split_dataset("train", FusionSampling(self.img_size, self.mean, self.std, **self.fusion),
+                                      "fusion")  # fmt: skip
+        if self.train_mode == "contrastive":
+            return self.split_dataset("train", ContrastivePair(self.img_size, self.mean, self.std))
+        return self.split_dataset("train", train_view(self.img_size, self.mean, self.std))
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.sets["train"] = self.train_dataset()
+            self.sets["val"] = self.split_dataset("val", self.eval_transform())
+        elif stage == "validate":
+            self.sets["val"] = self.split_dataset("val", self.eval_transform())
+        elif stage == "test":
+            self.sets["test"] = self.split_dataset("test", self.eval_transform())
+        elif stage == "predict":
+            views = COSViews(self.cos_crops, self.img_size, self.mean, self.std, self.seed)
+            self.sets["predict"] = self.split_dataset("train", views, "cos")
+        for name, data in self.sets.items():
+            if name in ("val", "test"):
+                check_episodes(data.labels, data.classes, where=f"{self.splits[name]} split of {self.root}",
+                               **self.episode_shape)  # fmt: skip
+            elif name == "train" and self.train_mode == "episodes":
+                check_episodes(data.labels, data.classes, where=f"{self.splits['train']} split of {self.root}",
+                               **self.train_shape)  # fmt: skip
+
+    @property
+    def num_classes(self) -> int:
+        """Training classes (the cosine classifier's outputs)."""
+        return len(set(read_split(self.root, self.splits["train"], self.layout)[1]))
+
+    # -- loaders --------------------------------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def episode_loader(self, data: FewShotImages, shape: dict, episodes: int, seed: int) -> DataLoader:
+        rank, world = self._rank()
+        sampler = EpisodeSampler(data.labels, episodes=episodes, seed=seed, rank=rank, world_size=world, **shape)
+        return DataLoader(
+            data, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            collate_fn=functools.partial(collate_episode, **shape),
+        )  # fmt: skip
+
+    def shard(self, data: Dataset, shuffle: bool) -> DistributedSampler | None:
+        """This rank's share under DDP (the configs set ``trainer.use_distributed_sampler: false``, because
+        Lightning cannot re-create the episode batch sampler; the image loaders shard here instead)."""
+        rank, world = self._rank()
+        if world == 1:
+            return None
+        return DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        data = self.sets["train"]
+        if self.train_mode == "episodes":
+            return self.episode_loader(data, self.train_shape, self.train_episodes, self.seed)
+        return self.loader(data, train=True, sampler=self.shard(data, True), drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.episode_loader(self.sets["val"], self.episode_shape, self.val_episodes, self.seed + 1)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.episode_loader(self.sets["test"], self.episode_shape, self.test_episodes, self.seed + 2)
+
+    def predict_dataloader(self) -> DataLoader:
+        data = self.sets["predict"]
+        return self.loader(data, train=False, sampler=self.shard(data, False))

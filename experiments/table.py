@@ -32,6 +32,9 @@ class Row:
     stage: str = "fit"  # "test": evaluate the config as it is (zero-shot rows), no training
     pretrain_arg: str = "pretrained"  # the model argument that receives the pre-training checkpoint
     pretrain_ckpt: str = "last"  # which checkpoint of the pre-training run: "last" or "best"
+    # steps between pre-training and the row's config, each {stage: fit|test|predict, config, args} and given the
+    # pre-training checkpoint like the row's config (COSOC: the COS predict step); toy ones under toy.after_pretrain
+    after_pretrain: list = field(default_factory=list)
 
     def run_name(self, scale: str) -> str:
         """The run folder name this row's runs use (``--run_name`` in its args, else the config stem)."""
@@ -48,7 +51,8 @@ class Row:
 
         A row with a pre-training step (``pretrain``, or ``toy.pretrain: {config, args}``) first pre-trains, then
         runs its config with ``--model.init_args.<pretrain_arg>`` (``pretrained``) set to the pre-training run's newest
-        ``<pretrain_ckpt>.ckpt`` (``last``).
+        ``<pretrain_ckpt>.ckpt`` (``last``). Steps in ``after_pretrain`` (``toy.after_pretrain``) run in between and
+        receive the same checkpoint argument.
         """
         if scale == "toy":
             if not self.toy:
@@ -61,11 +65,16 @@ class Row:
             if self.pretrain:
                 args = ["--run_name", self.run_name(scale)]
         steps = []
+        between = self.toy.get("after_pretrain", []) if scale == "toy" else self.after_pretrain
         if pre_config is not None:
             steps.append(["fit", "--config", pre_config, *pre_args])
             name = pre_args[pre_args.index("--run_name") + 1] if "--run_name" in pre_args else Path(pre_config).stem
             ckpt = f"{runs}/{name}/version_*/checkpoints/{self.pretrain_ckpt}.ckpt"
-            args += [f"--model.init_args.{self.pretrain_arg}", ckpt]
+            pass_ckpt = [f"--model.init_args.{self.pretrain_arg}", ckpt]
+            for step in between:
+                step_args = [str(a) for a in step.get("args", [])]
+                steps.append([step.get("stage", "fit"), "--config", step["config"], *step_args, *pass_ckpt])
+            args += pass_ckpt
         if self.stage == "test":
             steps.append(["test", "--config", config, *args])
         else:
@@ -96,12 +105,17 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
             "stage",
             "pretrain_arg",
             "pretrain_ckpt",
+            "after_pretrain",
         )
         unknown = set(raw) - set(keys)
         if missing or unknown:
             raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")
         if raw.get("stage", "fit") not in ("fit", "test"):
             raise ConfigError(f"{path}: row {i} has stage {raw['stage']!r}; use fit or test")
+        for step in [*raw.get("after_pretrain", []), *(raw.get("toy") or {}).get("after_pretrain", [])]:
+            if step.get("stage", "fit") not in ("fit", "test", "predict") or "config" not in step:
+                raise ConfigError(f"{path}: row {i} has an after_pretrain step {step}; it needs a config and a stage "
+                                  "of fit, test or predict")  # fmt: skip
         rows.append(Row(**{k: raw[k] for k in keys if k in raw}))
     return spec, rows
 

@@ -1,0 +1,198 @@
+"""Few-shot LightningModules sharing one backbone and one episode evaluation loop (COSOC, arXiv 2107.07746).
+
+* :class:`FewShotModule` evaluates on episodes (validation and test): every image is one centre view or ``V``
+  random views; ``evaluator: proto`` scores queries by cosine similarity to the class means of the support
+  features (views averaged), ``evaluator: soc`` by COSOC's shared object concentrator
+  (:mod:`lightning_modules.fewshot.soc`). Accuracy and both 95 % intervals come from
+  :class:`~lightning_modules.fewshot.metrics.EpisodeAccuracy`.
+* :class:`CosineClassifierModule`: supervised training over the base classes with the cosine classifier (scale 10).
+  With fusion-sampled crops (``data.train_mode: fusion``), an Exemplar initialisation and ``evaluator: soc`` this is
+  COSOC; with plain crops and ``evaluator: proto`` it is the cosine-classifier baseline.
+* :class:`ProtoNetModule`: episodic training with prototype logits (Snell et al. 2017, cosine metric, learnable
+  scale from 10, as the official ``PN`` config).
+
+Episodes arrive one per batch in the class-major layout of :mod:`datamodules.episodes`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from experiments.errors import ConfigError
+from lightning_modules.backbones import create_backbone
+from lightning_modules.base import SuiteModule
+from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
+from lightning_modules.fewshot.metrics import EpisodeAccuracy
+from lightning_modules.fewshot.soc import soc_logits
+from lightning_modules.optim import OptimConfig
+
+
+class FewShotModule(SuiteModule):
+    """A backbone plus the episode evaluation loop (module docstring).
+
+    Args:
+        backbone: timm model name (``resnet12``).
+        backbone_kwargs: extra constructor arguments (``channels`` for the toy ResNet-12).
+        pretrained: checkpoint of a suite run (its ``backbone.`` weights; e.g. the Exemplar stage) or a hub id.
+        evaluator: ``proto`` (cosine prototypes) or ``soc`` (needs ``data.eval_views > 1``; COSOC uses 7).
+        soc_alpha: SOC's prototype weight decay (1.0).
+        soc_beta: SOC's match weight decay (0.8).
+        test_runs: the test episodes split into this many runs for COSOC's interval (5).
+        optim: optimizer and schedule.
+        channels_last: channels-last memory format (faster convolutions on GPUs).
+        compile: ``torch.compile`` the backbone.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: str = "resnet12",
+        backbone_kwargs: dict | None = None,
+        pretrained: str | None = None,
+        evaluator: Literal["proto", "soc"] = "proto",
+        soc_alpha: float = 1.0,
+        soc_beta: float = 0.8,
+        test_runs: int = 5,
+        optim: OptimConfig | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(optim)
+        if evaluator not in ("proto", "soc"):
+            raise ConfigError(f"model.evaluator must be proto or soc, got {evaluator!r}")
+        self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
+        self.feature_dim = self.backbone.num_features
+        self.evaluator, self.soc_alpha, self.soc_beta = evaluator, soc_alpha, soc_beta
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.forward_features = torch.compile(self.backbone.forward_features) if compile else None
+        self.val_acc = EpisodeAccuracy(runs=1)
+        self.test_acc = EpisodeAccuracy(runs=test_runs)
+
+    # -- features -------------------------------------------------------------------------------------------------
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled, normalised features ``[..., D]`` of images ``[..., 3, H, W]``."""
+        lead = images.shape[:-3]
+        x = images.flatten(0, -4)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        fmap = (self.forward_features or self.backbone.forward_features)(x)
+        return pooled_features(fmap).view(*lead, -1)
+
+    # -- episodes -------------------------------------------------------------------------------------------------
+    def episode_logits(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """``(logits [Q, N], labels [Q])`` of one episode batch."""
+        n, k, q = batch["n_way"], batch["k_shot"], batch["n_query"]
+        images = batch["image"]
+        if images.ndim == 4:
+            images = images[:, None]
+        feats = self.features(images)  # [E, V, D]
+        support, query = feats[: n * k], feats[n * k :]
+        if self.evaluator == "soc":
+            logits = soc_logits(support, query, n, k, self.soc_alpha, self.soc_beta)
+        else:
+            logits = proto_logits(support.mean(1), query.mean(1), n, k)
+        labels = torch.arange(n, device=logits.device).repeat_interleave(q)
+        return logits, labels
+
+    def _episode_step(self, batch: dict, batch_idx: int, metric: EpisodeAccuracy) -> None:
+        logits, labels = self.episode_logits(batch)
+        episode = torch.tensor([self.global_rank + batch_idx * self.trainer.world_size], device=logits.device)
+        metric.update((logits.argmax(-1) == labels)[None], episode)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._episode_step(batch, batch_idx, self.val_acc)
+
+    def on_validation_epoch_end(self) -> None:
+        out = self.val_acc.compute()
+        self.log_dict({"val/acc": out["acc"], "val/ci95": out["ci95_episodes"]}, prog_bar=True)
+        self.val_acc.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._episode_step(batch, batch_idx, self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        out = self.test_acc.compute()
+        self.log_dict({f"test/{k}": v for k, v in out.items()})
+        if self.trainer.is_global_zero:
+            episodes = sum(int(a.numel()) for a in self.test_acc.accuracies) * self.trainer.world_size
+            print(f"\nfew-shot test ({self.evaluator}), {episodes} episodes: accuracy {out['acc']:.2f} "
+                  f"+- {out['ci95_episodes']:.2f} (95% interval over episodes: 1.96 std / sqrt(episodes))",
+                  file=sys.stderr)  # fmt: skip
+            if "acc_runs" in out:
+                print(f"COSOC protocol, {self.test_acc.runs} runs: mean of run means {out['acc_runs']:.2f} "
+                      f"+- {out['ci95_runs']:.2f} (1.96 std of the run means)", file=sys.stderr)  # fmt: skip
+        self.test_acc.reset()
+
+
+class CosineClassifierModule(FewShotModule):
+    """Supervised base-class training with the cosine classifier (``CC_head``, scale 10); see the module docstring.
+
+    Args:
+        num_classes: base (training) classes: 64 for miniImageNet, 351 for tieredImageNet.
+        scale: initial scale of the cosine logits (10, learned).
+        other arguments: :class:`FewShotModule`.
+    """
+
+    def __init__(self, num_classes: int = 64, scale: float = 10.0, backbone: str = "resnet12",
+                 backbone_kwargs: dict | None = None, pretrained: str | None = None,
+                 evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
+                 test_runs: int = 5, optim: OptimConfig | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:  # fmt: skip
+        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, test_runs, optim,
+                         channels_last, compile)  # fmt: skip
+        self.save_hyperparameters()
+        self.classifier = CosineClassifier(self.feature_dim, num_classes, scale)
+
+    def on_fit_start(self) -> None:
+        found = getattr(self.trainer.datamodule, "num_classes", None)
+        if found is not None and found != self.classifier.weight.shape[0]:
+            raise ConfigError(f"model.num_classes is {self.classifier.weight.shape[0]} but the training split has "
+                              f"{found} classes; set --model.init_args.num_classes {found}")  # fmt: skip
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self.classifier(self.features(batch["image"]))
+        loss = F.cross_entropy(logits, batch["target"])
+        acc = (logits.argmax(-1) == batch["target"]).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True)
+        return loss
+
+
+class ProtoNetModule(FewShotModule):
+    """Prototypical networks trained on episodes (``data.train_mode: episodes``); cosine logits with a learnable
+    scale starting at ``scale`` (official ``PN`` config: cosine, 10, features normalised).
+
+    Args:
+        scale: initial logit scale (10).
+        other arguments: :class:`FewShotModule`.
+    """
+
+    def __init__(self, scale: float = 10.0, backbone: str = "resnet12", backbone_kwargs: dict | None = None,
+                 pretrained: str | None = None, evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0,
+                 soc_beta: float = 0.8, test_runs: int = 5, optim: OptimConfig | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, test_runs, optim,
+                         channels_last, compile)  # fmt: skip
+        self.save_hyperparameters()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def global_batch_size(self) -> int:
+        """Episodes per optimizer step (one per device per batch): the unit of ``optim.base_batch_size`` here."""
+        return self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        n, k, q = batch["n_way"], batch["k_shot"], batch["n_query"]
+        feats = self.features(batch["image"])
+        logits = proto_logits(feats[: n * k], feats[n * k :], n, k, self.scale)
+        labels = torch.arange(n, device=logits.device).repeat_interleave(q)
+        loss = F.cross_entropy(logits, labels)
+        self.log_dict({"train/loss": loss, "train/acc": (logits.argmax(-1) == labels).float().mean()}, prog_bar=True)
+        return loss
