@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc clean reproduce-%
 
 setup: $(STAMP)
 
@@ -81,6 +81,12 @@ bench-denet: setup
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && \
 		$(BIN)/python benchmarks/denet_step.py --image-size 256 --batch-size 32 --bf16 --markdown docs/benchmarks.md \
 		|| echo "no GPU: the 256 px, batch 32 step is timed on a GPU only"
+
+bench-cosoc: setup
+	$(BIN)/python benchmarks/cosoc_times.py --device cpu --cos-images 8 --episodes 1 --markdown docs/benchmarks.md
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && \
+		$(BIN)/python benchmarks/cosoc_times.py --bf16 --cos-images 256 --episodes 10 --markdown docs/benchmarks.md \
+		|| echo "no GPU: COS and SOC are timed on the CPU only"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -555,6 +555,38 @@ class FewShotDataModule(SuiteDataModule):
                 check_episodes(data.labels, data.classes, where=f"{self.splits['train']} split of {self.root}",
                                **self.train_shape)  # fmt: skip
 
+    def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
+        """``python -m experiments data check``: per-split class and image counts, and every problem found (missing
+        or undecodable images, classes too small for the episodes, a COS file that does not cover the training
+        split), each naming its file or class."""
+        summary, problems = {}, []
+        for stage, split in self.splits.items():
+            try:
+                paths, names = read_split(self.root, split, self.layout)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            classes = sorted(set(names))
+            summary[split] = {"classes": len(classes), "images": len(paths)}
+            shape = self.train_shape if stage == "train" else self.episode_shape
+            if stage != "train" or self.train_mode == "episodes":
+                labels = [classes.index(n) for n in names]
+                try:
+                    check_episodes(labels, classes, where=f"{split} split of {self.root}", **shape)
+                except (DataError, ConfigError) as err:
+                    problems.append(str(err))
+            if stage == "train" and self.train_mode == "fusion":
+                try:
+                    match_cos_entries(load_cos_file(self.cos_file or ""), paths, self.root)
+                except (DataError, ConfigError) as err:
+                    problems.append(str(err))
+            for path in paths if decode else []:
+                try:
+                    load_rgb(path)
+                except DataError as err:
+                    problems.append(str(err).split(". Replace")[0])
+        return summary, problems
+
     @property
     def num_classes(self) -> int:
         """Training classes (the cosine classifier's outputs)."""

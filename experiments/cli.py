@@ -81,6 +81,12 @@ class SuiteCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None, help="Run folder name (default: config stem).")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="Test the best checkpoint after fit.")
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config and the command line as the source of truth with ``--ckpt_path``: Lightning would
+        overwrite the model's arguments with the checkpoint's hyper-parameters, so that ``test --ckpt_path X
+        --model.init_args.evaluator soc`` silently ran the checkpoint's evaluator. The weights still come from the
+        checkpoint."""
+
     # -- run directory ---------------------------------------------------------------------------------------
     def _subconfig(self):
         return self.config[self.subcommand] if self.subcommand else self.config

@@ -151,3 +151,24 @@ def test_datamodule_serves_class_major_episodes_and_sees_missing_roots(tmp_path)
     assert len(set(batch["index"].tolist())) == 12
     with pytest.raises(DataError, match="does not exist"):
         FewShotDataModule(root=str(tmp_path / "absent"))
+
+
+def test_data_check_reports_short_classes_and_undecodable_images(mini_csv, capsys):
+    from experiments.data import main as data_main
+
+    (mini_csv / "images" / "n0700000000.jpg").write_bytes(b"not a jpeg")
+    code = data_main(["check", "--config", "configs/cosoc/mini_cc_1shot.yaml", "--data.root", str(mini_csv),
+                      "--data.val_split", "test", "--data.n_way", "3", "--data.n_query", "2"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "class 'n07' has 2 images, fewer than k_shot + n_query = 3" in out
+    assert "n0700000000.jpg: cannot decode image" in out
+    assert "train: classes 2, images 7" in out
+
+
+def test_object_share_of_a_box_by_hand():
+    from datamodules.toy.fewshot_scenes import box_object_share
+
+    assert box_object_share([0, 0, 10, 10], [5, 5, 10, 10], 20) == 0.25
+    assert box_object_share([-1, -1, -1, -1], [0, 0, 10, 10], 20) == 0.25
+    assert box_object_share([0, 0, 4, 4], [10, 10, 5, 5], 20) == 0.0

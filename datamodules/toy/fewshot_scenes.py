@@ -149,3 +149,29 @@ def write_fewshot_scenes(root: Path, train_per_class: int = 80, eval_per_class: 
                 img.save(folder / name, quality=92)
                 objects[f"{split}/{shape}/{name}"] = box
     (Path(root) / "objects.json").write_text(json.dumps(objects))
+
+
+def box_object_share(box: list[float], obj: list[int], size: int) -> float:
+    """Fraction of ``box`` (top, left, h, w; ``-1`` = the whole image) covered by the object box ``obj``."""
+    top, left, h, w = box if box[0] >= 0 else (0, 0, size, size)
+    o_top, o_left, o_h, o_w = obj
+    ih = max(0.0, min(top + h, o_top + o_h) - max(top, o_top))
+    iw = max(0.0, min(left + w, o_left + o_w) - max(left, o_left))
+    return ih * iw / max(h * w, 1e-8)
+
+
+def cos_object_share(cos: dict, root: str | Path, size: int, seed: int = 0) -> dict[str, float]:
+    """How much of the crops COS keeps is object, on the toy scenes (``objects.json``): the mean share of the top-1
+    and of all kept boxes, against RandomResizedCrop boxes (5 per image) as the reference."""
+    from datamodules.episodes import random_resized_box
+
+    objects = json.loads((Path(root) / "objects.json").read_text())
+    rng = np.random.default_rng(seed)
+    kept, top1, rand = [], [], []
+    for path, boxes in zip(cos["paths"], cos["boxes"].tolist(), strict=True):
+        obj = objects[path]
+        shares = [box_object_share(b, obj, size) for b in boxes]
+        kept += shares
+        top1.append(shares[0])
+        rand += [box_object_share(list(random_resized_box(rng, size, size)), obj, size) for _ in range(5)]
+    return {"top1": float(np.mean(top1)), "kept": float(np.mean(kept)), "random": float(np.mean(rand))}
