@@ -364,7 +364,9 @@ def relative_key(path: str, root: str | None) -> str:
 def match_cos_entries(cos: dict | None, paths: Sequence[str], root: str | None) -> list[int]:
     """Row of each training image in a COS file; a clear error if the file does not cover the split."""
     if cos is None:
-        raise ConfigError("data.train_mode: fusion needs data.cos_file (written by the COS stage: configs/cosoc/cos_*)")
+        raise ConfigError(
+            "data.train_mode: fusion needs data.cos_file (written by the COS stage: configs/cosoc/<data>_cos.yaml)"
+        )
     where = {k: i for i, k in enumerate(cos["paths"])}
     keys = [relative_key(p, root) for p in paths]
     missing = [k for k in keys if k not in where]
@@ -381,7 +383,7 @@ def load_cos_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"COS file {path} does not exist; run the COS stage first "
-                        "(python -m experiments predict --config configs/cosoc/cos_<data>.yaml)")  # fmt: skip
+                        "(python -m experiments predict --config configs/cosoc/<data>_cos.yaml)")  # fmt: skip
     cos = torch.load(path, map_location="cpu", weights_only=True)
     need = {"paths", "boxes", "probs"}
     if not isinstance(cos, dict) or not need <= set(cos):
