@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 from datamodules.base import SuiteDataModule
 from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb
 from datamodules.toy import ensure_written
-from datamodules.toy.fewshot_scenes import write_fewshot_scenes
+from datamodules.toy.fewshot_scenes import OBJECT_SIZE, write_fewshot_scenes
 from experiments.errors import ConfigError, CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
@@ -509,6 +509,7 @@ class FewShotDataModule(SuiteDataModule):
             img_size=toy_img_size,
             background_correlation=toy_background_correlation,
             seed=seed,
+            object_size=list(OBJECT_SIZE),  # recorded, so that a toy written with other object sizes is not reused
         )
         self.sets: dict[str, FewShotImages] = {}
         if dataset != "toy" and not Path(root).is_dir():
