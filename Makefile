@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt clean reproduce-%
 
 setup: $(STAMP)
 
@@ -87,6 +87,14 @@ bench-cosoc: setup
 	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && \
 		$(BIN)/python benchmarks/cosoc_times.py --bf16 --cos-images 256 --episodes 10 --markdown docs/benchmarks.md \
 		|| echo "no GPU: COS and SOC are timed on the CPU only"
+
+# STT: frames/s of the tracklet loader (synthetic pedestrians in the MARS layout, written once under data/) and the
+# training step for T = 8 clips: the paper setting (ResNet-50, 256x128; batch 32 with bf16 on a GPU, 8 on the CPU)
+# and the toy's narrow model at 64x32; rows appended to docs/benchmarks.md.
+bench-stt: setup
+	$(BIN)/python benchmarks/stt_speed.py --height 256 --width 128 --steps 2 --markdown docs/benchmarks.md $(BENCH_ARGS)
+	$(BIN)/python benchmarks/stt_speed.py --height 64 --width 32 --seq-len 8 --batch-size 16 --backbone resnet18 \
+		--narrow --markdown docs/benchmarks.md $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache
