@@ -9,6 +9,8 @@ data check --config X.yaml        validate the dataset a config points at, witho
 data extract --config X.yaml      video datasets: embed every clip once with a frozen backbone (feature shards)
 sweep --config X.yaml --space S.yaml --trials N   Optuna search over config keys (resumable, pruned)
 bench --config X.yaml [--steps N] [--compile]     step time, samples/s, memory, FLOPs, MFU; loader alone
+rate_curve --runs DIR[=LABEL] ... --out F.png    compression: PSNR / semantic recovery vs bits per pixel
+evaluate --config X.yaml [--ckpt C] [--backbone B]   frozen-backbone linear / k-NN / dense evaluations
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ MODULE_COMMANDS = {
     "bench": "experiments.bench",
     "sweep": "experiments.sweep",
     "data": "experiments.data",
+    "rate_curve": "experiments.rate_curve",
+    "evaluate": "experiments.evaluate",
 }
 USAGE = __doc__
 

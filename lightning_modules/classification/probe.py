@@ -36,6 +36,7 @@ def extract_features(backbone: nn.Module, loader: DataLoader, device: str | torc
 class ProbeResult:
     train_accuracy: float
     test_accuracy: float
+    test_logits: torch.Tensor | None = None  # [N_test, num_classes], with ``return_logits=True``
 
 
 def fit_linear_probe(
@@ -45,8 +46,10 @@ def fit_linear_probe(
     test_y: torch.Tensor,
     weight_decay: float = 1e-4,
     max_iter: int = 300,
+    return_logits: bool = False,
 ) -> ProbeResult:
-    """Multinomial logistic regression on standardised features (L-BFGS); accuracies on both sets."""
+    """Multinomial logistic regression on standardised features (L-BFGS); accuracies on both sets (and the test
+    logits with ``return_logits``)."""
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -63,8 +66,9 @@ def fit_linear_probe(
     opt.step(closure)
     with torch.no_grad():
         train_acc = ((train_x @ weight + bias).argmax(1) == train_y).float().mean().item()
-        test_acc = ((test_x @ weight + bias).argmax(1) == test_y).float().mean().item()
-    return ProbeResult(train_acc, test_acc)
+        test_logits = test_x @ weight + bias
+        test_acc = (test_logits.argmax(1) == test_y).float().mean().item()
+    return ProbeResult(train_acc, test_acc, test_logits if return_logits else None)
 
 
 def linear_probe(
