@@ -22,8 +22,8 @@ from datamodules.base import SuiteDataModule
 from datamodules.images import ImageFolderDataset, list_classes, select_classes
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
-from datamodules.transforms import StudentTeacherTransform
-from experiments.errors import DataError
+from datamodules.transforms import BYOLTwoViewTransform, StudentTeacherTransform
+from experiments.errors import ConfigError, DataError
 
 LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (one folder per class, same names in both)"
 
@@ -76,6 +76,9 @@ class ImageNetDataModule(SuiteDataModule):
         teacher_img_size: also return a ``teacher_image`` view (same crop box, [0, 1], this size) for distillation
             targets (iTPN / MVP CLIP recipe; then the train augmentation is colour jitter + flip + crop only).
         teacher_interpolation: resize filter of the teacher view (the official CLIP recipe: lanczos).
+        train_transform: ``default`` (the options above) or ``byol``: BYOL's two asymmetric views
+            (:class:`~datamodules.transforms.BYOLTwoViewTransform`, ``scale`` / ``interpolation`` / ``mean`` / ``std``
+            apply) as ``views [B, 2, 3, H, W]``; evaluation batches then carry ``views`` and the centre crop ``image``.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ImageNetDataModule(SuiteDataModule):
         toy_img_size: int = 64,
         teacher_img_size: int | None = None,
         teacher_interpolation: str = "lanczos",
+        train_transform: Literal["default", "byol"] = "default",
     ) -> None:
         super().__init__(root, dataset, batch_size, num_workers, pin_memory, persistent_workers, on_corrupt, seed)
         self.img_size = img_size
@@ -157,6 +161,15 @@ class ImageNetDataModule(SuiteDataModule):
                 train=True, scale=tuple(scale), color_jitter=jitter, hflip=hflip, **views
             )
             self.eval_transform = StudentTeacherTransform(train=False, **views)
+        if train_transform not in ("default", "byol"):
+            raise ConfigError(f"data.init_args.train_transform must be default or byol, got {train_transform!r}")
+        self.two_views = train_transform == "byol"
+        if self.two_views:
+            if teacher_img_size is not None:
+                raise ConfigError("data.init_args.train_transform byol and teacher_img_size cannot be combined")
+            views = dict(img_size=img_size, scale=tuple(scale), interpolation=interpolation, mean=mean, std=std)
+            self.train_transform = BYOLTwoViewTransform(**views)
+            self.eval_transform = BYOLTwoViewTransform(**views, image_transform=self.eval_transform)
         self.mean, self.std = tuple(mean), tuple(std)
         self.repeated_aug = repeated_aug
         self.repeated_aug_repeats = repeated_aug_repeats
@@ -197,6 +210,8 @@ class ImageNetDataModule(SuiteDataModule):
         }
         if self.teacher_img_size is not None:
             batch["teacher_image"] = torch.rand(batch_size, 3, self.teacher_img_size, self.teacher_img_size)
+        if self.two_views:
+            batch["views"] = torch.randn(batch_size, 2, 3, self.img_size, self.img_size)
         return batch
 
     def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:

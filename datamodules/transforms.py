@@ -75,3 +75,59 @@ class StudentTeacherTransform:
         student = TF.resized_crop(image, top, left, h, w, [self.img_size] * 2, self.interp)
         teacher = TF.resized_crop(image, top, left, h, w, [self.teacher_img_size] * 2, self.teacher_interp)
         return {"image": self.normalize(TF.to_tensor(student)), "teacher_image": TF.to_tensor(teacher)}
+
+
+class BYOLTwoViewTransform:
+    """PIL image -> ``{"views": [2, 3, H, W]}``: BYOL's two asymmetric augmentations (Grill et al. 2020, Table 6).
+
+    Both views: RandomResizedCrop (area ``scale``, bicubic), horizontal flip (p 0.5), colour jitter (brightness 0.4,
+    contrast 0.4, saturation 0.2, hue 0.1) with p 0.8, grayscale with p 0.2, Gaussian blur (sigma 0.1-2.0, kernel
+    about a tenth of the side: 23 px at 224) and solarisation (threshold 0.5); view 1 blurs with p 1.0 and never
+    solarises, view 2 blurs with p 0.1 and solarises with p 0.2. Then normalisation.
+
+    Args:
+        img_size: side of both views (224; smaller for toy runs).
+        scale: RandomResizedCrop area range (0.08-1).
+        interpolation: crop resize filter.
+        blur_kernel: Gaussian kernel size; None: the odd number nearest ``img_size / 10``.
+        mean: normalisation mean.
+        std: normalisation std.
+        image_transform: if given, also return ``image`` = ``image_transform(img)`` (validation: a centre crop for
+            feature metrics beside the two random views).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        scale: tuple[float, float] = (0.08, 1.0),
+        interpolation: str = "bicubic",
+        blur_kernel: int | None = None,
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        image_transform=None,
+    ) -> None:
+        kernel = blur_kernel if blur_kernel is not None else 2 * max(1, round(img_size / 20)) + 1
+        if kernel % 2 == 0:
+            kernel += 1
+
+        def view(blur_p: float, solarize_p: float) -> T.Compose:
+            return T.Compose([
+                T.RandomResizedCrop(img_size, scale=tuple(scale), interpolation=INTERPOLATIONS[interpolation]),
+                T.RandomHorizontalFlip(0.5),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p),
+                T.RandomSolarize(128, p=solarize_p),
+                T.ToTensor(),
+                T.Normalize(mean, std),
+            ])  # fmt: skip
+
+        self.view1, self.view2 = view(1.0, 0.0), view(0.1, 0.2)
+        self.blur_kernel = kernel
+        self.image_transform = image_transform
+
+    def __call__(self, image: Image.Image) -> dict:
+        out = {"views": torch.stack([self.view1(image), self.view2(image)])}
+        if self.image_transform is not None:
+            out["image"] = self.image_transform(image)
+        return out

@@ -1,0 +1,178 @@
+"""BYOL / E-DIY (lightning_modules/ssl): the loss formulas, the EMA and its schedule, the region terms, one training
+step of each module and the config checks."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from datamodules.transforms import BYOLTwoViewTransform
+from experiments.errors import ConfigError
+from lightning_modules.optim import OptimConfig
+from lightning_modules.ssl import BYOLModule, EDIYModule
+from lightning_modules.ssl.byol import byol_loss, cosine_momentum, ema_update
+from lightning_modules.ssl.ediy import diversity_loss, invariance_loss, match_most_similar, region_collapse
+
+TINY = dict(backbone="resnet18", backbone_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8, "output_stride": 16},
+            proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, log_views=False)  # fmt: skip
+
+
+def offdiag_stats(r: torch.Tensor) -> dict:
+    sim = F.normalize(r, dim=-1) @ F.normalize(r, dim=-1).transpose(1, 2)
+    eye = torch.eye(r.shape[1], dtype=torch.bool)
+    return {"max": sim.masked_fill(eye, -2).amax().item(), "min": sim.masked_fill(eye, 2).amin().item(),
+            "mean_least": sim.masked_fill(eye, 2).amin(-1).mean().item(),
+            "mean_most": sim.masked_fill(eye, -2).amax(-1).mean().item()}  # fmt: skip
+
+
+def optimise(loss_fn, r0: torch.Tensor, steps: int, lr: float) -> torch.Tensor:
+    r = r0.clone().requires_grad_()
+    opt = torch.optim.SGD([r], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(r).backward()
+        opt.step()
+    return r.detach()
+
+
+@pytest.fixture
+def collapsed_regions():
+    """Two images x 16 regions x 32-d, all near one direction per image (region collapse: similarities ~0.9)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2, 1, 32, generator=g) + 0.3 * torch.randn(2, 16, 32, generator=g)
+
+
+def test_byol_loss_is_two_minus_two_cos_on_a_hand_case():
+    p, z = torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 3.0]])  # 45 degrees apart
+    assert byol_loss(p, z).item() == pytest.approx(2 - 2 * 2**-0.5)
+    assert byol_loss(p, 5 * p).item() == pytest.approx(0.0, abs=1e-6)
+    assert byol_loss(p, -p).item() == pytest.approx(4.0)
+
+
+def test_cosine_momentum_endpoints_and_midpoint():
+    assert cosine_momentum(0, 1000) == pytest.approx(0.996)
+    assert cosine_momentum(1000, 1000) == pytest.approx(1.0)
+    assert cosine_momentum(500, 1000) == pytest.approx(0.998)
+    ms = [cosine_momentum(k, 100) for k in range(101)]
+    assert all(b >= a for a, b in zip(ms, ms[1:], strict=False))
+
+
+def test_ema_update_matches_its_formula():
+    torch.manual_seed(0)
+    online, target = (
+        nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)),
+        nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5)),
+    )
+    before = [p.detach().clone() for p in target.parameters()]
+    ema_update(target, online, 0.9)
+    for t, t0, o in zip(target.parameters(), before, online.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.9 * t0 + 0.1 * o)
+
+
+def test_diversity_loss_lowers_the_least_similar_pairs_not_the_most_similar(collapsed_regions):
+    """The default term (the abstract's "push apart the MOST DIFFERENT regions") lowers each region's similarity to
+    its least similar partner, the loss itself, and the overall region collapse. It does NOT lower the maximum
+    intra-view similarity: optimised to the end it reaches its floor (-1) with two antipodal clusters, whose members
+    are near-identical. The ``most_similar`` switch is the term that lowers the maximum."""
+    r0 = collapsed_regions
+    start = offdiag_stats(r0)
+    assert start["min"] > 0.5  # a collapsed input
+    short = offdiag_stats(optimise(diversity_loss, r0, steps=30, lr=20.0))
+    assert short["mean_least"] < start["mean_least"] - 0.3
+    assert short["min"] < start["min"]
+    assert region_collapse(optimise(diversity_loss, r0, 30, 20.0).transpose(1, 2)[..., None]) < region_collapse(
+        r0.transpose(1, 2)[..., None]
+    )
+    long = offdiag_stats(optimise(diversity_loss, r0, steps=400, lr=50.0))
+    assert long["mean_least"] < -0.95  # the floor: every region has an (almost) antipodal partner
+    assert long["max"] > start["max"]  # ... and the most similar pair got closer, not further apart
+
+    most = offdiag_stats(optimise(lambda r: diversity_loss(r, partner="most_similar"), r0, steps=200, lr=20.0))
+    assert most["max"] < start["max"] - 0.2
+    assert most["mean_most"] < start["mean_most"] - 0.2
+
+
+def test_diversity_loss_top_k_and_validation():
+    r = torch.randn(3, 9, 8)
+    sim = F.normalize(r, dim=-1) @ F.normalize(r, dim=-1).transpose(1, 2)
+    sim = sim.masked_fill(torch.eye(9, dtype=torch.bool), float("inf"))
+    expected = sim.sort(-1).values[..., :3].mean()
+    torch.testing.assert_close(diversity_loss(r, top_k=3), expected)
+    with pytest.raises(ConfigError, match="div_top_k"):
+        diversity_loss(r, top_k=9)
+
+
+def test_match_most_similar_agrees_with_a_python_loop_and_the_loss_uses_it():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 6, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    idx = match_most_similar(a, b)
+    for bi in range(2):
+        for i in range(6):
+            sims = [F.cosine_similarity(a[bi, i], b[bi, j], dim=0).item() for j in range(7)]
+            assert idx[bi, i].item() == max(range(7), key=lambda j: sims[j])
+    expected = sum(2 - 2 * F.cosine_similarity(a[bi, i], b[bi, idx[bi, i]], dim=0) for bi in range(2) for i in range(6))
+    torch.testing.assert_close(invariance_loss(a, b), expected / 12)
+
+
+def test_region_collapse_is_one_for_identical_regions():
+    fmap = torch.randn(2, 8, 1, 1).expand(2, 8, 3, 3)
+    assert region_collapse(fmap).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_lambda_names_the_key():
+    with pytest.raises(ConfigError, match="lambda_div"):
+        EDIYModule(lambda_div=-0.5, **TINY)
+    with pytest.raises(ConfigError, match="lambda_inv"):
+        EDIYModule(lambda_inv=float("nan"), **TINY)
+
+
+def test_two_view_transform_gives_two_different_views():
+    image = Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy())
+    out = BYOLTwoViewTransform(img_size=32, image_transform=lambda im: torch.zeros(3, 32, 32))(image)
+    assert out["views"].shape == (2, 3, 32, 32) and out["image"].shape == (3, 32, 32)
+    assert not torch.equal(out["views"][0], out["views"][1])
+    assert BYOLTwoViewTransform(img_size=224).blur_kernel == 23
+
+
+class ViewsData(L.LightningDataModule):
+    def __init__(self, batch_size: int = 4) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self):
+        views = torch.randn(self.batch_size, 2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        return DataLoader([{"views": v} for v in views], batch_size=self.batch_size)
+
+
+@pytest.mark.parametrize("cls", [BYOLModule, EDIYModule], ids=["byol", "ediy"])
+def test_one_training_step_moves_the_target_by_the_ema(cls):
+    torch.manual_seed(0)
+    optim = OptimConfig(name="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_steps=0, min_lr=0.0, no_weight_decay=[])
+    model = cls(optim=optim, **TINY)
+    targets = [t for t, _ in model.online_pairs()]
+    for t in targets:  # start the target away from the online weights so the EMA is visible
+        for p in t.parameters():
+            p.data.add_(0.1)
+    before = [p.detach().clone() for t in targets for p in t.parameters()]
+    online_before = [p.detach().clone() for _, online in model.online_pairs() for p in online.parameters()]
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=ViewsData())
+    m = cosine_momentum(0, 1, 0.996)
+    assert model.momentum == pytest.approx(m)
+    online_after = [p.detach() for _, online in model.online_pairs() for p in online.parameters()]
+    after = [p.detach() for t in targets for p in t.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(online_before, online_after, strict=True))  # the step happened
+    for t0, t1, o in zip(before, after, online_after, strict=True):
+        torch.testing.assert_close(t1, m * t0 + (1 - m) * o)
+    assert any(k.startswith("backbone.") for k in model.state_dict())
+    if cls is EDIYModule:
+        terms = model.shared_step({"views": torch.randn(2, 2, 3, 32, 32)})
+        assert {"loss_byol", "loss_div", "loss_inv"} <= terms.keys()
+        total = terms["loss_byol"] + terms["loss_div"] + terms["loss_inv"]
+        torch.testing.assert_close(terms["loss"], total)
