@@ -1,0 +1,134 @@
+"""``python -m experiments rate_curve --runs DIR[=LABEL] [--runs ...] --out FIG.png [--split val|test]``.
+
+The compression-recovery trade-off of learning-by-compression (arXiv 2105.13978): every ``metrics.json`` under each
+``--runs`` folder (a sweep's ``runs/sweeps/<study>``, or any runs folder) is one point; each folder is one curve,
+labelled by ``LABEL`` or the folder's name. Two panels: PSNR vs bits per pixel and semantic recovery (frozen
+classifier's accuracy on reconstructions / on originals) vs bits per pixel; a run without semantic metrics is left
+out of the second. Written atomically: the PNG, ``<out>.csv`` (one row per run) and ``<out>.md`` (the same table in
+Markdown, also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from experiments.errors import ConfigError
+from experiments.io import atomic_write_bytes
+
+COLUMNS = ("label", "run", "lambda_rate", "bpp", "psnr", "ms_ssim", "semantic_recovery", "weak_acc")
+
+
+def _lambda_rate(run_dir: Path) -> float | None:
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        value = yaml.safe_load(config.read_text())["model"]["init_args"]["lambda_rate"]
+    except (KeyError, TypeError, yaml.YAMLError):
+        return None
+    return float(value) if value is not None else None
+
+
+def collect(folder: str | Path, label: str, split: str = "val") -> list[dict]:
+    """One row per ``metrics.json`` under ``folder`` holding ``<split>/bpp`` (runs without it are skipped)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"--runs {folder}: no such folder")
+    rows = []
+    for path in sorted(folder.rglob("metrics.json")):
+        record = json.loads(path.read_text())
+        metrics = record.get(split) or {}
+        if f"{split}/bpp" not in metrics:
+            continue
+        row = {"label": label, "run": str(path.parent), "lambda_rate": _lambda_rate(path.parent)}
+        for key in COLUMNS[3:]:
+            row[key] = metrics.get(f"{split}/{key}")
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["bpp"])
+
+
+def _parse_runs(spec: str) -> tuple[str, str]:
+    folder, _, label = spec.partition("=")
+    return folder, label or Path(folder.rstrip("/")).name
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(curves: dict[str, list[dict]], split: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    panels = (("psnr", "PSNR (dB)"), ("semantic_recovery", "semantic recovery (acc. recovered / original)"))
+    for ax, (key, name) in zip(axes, panels, strict=True):
+        drawn = False
+        for label, rows in curves.items():
+            points = [(r["bpp"], r[key]) for r in rows if r[key] is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "not measured\n(no semantic_classifier)", ha="center", va="center",
+                    transform=ax.transAxes)  # fmt: skip
+        ax.set_xlabel(f"rate ({split}, bits per pixel)")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend()
+    fig.suptitle("compression-recovery trade-off")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def rate_curve(runs: list[str], out: str, split: str = "val") -> list[dict]:
+    """Collect every folder of ``runs`` (``DIR`` or ``DIR=LABEL``), write the figure and tables; return the rows."""
+    curves: dict[str, list[dict]] = {}
+    for spec in runs:
+        folder, label = _parse_runs(spec)
+        rows = collect(folder, label, split)
+        if not rows:
+            raise ConfigError(f"--runs {folder}: no metrics.json with '{split}/bpp' under it (a compression run?)")
+        curves.setdefault(label, []).extend(rows)
+    out_path = Path(out)
+    atomic_write_bytes(out_path, plot(curves, split))
+    rows = [row for label_rows in curves.values() for row in label_rows]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out_path.with_suffix(".csv"), text.getvalue().encode())
+    atomic_write_bytes(out_path.with_suffix(".md"), markdown(rows).encode())
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments rate_curve", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--runs", action="append", required=True, help="runs folder, optionally =LABEL; repeatable")
+    parser.add_argument("--out", required=True, help="PNG path; .csv and .md tables are written beside it")
+    parser.add_argument("--split", choices=["val", "test"], default="val")
+    args = parser.parse_args(argv)
+    rows = rate_curve(args.runs, args.out, args.split)
+    print(markdown(rows), end="")
+    print(f"figure: {args.out}")
+    return 0

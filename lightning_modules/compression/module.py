@@ -1,0 +1,326 @@
+"""Learning-by-compression (Xie, Zhang, Wei, Chang, Tian 2021, "What Is Considered Complete for Visual
+Recognition?", arXiv 2105.13978): represent an image by a compact code from which it can be recovered; labels are
+only weak supervision; methods are compared by their compression-recovery trade-off curve.
+
+The paper gives no code or recipe; this is our concrete instantiation (see ../shared/papers, section 4):
+
+* model: encoder (Ballé's stride-2 5x5 conv + GDN analysis transform, or a timm backbone's feature map + 1x1
+  projection) -> quantised latent with a fully factorised learned entropy model (Ballé et al. 2018, factorized
+  prior; :mod:`lightning_modules.compression.entropy`) -> mirrored decoder; a linear head on the global-average
+  pooled quantised latent gives the weak supervision;
+* loss: ``D(x_hat, x) + lambda_rate * bpp + lambda_sem * CE(head(y_hat), label)`` with ``D`` the MSE (or L1) on
+  images in [0, 1] and ``bpp = -sum log2 p(y_hat) / (B * H * W)``. With ``lambda_sem = 0`` the head is still trained,
+  on a detached latent (a linear probe whose CE is added to the optimised objective but does not reach the encoder;
+  ``val/loss`` leaves it out), so ``val/weak_acc`` always says how much class information the code keeps;
+* metrics (validation and test, evaluation quantises by rounding): ``bpp`` (ideal code length of the rounded
+  latent over all image pixels), ``psnr`` (torchmetrics, ``data_range=1``; one PSNR of the pooled MSE over the
+  epoch, not a mean of per-image PSNRs), ``ms_ssim`` (torchmetrics; with fewer scales than the standard five when
+  the images are too small for them, see :func:`msssim_betas`), ``weak_acc`` (the head), and the *semantic
+  recovery*: top-1 of a frozen classifier (``semantic_classifier``, a checkpoint of a suite
+  :class:`~lightning_modules.classification.ImageClassifier` run) on the reconstructions (``sem_acc_recovered``)
+  and on the originals (``sem_acc_original``) and their ratio ``semantic_recovery``.
+
+Sweeping ``lambda_rate`` traces the rate-recovery curve (``configs/sweeps/compression_lambda_rate.yaml``,
+``python -m experiments rate_curve``).
+
+Entropy model: CompressAI 1.2.8 would install, but it forces numpy 1.26 and pulls torch-geometric into the suite's
+environment, so the factorised entropy model is written here (~100 lines, tested against analytic densities).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
+
+from experiments.errors import ConfigError
+from lightning_modules.base import SuiteModule
+from lightning_modules.compression.entropy import bits_per_pixel
+from lightning_modules.compression.model import CompressionModel
+from lightning_modules.optim import OptimConfig
+
+MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as torchmetrics' default
+MSSSIM_KERNEL = 11
+
+
+def msssim_betas(size: int, scales: int | None = None) -> tuple[float, ...]:
+    """Scale weights of MS-SSIM for ``size`` px images: the first ``n`` of the standard five, renormalised to sum 1,
+    with ``n`` the most scales (at most 5) whose coarsest image still holds the 11 px window (``10 * 2**(n-1) <
+    size``) and that torchmetrics accepts; ``scales`` forces ``n``. 224 px: all 5; 64 px: 3; 32 px: 2."""
+    if scales is None:
+        scales = 1
+        for n in range(5, 0, -1):
+            fits = (MSSSIM_KERNEL - 1) * 2 ** (n - 1) < size and size >= 2**n
+            if fits and size // max(1, n - 1) ** 2 > MSSSIM_KERNEL - 1:
+                scales = n
+                break
+    if not 1 <= scales <= 5:
+        raise ConfigError(f"msssim_scales must be in 1..5, got {scales}")
+    betas = MSSSIM_BETAS[:scales]
+    return tuple(b / sum(betas) for b in betas)
+
+
+def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
+    """``10 log10(range^2 / MSE)``."""
+    return 10 * math.log10(data_range**2 / mse)
+
+
+class CompressionModule(SuiteModule):
+    """Learning-by-compression: rate-distortion training with a weak label head and semantic-recovery metrics.
+
+    Args:
+        latent_channels: bottleneck channels (paper scale 192).
+        hidden_channels: conv encoder / decoder width.
+        stages: stride-2 stages of the conv encoder (downsampling ``2 ** stages``; paper scale 4 -> 16).
+        encoder: ``conv`` or a timm backbone name (``resnet50``: its ``layer3`` map, 16x, + 1x1 projection).
+        encoder_out_index: feature level of a timm encoder.
+        encoder_kwargs: extra timm constructor arguments.
+        activation: ``gdn`` or ``gelu`` between the conv layers.
+        entropy_filters: hidden widths of the per-channel density MLP (Ballé: ``[3, 3, 3]``).
+        num_classes: classes of the weak labels (head output); None: no head.
+        lambda_rate: weight of the rate ``bpp`` (> 0); larger -> fewer bits, worse recovery.
+        lambda_sem: weight of the weak-label cross-entropy (>= 0; 0: the head is a detached probe).
+        distortion: ``mse`` or ``l1`` on [0, 1] images.
+        semantic_classifier: path (or glob, newest match) of a suite ImageClassifier checkpoint used, frozen, to
+            measure semantic recovery; None: no semantic metrics.
+        semantic_mean: input normalisation of that classifier (the DataModule's mean it was trained with).
+        semantic_std: its std.
+        msssim_scales: MS-SSIM scales (None: as many as the image size allows, see :func:`msssim_betas`).
+        log_images: log originals over reconstructions at the first validation batch.
+        optim: optimizer and schedule.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        latent_channels: int = 192,
+        hidden_channels: int = 128,
+        stages: int = 4,
+        encoder: str = "conv",
+        encoder_out_index: int = 3,
+        encoder_kwargs: dict | None = None,
+        activation: Literal["gdn", "gelu"] = "gdn",
+        entropy_filters: tuple[int, ...] = (3, 3, 3),
+        num_classes: int | None = 1000,
+        lambda_rate: float = 0.01,
+        lambda_sem: float = 0.0,
+        distortion: Literal["mse", "l1"] = "mse",
+        semantic_classifier: str | None = None,
+        semantic_mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
+        semantic_std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
+        msssim_scales: int | None = None,
+        log_images: bool = True,
+        optim: OptimConfig | None = None,
+    ) -> None:
+        super().__init__(optim)
+        self.save_hyperparameters()
+        if not (isinstance(lambda_rate, (int, float)) and math.isfinite(lambda_rate) and lambda_rate > 0):
+            raise ConfigError(
+                f"model.init_args.lambda_rate must be a finite number > 0 (the weight of the rate term in bits per "
+                f"pixel; valid range (0, inf)), got {lambda_rate}"
+            )
+        if not (isinstance(lambda_sem, (int, float)) and math.isfinite(lambda_sem) and lambda_sem >= 0):
+            raise ConfigError(
+                f"model.init_args.lambda_sem must be a finite number >= 0 (the weight of the weak-label "
+                f"cross-entropy; valid range [0, inf)), got {lambda_sem}"
+            )
+        if distortion not in ("mse", "l1"):
+            raise ConfigError(f"model.init_args.distortion must be 'mse' or 'l1', got {distortion!r}")
+        if lambda_sem > 0 and not num_classes:
+            raise ConfigError("model.init_args.lambda_sem > 0 needs num_classes (the weak-label head)")
+        self.model = CompressionModel(
+            latent_channels=latent_channels,
+            hidden_channels=hidden_channels,
+            stages=stages,
+            encoder=encoder,
+            encoder_out_index=encoder_out_index,
+            encoder_kwargs=encoder_kwargs,
+            activation=activation,
+            entropy_filters=tuple(entropy_filters),
+            num_classes=num_classes,
+            detach_head=lambda_sem == 0,
+        )
+        self.factor = self.model.factor
+        self.num_classes = num_classes
+        self.lambda_rate = float(lambda_rate)
+        self.lambda_sem = float(lambda_sem)
+        self.distortion = distortion
+        self.msssim_scales = msssim_scales
+        self.log_images = log_images
+        self.semantic_mean, self.semantic_std = tuple(semantic_mean), tuple(semantic_std)
+        # the DataModule's normalisation, undone to get [0, 1] images (set in setup; identity without a trainer)
+        self.data_mean: tuple[float, ...] | None = None
+        self.data_std: tuple[float, ...] | None = None
+        # frozen judge, kept out of the module tree: neither optimised nor saved in checkpoints
+        self.__dict__["_semantic"] = load_semantic_classifier(semantic_classifier) if semantic_classifier else None
+        self.metrics = nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
+
+    def _make_metrics(self) -> nn.ModuleDict:
+        metrics = nn.ModuleDict({"bpp": MeanMetric(), "psnr": PeakSignalNoiseRatio(data_range=1.0)})
+        if self.num_classes:
+            metrics["weak_acc"] = MulticlassAccuracy(self.num_classes, average="micro")
+        judge = self.__dict__["_semantic"]
+        if judge is not None:
+            metrics["sem_acc_recovered"] = MulticlassAccuracy(judge.num_classes, average="micro")
+            metrics["sem_acc_original"] = MulticlassAccuracy(judge.num_classes, average="micro")
+        return metrics
+
+    # ---- the objective ---------------------------------------------------------------------------------------------
+    def unit_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch's images in [0, 1] (the DataModule's mean / std normalisation undone)."""
+        if self.data_mean is None or self.data_std is None:
+            return images
+        mean = torch.tensor(self.data_mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.data_std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+        return images * std + mean
+
+    def shared_step(self, batch: dict, noise: bool) -> dict:
+        x = self.unit_images(batch["image"])
+        B, _, H, W = x.shape
+        out = self.model(x, noise=noise)
+        x_hat = out.x_hat.float()
+        if self.distortion == "mse":
+            dist = F.mse_loss(x_hat, x.float())
+        else:
+            dist = F.l1_loss(x_hat, x.float())
+        bpp = bits_per_pixel(out.likelihoods, B * H * W)
+        loss = dist + self.lambda_rate * bpp
+        terms = {"x": x, "x_hat": x_hat, "distortion": dist, "bpp": bpp, "logits": out.logits}
+        objective = loss
+        if out.logits is not None and "target" in batch:
+            ce = F.cross_entropy(out.logits.float(), batch["target"])
+            terms["ce"] = ce
+            if self.lambda_sem > 0:
+                loss = loss + self.lambda_sem * ce
+                objective = loss
+            else:
+                objective = loss + ce  # the detached probe: its gradient stops at the latent
+        terms["loss"] = loss
+        terms["objective"] = objective
+        return terms
+
+    def flop_forward(self, batch: dict) -> torch.Tensor:
+        return self.shared_step(batch, noise=True)["objective"]
+
+    # ---- Lightning hooks -------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        size = getattr(dm, "img_size", None)
+        if isinstance(size, int):
+            self.model.check_size(size, size)
+        self.data_mean, self.data_std = getattr(dm, "mean", None), getattr(dm, "std", None)
+        classes = getattr(dm, "num_classes", None)
+        if self.num_classes and isinstance(classes, int) and classes > self.num_classes:
+            raise ConfigError(
+                f"model.num_classes={self.num_classes} but the dataset has {classes} classes; "
+                f"set --model.init_args.num_classes {classes}"
+            )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.shared_step(batch, noise=True)
+        B = batch["image"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=B)
+        self.log("train/bpp", terms["bpp"], prog_bar=True, batch_size=B)
+        self.log("train/distortion", terms["distortion"], batch_size=B)
+        if "ce" in terms:
+            self.log("train/ce", terms["ce"], batch_size=B)
+        if self._trainer is not None:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
+        return terms["objective"]
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> dict:
+        terms = self.shared_step(batch, noise=False)
+        x, x_hat = terms["x"].float(), terms["x_hat"].clamp(0, 1)
+        B, _, H, W = x.shape
+        metrics = self.metrics[stage]
+        metrics["bpp"].update(terms["bpp"].detach(), weight=B * H * W)
+        metrics["psnr"].update(x_hat, x)
+        self._msssim(stage, H, W).update(x_hat, x)
+        if "weak_acc" in metrics and "target" in batch:
+            metrics["weak_acc"].update(terms["logits"], batch["target"])
+        judge = self._judge(x.device)
+        if judge is not None and "target" in batch:
+            with torch.no_grad():
+                metrics["sem_acc_recovered"].update(judge(self._judge_input(x_hat)), batch["target"])
+                metrics["sem_acc_original"].update(judge(self._judge_input(x)), batch["target"])
+        self.log(f"{stage}/loss", terms["loss"], prog_bar=True, sync_dist=True, batch_size=B)
+        self.log(f"{stage}/distortion", terms["distortion"], sync_dist=True, batch_size=B)
+        return terms
+
+    def _msssim(self, stage: str, height: int, width: int) -> MultiScaleStructuralSimilarityIndexMeasure:
+        metrics = self.metrics[stage]
+        if "ms_ssim" not in metrics:  # built at the first batch: its scales depend on the image size
+            metric = MultiScaleStructuralSimilarityIndexMeasure(
+                data_range=1.0, betas=msssim_betas(min(height, width), self.msssim_scales), normalize="relu"
+            )
+            metrics["ms_ssim"] = metric.to(self.device)
+        return metrics["ms_ssim"]
+
+    def _judge(self, device: torch.device) -> nn.Module | None:
+        judge = self.__dict__["_semantic"]
+        if judge is not None and next(judge.parameters()).device != device:
+            judge.to(device)
+        return judge
+
+    def _judge_input(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.semantic_mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.semantic_std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def _epoch_end(self, stage: str) -> None:
+        metrics = self.metrics[stage]
+        values = {}
+        for name, metric in metrics.items():
+            if metric.update_called:
+                values[name] = metric.compute()
+            metric.reset()
+        if "sem_acc_recovered" in values and "sem_acc_original" in values:
+            values["semantic_recovery"] = values["sem_acc_recovered"] / values["sem_acc_original"].clamp_min(1e-8)
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value, prog_bar=name in ("bpp", "psnr"))
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        terms = self._evaluate(batch, batch_idx, "val")
+        if batch_idx == 0 and self.log_images and self._trainer is not None:
+            n = min(8, terms["x"].shape[0])
+            self.log_image_grid("val/reconstructions", torch.cat([terms["x"][:n], terms["x_hat"][:n]]), nrow=n)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+
+def load_semantic_classifier(path: str) -> nn.Module:
+    """The frozen ``backbone`` (timm model with its classifier) of a suite ImageClassifier checkpoint; it carries
+    ``num_classes``. ``path`` may be a glob (newest match)."""
+    from lightning_modules.backbones import resolve_checkpoint_path
+    from lightning_modules.classification import ImageClassifier
+
+    file = resolve_checkpoint_path(path)
+    try:
+        # pretrained=None: the checkpoint holds the weights; rebuilding must not reload the original source
+        classifier = ImageClassifier.load_from_checkpoint(file, map_location="cpu", pretrained=None, compile=False)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        raise ConfigError(
+            f"semantic_classifier '{file}' is not a checkpoint of lightning_modules.classification.ImageClassifier "
+            f"(a run of e.g. configs/visformer/toy.yaml): {exc}"
+        ) from exc
+    judge = classifier.backbone.eval().requires_grad_(False)
+    judge.num_classes = classifier.num_classes
+    return judge
