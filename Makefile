@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt bench-ediy rate-curve clean reproduce-%
 
 setup: $(STAMP)
 
@@ -98,3 +98,17 @@ bench-stt: setup
 
 clean:
 	rm -rf runs .pytest_cache
+
+# BYOL vs E-DIY training step at the paper setting (ResNet-50, 224 px, two views; batch 8 on the CPU, 128 with bf16 on
+# a GPU via BENCH_ARGS): the region terms' added cost is the ratio of the two rows appended to docs/benchmarks.md.
+bench-ediy: setup
+	for c in byol ediy; do $(BIN)/python -m experiments bench --config configs/ediy/$${c}_r50_in1k_300ep.yaml \
+		--batch-size 8 --steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md $(BENCH_ARGS); done
+
+# Learning-by-compression's rate-recovery curve at toy scale: a grid sweep over lambda_rate, then PSNR and semantic
+# recovery against bits per pixel (PNG + CSV + Markdown under docs/figures/).
+rate-curve: setup
+	$(BIN)/python -m experiments sweep --config configs/compression/toy.yaml \
+		--space configs/sweeps/compression_lambda_rate.yaml --trials 5 --sampler grid --metric val/psnr --no-prune \
+		--study compression_toy
+	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy --out docs/figures/compression_toy_rate_curve.png
