@@ -173,6 +173,7 @@ def read_mat_array(path: Path, key: str, what: str) -> np.ndarray:
             found = sorted(k for k in data if not k.startswith("__"))
             if key in data:
                 return np.asarray(data[key])
+    # scipy raises NotImplementedError for MATLAB formats it cannot read (v7.3 files h5py does not recognise)
     except (OSError, ValueError, NotImplementedError, TypeError) as err:
         raise CorruptFileError(f"{path}: cannot read it as a MATLAB .mat file ({err}); replace the file") from err
     raise DataError(f"{path} has no key '{key}' ({what}); keys found: {found}. Replace it with the dataset's file")

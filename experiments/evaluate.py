@@ -40,26 +40,20 @@ PROTOCOLS = ("linear", "knn", "dense")
 
 def load_backbone_state(path: str, model: torch.nn.Module, backbone: str) -> dict:
     """The weights of checkpoint ``path`` as ``model``'s keys (suite Lightning prefixes, official layouts mapped)."""
-    from lightning_modules.backbones import CHECKPOINT_FILTERS, lightning_weights, resolve_checkpoint_path
+    from lightning_modules.backbones import read_backbone_state, read_torch_checkpoint
 
-    path = resolve_checkpoint_path(path)
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    inner = state.get("state_dict") if isinstance(state, dict) else None
     try:
-        state = lightning_weights(state)
-    except ConfigError:
+        return read_backbone_state(path, model)[1]
+    except ConfigError as err:
+        if "no 'encoder.' or 'backbone.' weights" not in str(err):
+            raise
+        path, state = read_torch_checkpoint(path)
+        inner = state.get("state_dict") if isinstance(state, dict) else None
         keys = list(inner)[:8] if isinstance(inner, dict) else []
         raise ConfigError(
             f"checkpoint {path} holds no 'backbone.' or 'encoder.' weights for the configured backbone '{backbone}' "
             f"(its first keys: {keys}); give the checkpoint of a run whose module has a backbone/encoder"
         ) from None
-    filter_fn = CHECKPOINT_FILTERS.get(type(model).__module__)
-    if filter_fn is not None:
-        state = filter_fn(state, model)
-    elif isinstance(state.get("model"), dict):
-        state = state["model"]
-    return state
 
 
 def check_backbone_state(state: dict, model: torch.nn.Module, backbone: str, path: str) -> None:

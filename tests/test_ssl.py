@@ -13,9 +13,10 @@ from torch.utils.data import DataLoader
 
 from datamodules.transforms import BYOLTwoViewTransform
 from experiments.errors import ConfigError
+from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
 from lightning_modules.ssl import BYOLModule, EDIYModule
-from lightning_modules.ssl.byol import byol_loss, cosine_momentum, ema_update
+from lightning_modules.ssl.byol import byol_loss, cosine_momentum
 from lightning_modules.ssl.ediy import diversity_loss, invariance_loss, match_most_similar, region_collapse
 
 TINY = dict(backbone="resnet18", backbone_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8, "output_stride": 16},

@@ -52,21 +52,34 @@ def resolve_checkpoint_path(path: str) -> str:
     return path
 
 
-def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
-    """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped.
-
-    ``path`` may be a glob (the newest match loads). A Lightning checkpoint of one of our modules loads too: the
-    weights under its ``encoder.`` / ``backbone.`` prefix are taken.
-    """
+def read_torch_checkpoint(path: str) -> tuple[str, dict]:
+    """``(resolved path, object)`` of a local checkpoint (a glob loads its newest match), read with
+    ``weights_only=True`` (Lightning's saved ``argparse.Namespace`` hyper-parameters allowed)."""
     path = resolve_checkpoint_path(path)
     torch.serialization.add_safe_globals([argparse.Namespace])
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return path, torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_backbone_state(path: str, model: nn.Module) -> tuple[str, dict]:
+    """``(resolved path, state_dict in model's keys)``: a suite Lightning checkpoint's ``encoder.`` / ``backbone.``
+    weights, or a foreign checkpoint mapped by the model family's filter (``CHECKPOINT_FILTERS``)."""
+    path, state = read_torch_checkpoint(path)
     state = lightning_weights(state)
     filter_fn = CHECKPOINT_FILTERS.get(type(model).__module__)
     if filter_fn is not None:
         state = filter_fn(state, model)
     elif isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    return path, state
+
+
+def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
+    """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped.
+
+    ``path`` may be a glob (the newest match loads). A Lightning checkpoint of one of our modules loads too: the
+    weights under its ``encoder.`` / ``backbone.`` prefix are taken.
+    """
+    path, state = read_backbone_state(path, model)
     target = model.state_dict()
     skipped = [k for k, v in state.items() if k in target and target[k].shape != v.shape]
     if skipped and not strict_head:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from experiments.errors import ConfigError
+from lightning_modules.ema import ema_update
 from lightning_modules.fewshot.module import FewShotModule
 from lightning_modules.optim import OptimConfig
 
@@ -75,9 +76,8 @@ class ExemplarMoCo(FewShotModule):
     @torch.no_grad()
     def momentum_update(self) -> None:
         """``key = m * key + (1 - m) * online`` for every parameter; buffers (BN statistics) are the key's own."""
-        online = [*self.backbone.parameters(), *self.projector.parameters()]
-        keys = [*self.key_backbone.parameters(), *self.key_projector.parameters()]
-        torch._foreach_lerp_(keys, online, 1 - self.momentum)
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, labels: Tensor) -> None:

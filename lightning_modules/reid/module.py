@@ -13,7 +13,6 @@ number of training identities of each dataset).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from experiments.errors import ConfigError
-from lightning_modules.backbones import resolve_checkpoint_path
+from lightning_modules.backbones import read_torch_checkpoint
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig
 from lightning_modules.reid.figures import ranked_list_figure, ranked_lists_grid
@@ -200,9 +199,7 @@ class STTModule(SuiteModule):
 def load_stt_weights(model: SpatioTemporalTransformer, path: str) -> None:
     """Load an STT run's ``model.`` weights into ``model``, except tensors whose shapes differ (the identity
     classifiers of another dataset); any other missing or unexpected key is an error naming the keys."""
-    file = resolve_checkpoint_path(path)
-    torch.serialization.add_safe_globals([argparse.Namespace])
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    file, state = read_torch_checkpoint(path)
     weights = {k[len("model.") :]: v for k, v in state.get("state_dict", {}).items() if k.startswith("model.")}
     if not weights:
         raise ConfigError(f"init_from {file}: no 'model.' weights; give a checkpoint of an STT run")

@@ -31,6 +31,7 @@ from torch import nn
 
 from lightning_modules.backbones import check_backbone_name, create_backbone
 from lightning_modules.base import SuiteModule
+from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
 from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
@@ -208,8 +209,7 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         if "text" in m:
             pairs.append((m["text"], self.text_encoder))
         for ema, online in pairs:
-            ema_params, online_params = list(ema.parameters()), list(online.parameters())
-            torch._foreach_lerp_(ema_params, online_params, 1 - self.momentum)
+            ema_update(ema, online, self.momentum)
         tokens = m["image"].forward_features(batch["image"])
         image_k = F.normalize(m["image_proj"](m["image"].forward_head(tokens, pre_logits=True)), dim=-1)
         enc, _ = self.tokenize(batch["captions"], device=self.device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -53,21 +52,3 @@ def cosine_momentum(step: int, total: int, base: float = 0.996) -> float:
         return base
     step = min(max(step, 0), total)
     return 1 - (1 - base) * (math.cos(math.pi * step / total) + 1) / 2
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, m: float) -> None:
-    """``target = m * target + (1 - m) * online`` for every parameter, in one vectorised ``_foreach`` call per dtype
-    and device group. Buffers (batch-norm statistics) are left alone: the target network keeps its own."""
-    t_params, o_params = list(target.parameters()), list(online.parameters())
-    if len(t_params) != len(o_params):
-        raise ValueError(f"target has {len(t_params)} parameters, online {len(o_params)}; not the same network")
-    groups: dict[tuple, tuple[list[Tensor], list[Tensor]]] = {}
-    for t, o in zip(t_params, o_params, strict=True):
-        key = (t.device, t.dtype)
-        groups.setdefault(key, ([], []))
-        groups[key][0].append(t.data)
-        groups[key][1].append(o.data.to(t.dtype))
-    for ts, os_ in groups.values():
-        # t + (1 - m) * (o - t) == m * t + (1 - m) * o
-        torch._foreach_lerp_(ts, os_, 1.0 - m)

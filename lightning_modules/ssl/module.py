@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
+from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
-from lightning_modules.ssl.byol import MLPHead, byol_loss, cosine_momentum, ema_update
+from lightning_modules.ssl.byol import MLPHead, byol_loss, cosine_momentum
 from lightning_modules.ssl.ediy import (
     DenseHead,
     check_lambdas,
