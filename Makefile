@@ -105,10 +105,16 @@ bench-ediy: setup
 	for c in byol ediy; do $(BIN)/python -m experiments bench --config configs/ediy/$${c}_r50_in1k_300ep.yaml \
 		--batch-size 8 --steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md $(BENCH_ARGS); done
 
-# Learning-by-compression's rate-recovery curve at toy scale: a grid sweep over lambda_rate, then PSNR and semantic
-# recovery against bits per pixel (PNG + CSV + Markdown under docs/figures/).
+# Learning-by-compression's rate-recovery curve at toy scale: the frozen judge for semantic recovery (the toy Visformer,
+# trained once), a grid sweep over lambda_rate (its own study file: delete runs/sweeps/compression_toy* to start over,
+# a finished study is not re-run), then PSNR and semantic recovery against bits per pixel (PNG + CSV + Markdown).
+JUDGE := runs/compression_judge/version_*/checkpoints/best.ckpt
 rate-curve: setup
+	ls $(JUDGE) >/dev/null 2>&1 || $(BIN)/python -m experiments fit --config configs/visformer/toy.yaml \
+		--run_name compression_judge
+	mkdir -p runs/sweeps
 	$(BIN)/python -m experiments sweep --config configs/compression/toy.yaml \
 		--space configs/sweeps/compression_lambda_rate.yaml --trials 5 --sampler grid --metric val/psnr --no-prune \
-		--study compression_toy
+		--study compression_toy --storage sqlite:///runs/sweeps/compression_toy.db \
+		--model.init_args.semantic_classifier '$(JUDGE)'
 	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy --out docs/figures/compression_toy_rate_curve.png

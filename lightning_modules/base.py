@@ -48,7 +48,8 @@ class SuiteModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scales(self) -> dict[str, float]:
-        """Submodules (attribute names) trained at a multiple of the scheduled learning rate; none by default."""
+        """Submodules (names as in ``named_modules``, dotted for nested ones) trained at a multiple of the scheduled
+        learning rate; none by default."""
         return {}
 
     def adjust_param_groups(self, optimizer: torch.optim.Optimizer) -> None:
@@ -56,7 +57,7 @@ class SuiteModule(L.LightningModule):
         timm's schedulers multiply into the scheduled lr) is the group's times the submodule's factor. Runs before
         the scheduler reads the groups."""
         for name, factor in self.lr_scales().items():
-            own = {id(p) for p in getattr(self, name).parameters()}
+            own = {id(p) for p in self.get_submodule(name).parameters()}
             moved = []
             for group in optimizer.param_groups:
                 mine = [p for p in group["params"] if id(p) in own]

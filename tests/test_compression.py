@@ -105,11 +105,23 @@ def test_msssim_scales_follow_the_image_size():
 
 @pytest.mark.parametrize(
     "kwargs, key", [({"lambda_rate": 0.0}, "lambda_rate"), ({"lambda_rate": -1.0}, "lambda_rate"),
-                    ({"lambda_sem": -0.1}, "lambda_sem")],
+                    ({"lambda_sem": -0.1}, "lambda_sem"), ({"entropy_lr_scale": 0.0}, "entropy_lr_scale")],
 )  # fmt: skip
 def test_bad_lambda_is_a_config_error_naming_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=rf"model\.init_args\.{key} .*valid range"):
         tiny(**kwargs)
+
+
+def test_entropy_lr_scale_moves_exactly_the_density_parameters_into_a_scaled_group():
+    model = tiny(entropy_lr_scale=10.0)
+    optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr_scale": 0.5}], lr=1e-3)
+    model.adjust_param_groups(optimizer)
+    density = {id(p) for p in model.model.entropy.parameters()}
+    scaled = [g for g in optimizer.param_groups if g["lr_scale"] == 5.0]
+    assert len(scaled) == 1 and {id(p) for p in scaled[0]["params"]} == density
+    rest = [id(p) for g in optimizer.param_groups if g["lr_scale"] == 0.5 for p in g["params"]]
+    assert len(rest) == len(list(model.parameters())) - len(density) and not density & set(rest)
+    assert tiny().lr_scales() == {}  # the default trains everything at one learning rate
 
 
 def tiny(**kwargs) -> CompressionModule:
