@@ -89,7 +89,12 @@ def reproduce(args: list[str]) -> int:
                 continue
             done.add(" ".join(command))
             print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
-            cli_main([*command, "--runs_dir", opts.runs])
+            if command[0] == "evaluate":
+                from experiments.evaluate import main as evaluate_main
+
+                evaluate_main([*command[1:], "--runs_dir", opts.runs])
+            else:
+                cli_main([*command, "--runs_dir", opts.runs])
     print(render_table(opts.paper, opts.runs, opts.scale))
     return 0
 

@@ -29,7 +29,9 @@ class Row:
     source: str = ""
     toy: dict = field(default_factory=dict)
     pretrain: str | None = None  # pre-training config whose last checkpoint the row's (fine-tune) config starts from
-    stage: str = "fit"  # "test": evaluate the config as it is (zero-shot rows), no training
+    # "test": evaluate the config as it is (zero-shot rows), no training; "evaluate": the config is a frozen-backbone
+    # evaluation config (python -m experiments evaluate), given the pre-training checkpoint with --ckpt
+    stage: str = "fit"
     pretrain_arg: str = "pretrained"  # the model argument that receives the pre-training checkpoint
     pretrain_ckpt: str = "last"  # which checkpoint of the pre-training run: "last" or "best"
     # steps between pre-training and the row's config, each {stage: fit|test|predict, config, args} and given the
@@ -46,13 +48,13 @@ class Row:
         return Path(self.toy.get("config", self.config) if scale == "toy" else self.config).stem
 
     def commands(self, scale: str, runs: str = "runs") -> list[list[str]] | None:
-        """``fit`` (or, for ``stage: test`` rows, ``test``) argument lists that produce this row at ``scale``, in order
-        (None: no toy variant).
+        """``fit`` (``stage: test`` rows: ``test``; ``stage: evaluate`` rows: ``evaluate``) argument lists that produce
+        this row at ``scale``, in order (None: no toy variant).
 
         A row with a pre-training step (``pretrain``, or ``toy.pretrain: {config, args}``) first pre-trains, then
         runs its config with ``--model.init_args.<pretrain_arg>`` (``pretrained``) set to the pre-training run's newest
-        ``<pretrain_ckpt>.ckpt`` (``last``). Steps in ``after_pretrain`` (``toy.after_pretrain``) run in between and
-        receive the same checkpoint argument.
+        ``<pretrain_ckpt>.ckpt`` (``last``; ``evaluate`` rows get it as ``--ckpt``). Steps in ``after_pretrain``
+        (``toy.after_pretrain``) run in between and receive the checkpoint as ``--model.init_args.<pretrain_arg>``.
         """
         if scale == "toy":
             if not self.toy:
@@ -62,7 +64,7 @@ class Row:
             config, args = self.toy["config"], [str(a) for a in self.toy.get("args", [])]
         else:
             pre_config, pre_args, config, args = self.pretrain, [], self.config, []
-            if self.pretrain:
+            if self.pretrain or self.stage == "evaluate":  # evaluate names its run after the config's `name` key
                 args = ["--run_name", self.run_name(scale)]
         steps = []
         between = self.toy.get("after_pretrain", []) if scale == "toy" else self.after_pretrain
@@ -74,9 +76,9 @@ class Row:
             for step in between:
                 step_args = [str(a) for a in step.get("args", [])]
                 steps.append([step.get("stage", "fit"), "--config", step["config"], *step_args, *pass_ckpt])
-            args += pass_ckpt
-        if self.stage == "test":
-            steps.append(["test", "--config", config, *args])
+            args += ["--ckpt", ckpt] if self.stage == "evaluate" else pass_ckpt
+        if self.stage in ("test", "evaluate"):
+            steps.append([self.stage, "--config", config, *args])
         else:
             steps.append(["fit", "--config", config, *args, "--test_after_fit", "true"])
         return steps
@@ -110,8 +112,8 @@ def load_table(paper: str) -> tuple[dict, list[Row]]:
         unknown = set(raw) - set(keys)
         if missing or unknown:
             raise ConfigError(f"{path}: row {i} lacks {sorted(missing)} / has unknown keys {sorted(unknown)}")
-        if raw.get("stage", "fit") not in ("fit", "test"):
-            raise ConfigError(f"{path}: row {i} has stage {raw['stage']!r}; use fit or test")
+        if raw.get("stage", "fit") not in ("fit", "test", "evaluate"):
+            raise ConfigError(f"{path}: row {i} has stage {raw['stage']!r}; use fit, test or evaluate")
         for step in [*raw.get("after_pretrain", []), *(raw.get("toy") or {}).get("after_pretrain", [])]:
             if step.get("stage", "fit") not in ("fit", "test", "predict") or "config" not in step:
                 raise ConfigError(f"{path}: row {i} has an after_pretrain step {step}; it needs a config and a stage "

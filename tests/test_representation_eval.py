@@ -260,3 +260,39 @@ def test_every_evaluation_config_names_valid_arguments():
                 module, _, name = spec["class_path"].rpartition(".")
                 cls = getattr(importlib.import_module(module), name)
                 inspect.signature(cls).bind(**spec.get("init_args", {}))  # raises TypeError on an unknown argument
+
+
+def test_table_rows_of_stage_evaluate_pretrain_then_pass_the_checkpoint_as_ckpt():
+    from experiments.table import load_table, reproduce_commands
+
+    toy = reproduce_commands("ediy", "toy")
+    assert toy[:2] == [
+        "python -m experiments fit --config configs/ediy/toy_byol.yaml --run_name toy_byol",
+        "python -m experiments evaluate --config configs/evaluation/toy_resnet.yaml --run_name eval_toy_byol "
+        "--ckpt 'runs/toy_byol/version_*/checkpoints/last.ckpt'",
+    ]
+    assert toy[-1].endswith("--run_name eval_toy_random --random_init") and len(toy) == 5  # shared steps run once
+    # at full scale the evaluation is named after the row (the evaluate command would use the config's `name` key)
+    _, rows = load_table("ediy")
+    assert rows[0].commands("full")[1][:5] == ["evaluate", "--config", "configs/evaluation/in1k_resnet50.yaml",
+                                               "--run_name", "in1k_resnet50__byol_r50_in1k_300ep"]  # fmt: skip
+    assert rows[2].commands("full") == [["evaluate", "--config", "configs/evaluation/in1k_resnet50.yaml",
+                                         "--run_name", "in1k_resnet50"]]  # fmt: skip
+
+
+def test_reproduce_runs_an_evaluate_row_and_the_table_reads_it(tmp_path, dense_root, monkeypatch, capsys):
+    import experiments.table as table
+
+    config = toy_config(tmp_path, dense_root)
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    row = {"label": "random init k-NN", "config": str(config), "stage": "evaluate", "metric": "test/knn_top1",
+           "paper": None, "toy": {"config": str(config), "args": ["--run_name", "eval_rand", "--protocols", "knn"]}}  # fmt: skip
+    (tables / "probe.yaml").write_text(yaml.safe_dump({"paper": "probe", "metric_scale": 100, "rows": [row]}))
+    monkeypatch.setattr(table, "TABLES", tables)
+    runs = tmp_path / "runs"
+    assert experiments_main(["reproduce", "probe", "--scale", "toy", "--runs", str(runs)]) == 0
+    record = json.loads((runs / "eval_rand" / "version_0" / "metrics.json").read_text())
+    assert set(record["test"]) == {"test/knn_top1"}
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| random init"))
+    assert f"| {record['test']['test/knn_top1'] * 100:.2f} | toy |" in line
