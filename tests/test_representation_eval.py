@@ -286,8 +286,9 @@ def test_reproduce_runs_an_evaluate_row_and_the_table_reads_it(tmp_path, dense_r
     config = toy_config(tmp_path, dense_root)
     tables = tmp_path / "tables"
     tables.mkdir()
+    toy = {"config": str(config), "args": ["--run_name", "eval_rand", "--protocols", "knn"]}
     row = {"label": "random init k-NN", "config": str(config), "stage": "evaluate", "metric": "test/knn_top1",
-           "paper": None, "toy": {"config": str(config), "args": ["--run_name", "eval_rand", "--protocols", "knn"]}}  # fmt: skip
+           "paper": None, "toy": toy}  # fmt: skip
     (tables / "probe.yaml").write_text(yaml.safe_dump({"paper": "probe", "metric_scale": 100, "rows": [row]}))
     monkeypatch.setattr(table, "TABLES", tables)
     runs = tmp_path / "runs"
