@@ -617,8 +617,7 @@ def write_synthetic_tracklets(root: Path, train_ids: int = 40, test_ids: int = 2
         (root / folder).mkdir(parents=True, exist_ok=True)
     if workers > 0:
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for _ in pool.imap_unordered(_write_tracklet, tasks, chunksize=max(1, len(tasks) // (8 * workers))):
-                pass
+            list(pool.imap_unordered(_write_tracklet, tasks, chunksize=max(1, len(tasks) // (8 * workers))))  # drain
     else:
         for task in tasks:
             _write_tracklet(task)
