@@ -1,0 +1,6 @@
+"""Semantic segmentation: UPerNet over the suite's multi-scale features (ADE20K transfer)."""
+
+from lightning_modules.segmentation.module import SegmentationModule
+from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead
+
+__all__ = ["SegmentationModule", "UPerHead", "FCNHead", "MultiScaleFeatures"]

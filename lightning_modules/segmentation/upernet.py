@@ -1,0 +1,204 @@
+"""UPerNet (Xiao et al., "Unified Perceptual Parsing for Scene Understanding", ECCV 2018) as mmseg's ``UPerHead``,
+mmseg's auxiliary ``FCNHead``, and :class:`MultiScaleFeatures`, which turns a suite backbone into the list of
+``NCHW`` maps the head reads.
+
+``UPerHead`` (mmseg ``decode_heads/uper_head.py``, ``align_corners=False``):
+
+1. PPM on the last (coarsest) level: for each pool scale ``s`` an ``AdaptiveAvgPool2d(s)`` -> 1x1 ConvModule to
+   ``channels``, upsampled bilinearly back; concatenated with the level itself -> 3x3 ConvModule ``bottleneck``.
+2. 1x1 lateral ConvModules on every other level; the PPM output is the last lateral.
+3. Top-down: from coarse to fine, each lateral gets the bilinearly upsampled lateral above it added.
+4. 3x3 ConvModules (``fpn_convs``) on every lateral but the last; all outputs upsampled to the finest level,
+   concatenated -> 3x3 ConvModule ``fpn_bottleneck`` -> Dropout2d -> 1x1 classifier ``conv_seg``.
+
+``ConvModule`` = Conv (no bias, a norm follows) -> BatchNorm2d -> ReLU; convert to SyncBatchNorm for multi-GPU runs
+(Lightning's ``trainer.sync_batchnorm: true``), as mmseg's configs use SyncBN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.errors import ConfigError
+
+__all__ = ["ConvModule", "PPM", "UPerHead", "FCNHead", "MultiScaleFeatures"]
+
+
+def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=False`` (mmseg's ``resize`` in UPerHead); no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class ConvModule(nn.Sequential):
+    """mmcv's ``ConvModule`` with ``norm_cfg=BN`` and ``act_cfg=ReLU``: Conv2d (no bias) -> BatchNorm2d -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, padding: int = 0) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class PPM(nn.ModuleList):
+    """Pyramid pooling branches: ``[resize(ConvModule1x1(AdaptiveAvgPool(s)(x)), x.shape)]`` for each scale ``s``."""
+
+    def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int) -> None:
+        super().__init__(
+            nn.Sequential(nn.AdaptiveAvgPool2d(int(s)), ConvModule(in_channels, channels, 1)) for s in pool_scales
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [resize(branch(x), x.shape[-2:]) for branch in self]
+
+
+class UPerHead(nn.Module):
+    """mmseg's UPerHead over ``len(in_channels)`` levels, finest first (e.g. strides 4, 8, 16, 32).
+
+    Args:
+        in_channels: channels of each input level, finest first.
+        channels: the head's width (512 in mmseg's UPerNet configs; 768 in iTPN's ADE20K configs).
+        num_classes: output classes.
+        pool_scales: PPM output sizes on the last level.
+        dropout: Dropout2d before the classifier.
+    ``forward(features)`` returns logits ``[B, num_classes, h, w]`` at the finest level's resolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int,
+        num_classes: int,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        in_channels = [int(c) for c in in_channels]
+        if not in_channels:
+            raise ConfigError("UPerHead needs at least one input level (in_channels is empty)")
+        self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
+        self.psp_modules = PPM(pool_scales, in_channels[-1], channels)
+        self.bottleneck = ConvModule(in_channels[-1] + len(pool_scales) * channels, channels, 3, padding=1)
+        self.lateral_convs = nn.ModuleList(ConvModule(c, channels, 1) for c in in_channels[:-1])
+        self.fpn_convs = nn.ModuleList(ConvModule(channels, channels, 3, padding=1) for _ in in_channels[:-1])
+        self.fpn_bottleneck = ConvModule(len(in_channels) * channels, channels, 3, padding=1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg's BaseDecodeHead.init_weights
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def psp_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """PPM on the last level: ``bottleneck(cat([x, *PPM(x)]))``."""
+        return self.bottleneck(torch.cat([x, *self.psp_modules(x)], dim=1))
+
+    def fuse(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The fused ``[B, channels, h, w]`` map before dropout and the classifier (finest level's size)."""
+        if len(features) != len(self.in_channels):
+            raise ValueError(f"UPerHead got {len(features)} feature levels but was built for {len(self.in_channels)}")
+        laterals = [conv(x) for conv, x in zip(self.lateral_convs, features[:-1], strict=True)]
+        laterals.append(self.psp_forward(features[-1]))
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + resize(laterals[i], laterals[i - 1].shape[-2:])
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals[:-1], strict=True)] + [laterals[-1]]
+        size = outs[0].shape[-2:]
+        return self.fpn_bottleneck(torch.cat([resize(o, size) for o in outs], dim=1))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.conv_seg(self.dropout(self.fuse(features)))
+
+
+class FCNHead(nn.Module):
+    """mmseg's auxiliary ``FCNHead`` (``num_convs=1``, ``concat_input=False``): 3x3 ConvModule -> Dropout2d -> 1x1."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.convs = ConvModule(in_channels, channels, 3, padding=1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_seg(self.dropout(self.convs(x)))
+
+
+class MultiScaleFeatures:
+    """Multi-scale ``NCHW`` maps of a backbone, finest first, for :class:`UPerHead`.
+
+    Not an ``nn.Module``: it only reads the backbone (which its owner registers), so the owner's state_dict keeps the
+    backbone weights under one prefix.
+
+    * **iTPN / HiViT with pyramid** (``num_outs`` 3..5): the official seg backbone (``seg/backbone/iTPN.py``).
+      Each pyramid output is concatenated along channels with the backbone feature of the same stride: stride 4 =
+      stage-1 output (the lateral taken just before the first PatchMerge, ``C/4`` channels), stride 8 = stage-2
+      output (before the second merge, ``C/2``), stride 16 = stage-3 output tokens (``C``). With ``num_outs >= 4`` a
+      stride-32 level is the 2x2 max-pool of the stride-16 concatenation. Channels: ``fpn_dim + (C/4, C/2, C, C)``,
+      i.e. [384, 512, 768, 768] for iTPN-B, [448, 640, 1024, 1024] for iTPN-L (fpn_dim 256). ``num_outs = 5``
+      (the detection setting) gives the same four levels: segmentation has no stride-64 level.
+    * **any timm model** with ``feature_info`` and ``forward_intermediates`` (resnet*, visformer, convnext ...): its
+      feature levels at stride >= 4 (the stride-2 stem is dropped), at most the last four.
+
+    A backbone without outputs at two or more strides raises a :class:`ConfigError` naming it and what is missing.
+    Attributes: ``out_channels``, ``strides`` (one per level), ``kind`` (``itpn`` or ``timm``).
+    """
+
+    def __init__(self, backbone: nn.Module, name: str | None = None, max_levels: int = 4) -> None:
+        from lightning_modules.backbones.hivit import HiViT
+
+        name = name or type(backbone).__name__
+        self.backbone, self.name = backbone, name
+        if isinstance(backbone, HiViT):
+            if backbone.pyramid is None:
+                raise ConfigError(
+                    f"backbone '{name}' is a HiViT without the iTPN pyramid (num_outs={backbone.num_outs}), so it "
+                    "gives no multi-scale outputs for UPerHead; set model.init_args.backbone_kwargs.num_outs: 4 "
+                    "(the official iTPN ADE20K setting)"
+                )
+            self.kind = "itpn"
+            fpn, dim = backbone.pyramid.fpn_dim, backbone.embed_dim
+            levels = min(max(backbone.num_outs, 3), 4, max_levels)
+            self.out_channels = [fpn + dim // 4, fpn + dim // 2, fpn + dim, fpn + dim][:levels]
+            self.strides = [4, 8, 16, 32][:levels]
+            return
+        info = getattr(backbone, "feature_info", None)
+        if not hasattr(backbone, "forward_intermediates") or not isinstance(info, list) or not info:
+            missing = "forward_intermediates()" if not hasattr(backbone, "forward_intermediates") else "feature_info"
+            raise ConfigError(
+                f"backbone '{name}' ({type(backbone).__name__}) gives no multi-scale outputs: it has no {missing}. "
+                "UPerHead needs feature maps at several strides: use a timm model with features "
+                "(resnet*, visformer_*, convnext_* ...) or an iTPN/HiViT with backbone_kwargs.num_outs: 4"
+            )
+        picked = [i for i, f in enumerate(info) if int(f["reduction"]) >= 4][-max_levels:]
+        strides = [int(info[i]["reduction"]) for i in picked]
+        if len(set(strides)) < 2:
+            raise ConfigError(
+                f"backbone '{name}' ({type(backbone).__name__}) gives no multi-scale outputs: all its feature levels "
+                f"are at stride {sorted(set(int(f['reduction']) for f in info))}, UPerHead needs at least two "
+                "strides (a plain ViT needs a neck that up/down-samples; use an iTPN/HiViT with num_outs: 4)"
+            )
+        self.kind = "timm"
+        self.indices = picked
+        self.out_channels = [int(info[i]["num_chs"]) for i in picked]
+        self.strides = strides
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self.kind == "timm":
+            return list(self.backbone.forward_intermediates(images, indices=self.indices, intermediates_only=True))
+        from lightning_modules.backbones.hivit import tokens_to_map
+
+        backbone = self.backbone
+        grid = (images.shape[-2] // backbone.patch_size, images.shape[-1] // backbone.patch_size)
+        out = backbone.forward_tokens(images)
+        p16, p8, p4 = (tokens_to_map(p, grid) for p in backbone.pyramid(out.tokens, out.laterals))
+        s4, s8 = (tokens_to_map(lat, grid) for lat in out.laterals)
+        s16 = tokens_to_map(out.tokens[:, :, None, None, :], grid)
+        maps = [torch.cat([p4, s4], 1), torch.cat([p8, s8], 1), torch.cat([p16, s16], 1)]
+        if len(self.strides) > 3:
+            maps.append(F.max_pool2d(maps[-1], kernel_size=2, stride=2))
+        return maps
