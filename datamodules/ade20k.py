@@ -41,7 +41,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
-from datamodules.base import SuiteDataModule
+from datamodules.base import SuiteDataModule, require_root
 from datamodules.images import IMAGE_EXTENSIONS, collate_skipping_corrupt, load_rgb
 from datamodules.toy.ade_scenes import ensure_toy_ade
 from experiments.errors import ConfigError, CorruptFileError, DataError
@@ -533,12 +533,7 @@ class ADE20KDataModule(SuiteDataModule):
 
     def check_layout(self) -> None:
         """Cheap checks before a long job: the root and its four split folders exist."""
-        root = Path(self.root)
-        if not root.is_dir():
-            raise DataError(
-                f"data.root '{root}' does not exist. Expected layout: {LAYOUT}. Point --data.root at your copy "
-                "(ADEChallengeData2016 unzipped), or use --data.dataset toy to write the toy dataset there."
-            )
+        root = require_root(self.root, LAYOUT, "your copy (ADEChallengeData2016 unzipped)")
         for kind in ("images", "annotations"):
             for split in SPLITS:
                 if not (root / kind / split).is_dir():

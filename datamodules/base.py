@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.images import collate_skipping_corrupt
+from experiments.errors import DataError
+
+
+def require_root(root: str | Path, layout: str, what: str = "your copy") -> Path:
+    """``root`` as a Path, or the suite's standard DataError when it is not a folder: it names the path, the expected
+    layout, and the two fixes (``--data.root`` at a copy, or ``--data.dataset toy``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"data.root '{root}' does not exist. Expected layout: {layout}. Point --data.root at {what}, "
+            "or use --data.dataset toy to write the toy dataset there."
+        )
+    return root
 
 
 class SuiteDataModule(L.LightningDataModule):

@@ -56,7 +56,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.base import SuiteDataModule
+from datamodules.base import SuiteDataModule, require_root
 from datamodules.images import load_rgb
 from datamodules.toy.coco_shapes import CATEGORY_IDS, COCO_SHAPES, ensure_toy_coco
 from experiments.errors import ConfigError, DataError
@@ -478,12 +478,7 @@ class CocoDataModule(SuiteDataModule):
 
     def check_layout(self) -> None:
         """Cheap checks before a long job: the root, the image folders and the annotation files exist."""
-        root = Path(self.root)
-        if not root.is_dir():
-            raise DataError(
-                f"data.root '{root}' does not exist. Expected layout: {LAYOUT}. Point --data.root at your copy, "
-                "or use --data.dataset toy to write the toy dataset there."
-            )
+        root = require_root(self.root, LAYOUT)
         for split in ("train", "val"):
             if not annotation_file(root, split).is_file():
                 raise DataError(

@@ -18,7 +18,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transf
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DistributedSampler
 
-from datamodules.base import SuiteDataModule
+from datamodules.base import SuiteDataModule, require_root
 from datamodules.images import ImageFolderDataset, list_classes, select_classes
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
@@ -189,12 +189,7 @@ class ImageNetDataModule(SuiteDataModule):
 
     def check_layout(self) -> None:
         """Cheap checks before a long job: the root and its split folders exist."""
-        root = Path(self.root)
-        if not root.is_dir():
-            raise DataError(
-                f"data.root '{root}' does not exist. Expected layout: {LAYOUT}. Point --data.root at your copy, "
-                "or use --data.dataset toy to write the toy dataset there."
-            )
+        root = require_root(self.root, LAYOUT)
         for split in dict.fromkeys(self.splits.values()):
             if not (root / split).is_dir():
                 raise DataError(f"data.root '{root}' has no '{split}/' folder. Expected layout: {LAYOUT}")
