@@ -6,19 +6,31 @@
   (BEiT/MAE style, ``lr_scale = layer_decay ** (num_layers - layer_id)``) through timm's ``group_matcher``.
 * Learning rate is scaled explicitly by the global batch: ``lr = base_lr * global_batch / base_batch_size``
   (the DeiT recipe uses ``base_batch_size=512``; MAE/BEiT use 256).
-* Schedule: linear warm-up from ``warmup_lr`` then cosine to ``min_lr``, updated every optimizer step
-  (timm's ``CosineLRScheduler`` with ``t_in_epochs=False``; it honours each group's ``lr_scale``).
+* Schedule (``schedule``), updated every optimizer step and honouring each group's ``lr_scale``, all timm
+  schedulers with ``t_in_epochs=False``:
+
+  - ``cosine``: linear warm-up from ``warmup_lr``, then cosine to ``min_lr`` over the remaining steps
+    (``CosineLRScheduler``; classification and pre-training recipes);
+  - ``step``: linear warm-up, then the lr times ``decay_rate`` at each of ``decay_epochs`` (mmdet's ``step``
+    policy: COCO 1x = 12 epochs, mmdet's default steps at epochs 8 and 11, iTPN's configs 9 and 11; 3x = 36 with
+    27 and 33; ``MultiStepLRScheduler``);
+    the milestones count from step 0, warm-up included, as mmdet's do;
+  - ``poly``: linear warm-up, then ``(1 - t / T) ** poly_power`` decay to ``min_lr`` over the whole run (mmseg's
+    ``poly`` policy, power 1.0, for the 160k-iteration ADE20K schedule; ``PolyLRScheduler``). mmseg multiplies the
+    warm-up factor into the poly curve; here the warm-up ramps linearly to the poly curve's value.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 from torch import nn
 
 from experiments.errors import ConfigError
@@ -46,7 +58,12 @@ class OptimConfig:
         warmup_epochs: linear warm-up length in epochs (converted to optimizer steps).
         warmup_steps: warm-up length in optimizer steps; overrides ``warmup_epochs`` when set.
         warmup_lr: learning rate at step 0.
-        min_lr: final learning rate of the cosine.
+        min_lr: final learning rate of the cosine or poly decay.
+        schedule: ``cosine``, ``step`` or ``poly`` (module docstring).
+        decay_epochs: ``step`` milestones in epochs (fractions allowed; converted to optimizer steps).
+        decay_steps: ``step`` milestones in optimizer steps; overrides ``decay_epochs`` (runs set by max_steps).
+        decay_rate: factor applied at each ``step`` milestone (mmdet 0.1).
+        poly_power: exponent of the ``poly`` decay (mmseg 1.0).
     """
 
     name: str = "adamw"
@@ -63,6 +80,11 @@ class OptimConfig:
     warmup_steps: int | None = None
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    schedule: Literal["cosine", "step", "poly"] = "cosine"
+    decay_epochs: list[float] = field(default_factory=list)
+    decay_steps: list[int] | None = None
+    decay_rate: float = 0.1
+    poly_power: float = 1.0
 
 
 def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
@@ -123,17 +145,66 @@ def warmup_steps(cfg: OptimConfig, total_steps: int, max_epochs: int | None) -> 
     return int(math.floor(cfg.warmup_epochs * total_steps / max_epochs))
 
 
-def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int, max_epochs: int | None) -> CosineLRScheduler:
-    """Linear warm-up then cosine decay, both counted in optimizer steps."""
+def decay_milestones(cfg: OptimConfig, total_steps: int, max_epochs: int | None) -> list[int]:
+    """``step`` milestones in optimizer steps: ``decay_steps`` as given, or ``decay_epochs`` x steps per epoch."""
+    if cfg.decay_steps is not None:
+        steps = [int(s) for s in cfg.decay_steps]
+    else:
+        if not cfg.decay_epochs:
+            raise ConfigError("optim.schedule=step needs optim.decay_epochs (e.g. [8, 11] for COCO 1x) or decay_steps")
+        if not max_epochs or max_epochs <= 0:
+            raise ConfigError("optim.decay_epochs needs trainer.max_epochs; with max_steps set optim.decay_steps")
+        steps = [int(round(e * total_steps / max_epochs)) for e in cfg.decay_epochs]
+    if steps != sorted(steps) or any(s <= 0 or s >= total_steps for s in steps):
+        raise ConfigError(
+            f"optim step milestones {steps} (optimizer steps) must increase and lie inside the run's {total_steps} "
+            "steps; check optim.decay_epochs / decay_steps against trainer.max_epochs / max_steps"
+        )
+    return steps
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int, max_epochs: int | None):
+    """The ``schedule``'s timm scheduler (warm-up then cosine, step or poly decay), counted in optimizer steps."""
     warm = warmup_steps(cfg, total_steps, max_epochs)
     if total_steps <= warm:
         raise ConfigError(f"the run has {total_steps} optimizer steps but warm-up takes {warm}; shorten the warm-up")
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=total_steps - warm,
-        lr_min=cfg.min_lr,
-        warmup_t=warm,
-        warmup_lr_init=cfg.warmup_lr,
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
+    common = dict(warmup_t=warm, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    if cfg.schedule == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=total_steps - warm, lr_min=cfg.min_lr, warmup_prefix=True,
+                                 **common)  # fmt: skip
+    if cfg.schedule == "step":
+        milestones = decay_milestones(cfg, total_steps, max_epochs)
+        # timm applies milestone m from t = m - 1 on (its historical convention); +1 makes step m the first decayed
+        decay_t = [m + 1 for m in milestones]
+        return MultiStepLRScheduler(optimizer, decay_t=decay_t, decay_rate=cfg.decay_rate, warmup_prefix=False,
+                                    **common)  # fmt: skip
+    if cfg.schedule == "poly":
+        return PolyLRScheduler(optimizer, t_initial=total_steps, power=cfg.poly_power, lr_min=cfg.min_lr,
+                               warmup_prefix=False, **common)  # fmt: skip
+    raise ConfigError(f"optim.schedule must be cosine, step or poly, got {cfg.schedule!r}")
+
+
+def nested_layer_matcher(
+    backbone: nn.Module, prefix: str, heads_above: bool, what: str = "the backbone"
+) -> Callable[[str], int]:
+    """Layer ids for layer-wise lr decay of a task model whose backbone sits under ``prefix`` (``backbone.``,
+    ``detector.backbone.body.``): the backbone's own ``group_matcher`` layers, every other parameter (heads, necks)
+    at the top layer, i.e. the full learning rate (BEiT / mmdet / mmseg ``LayerDecayOptimizerConstructor``).
+
+    ``heads_above``: the heads get a layer of their own one above the backbone's last group; False puts them in
+    that last group (iTPN: HiViT's matcher already puts its pyramid and norms there, above the last block).
+    """
+    if not hasattr(backbone, "group_matcher"):
+        raise ConfigError(
+            f"optim.layer_decay needs a backbone with timm's group_matcher(); {what} ({type(backbone).__name__}) "
+            "has none. Set model.init_args.optim.layer_decay: null."
+        )
+    layers = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    top = max(layers.values()) + (1 if heads_above else 0)
+
+    def layer_id(name: str) -> int:
+        if name.startswith(prefix):
+            return min(layers.get(name[len(prefix) :], top), top)
+        return top
+
+    return layer_id

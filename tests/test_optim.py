@@ -82,3 +82,46 @@ def test_impossible_schedule_is_a_config_error():
         build_scheduler(opt, OptimConfig(warmup_steps=50), total_steps=10, max_epochs=1)
     with pytest.raises(ConfigError, match="group_matcher"):
         param_groups(torch.nn.Linear(2, 2), OptimConfig(layer_decay=0.7))
+
+
+def lr_trace(cfg: OptimConfig, total: int, max_epochs: int | None) -> list[float]:
+    opt = build_optimizer(torch.nn.Linear(2, 2), cfg, global_batch=1)
+    sched = build_scheduler(opt, cfg, total_steps=total, max_epochs=max_epochs)
+    lrs = []
+    for step in range(total):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def test_step_schedule_decays_at_the_milestone_epochs_counted_from_step_zero():
+    """mmdet's 1x: 12 epochs, x0.1 after epochs 8 and 11 (here 10 steps per epoch), linear warm-up first."""
+    cfg = OptimConfig(base_lr=1.0, base_batch_size=1, weight_decay=0, schedule="step", decay_epochs=[8, 11],
+                      warmup_epochs=0, warmup_steps=10, warmup_lr=0.0)  # fmt: skip
+    lrs = lr_trace(cfg, total=120, max_epochs=12)
+    assert lrs[0] == pytest.approx(0.0) and lrs[5] == pytest.approx(0.5)
+    assert lrs[10] == pytest.approx(1.0) and lrs[79] == pytest.approx(1.0)
+    assert lrs[80] == pytest.approx(0.1) and lrs[109] == pytest.approx(0.1)
+    assert lrs[110] == pytest.approx(0.01) and lrs[119] == pytest.approx(0.01)
+    steps = dict(cfg.__dict__, decay_epochs=[], decay_steps=[80, 110])
+    assert lr_trace(OptimConfig(**steps), total=120, max_epochs=None) == pytest.approx(lrs)
+    with pytest.raises(ConfigError, match="inside the run"):
+        lr_trace(OptimConfig(**dict(steps, decay_steps=[80, 130])), total=120, max_epochs=None)
+    with pytest.raises(ConfigError, match="decay_epochs"):
+        lr_trace(OptimConfig(**dict(steps, decay_steps=None)), total=120, max_epochs=12)
+    with pytest.raises(ConfigError, match="max_steps set optim.decay_steps"):
+        lr_trace(cfg, total=120, max_epochs=None)
+
+
+def test_poly_schedule_is_mmseg_poly_after_a_linear_warmup():
+    """mmseg's poly (power 1): lr = (base - min) * (1 - t / T) ** power + min over the whole run."""
+    cfg = OptimConfig(base_lr=1.0, base_batch_size=1, weight_decay=0, schedule="poly", poly_power=1.0, min_lr=0.0,
+                      warmup_epochs=0, warmup_steps=15, warmup_lr=0.0)  # fmt: skip
+    lrs = lr_trace(cfg, total=160, max_epochs=None)
+    assert lrs[0] == pytest.approx(0.0)
+    for t in (15, 40, 100, 159):
+        assert lrs[t] == pytest.approx(1.0 - t / 160)
+    squared = lr_trace(OptimConfig(**dict(cfg.__dict__, poly_power=2.0, min_lr=0.1)), total=160, max_epochs=None)
+    assert squared[80] == pytest.approx(0.1 + 0.9 * 0.5**2)
+    with pytest.raises(ConfigError, match="cosine, step or poly"):
+        lr_trace(OptimConfig(**dict(cfg.__dict__, schedule="linear")), total=160, max_epochs=None)

@@ -185,3 +185,45 @@ def test_toy_fit_beats_untrained(tmp_path):
 
 
 STEPS, MARGIN = 150, 0.05  # measured: mIoU 0.017 -> 0.109, aAcc 0.106 -> 0.292 (26 s)
+
+
+TINY_BEIT = dict(img_size=64, embed_dim=32, depth=4, num_heads=2, use_rel_pos_bias=True)
+
+
+def test_vit_neck_gives_beit_strides_from_plain_vit_blocks():
+    """MVP / BEiT: four stride-16 block outputs -> strides 4, 8, 16, 32 through BEiT's neck, into UPerHead."""
+    torch.manual_seed(0)
+    module = SegmentationModule(backbone="beit_base_patch16_224", backbone_kwargs=TINY_BEIT, num_classes=5,
+                                channels=16, aux_channels=8, vit_out_indices=[0, 1, 2, 3]).eval()  # fmt: skip
+    images = torch.randn(2, 3, 64, 64)
+    maps = module.neck(module.features(images))
+    assert [m.shape[-1] for m in maps] == [16, 8, 4, 2] and all(m.shape[1] == 32 for m in maps)
+    assert module.features.strides == [4, 8, 16, 32]
+    # identity at stride 16 and a max-pool at stride 32: values, not only shapes
+    raw = module.features(images)
+    torch.testing.assert_close(maps[2], raw[2])
+    torch.testing.assert_close(maps[3], F.max_pool2d(raw[3], 2))
+    assert module(images).shape == (2, 5, 64, 64)
+    with pytest.raises(ConfigError, match="must name 4 blocks"):
+        SegmentationModule(backbone="beit_base_patch16_224", backbone_kwargs=TINY_BEIT, vit_out_indices=[3, 5, 7, 11])
+    with pytest.raises(ConfigError, match="plain ViT"):
+        SegmentationModule(backbone="resnet18", backbone_kwargs={}, vit_out_indices=[0, 1, 2, 3])
+
+
+def test_beit_checkpoint_loads_at_a_larger_grid_with_resized_position_tables(tmp_path):
+    """A 64 px BEiT checkpoint (4x4 grid) fine-tuned at 128 px (8x8): the relative position tables are resized
+    (timm's BEiT filter), not dropped, so the centre entry (zero offset) keeps its pre-trained value."""
+    torch.manual_seed(0)
+    small = create_backbone("beit_base_patch16_224", num_classes=0, **TINY_BEIT)
+    with torch.no_grad():
+        for block in small.blocks:
+            block.attn.relative_position_bias_table.normal_()
+    torch.save({"model": small.state_dict()}, tmp_path / "beit.pth")
+    big = create_backbone("beit_base_patch16_224", num_classes=0, pretrained=str(tmp_path / "beit.pth"),
+                          **dict(TINY_BEIT, img_size=128))  # fmt: skip
+    old = small.blocks[0].attn.relative_position_bias_table
+    new = big.blocks[0].attn.relative_position_bias_table
+    assert new.shape[0] == 15 * 15 + 3 and old.shape[0] == 7 * 7 + 3
+    # the (0, 0) offset sits in the middle of the (2w-1)^2 grid; the last 3 rows (cls tokens) are copied as they are
+    torch.testing.assert_close(new[(15 * 15) // 2], old[(7 * 7) // 2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(new[-3:], old[-3:])

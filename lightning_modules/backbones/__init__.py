@@ -25,7 +25,10 @@ from lightning_modules.backbones import hivit, resnet12, visformer  # noqa: F401
 log = logging.getLogger(__name__)
 
 # timm model module -> filter mapping an official checkpoint layout onto ours (timm's convention).
+# BEiT (MVP's encoder): timm's own filter resizes the relative position tables and position embeddings to the
+# model's grid (a 224 px pre-training fine-tuned on 512 px ADE20K crops), as BEiT's segmentation code does.
 CHECKPOINT_FILTERS: dict[str, Callable[[dict, nn.Module], dict]] = {
+    "timm.models.beit": timm.models.beit.checkpoint_filter_fn,
     "timm.models.visformer": visformer.checkpoint_filter_fn,
     "lightning_modules.backbones.hivit": hivit.checkpoint_filter_fn,
 }

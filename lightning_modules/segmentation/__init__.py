@@ -1,6 +1,6 @@
 """Semantic segmentation: UPerNet over the suite's multi-scale features (ADE20K transfer)."""
 
 from lightning_modules.segmentation.module import SegmentationModule
-from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead
+from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, ViTMultiLevelNeck
 
-__all__ = ["SegmentationModule", "UPerHead", "FCNHead", "MultiScaleFeatures"]
+__all__ = ["SegmentationModule", "UPerHead", "ViTMultiLevelNeck", "FCNHead", "MultiScaleFeatures"]

@@ -1,6 +1,7 @@
 """Semantic segmentation fine-tuning (ADE20K, mmseg's UPerNet recipe) of any suite backbone.
 
-* Model: backbone -> :class:`~lightning_modules.segmentation.upernet.MultiScaleFeatures` -> ``UPerHead`` (logits at
+* Model: backbone -> :class:`~lightning_modules.segmentation.upernet.MultiScaleFeatures` (plain ViTs: + BEiT's
+  :class:`~lightning_modules.segmentation.upernet.ViTMultiLevelNeck`) -> ``UPerHead`` (logits at
   stride 4, upsampled bilinearly to the input) plus an optional auxiliary ``FCNHead`` on the stride-16 level
   (mmseg: weight 0.4; training only).
 * Loss: cross-entropy with ``ignore_index`` (255: ADE20K's "other" and padding) on the upsampled logits, plus
@@ -20,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import group_parameters
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
@@ -28,8 +28,8 @@ from datamodules.ade20k import sliding_window_inference
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
-from lightning_modules.optim import OptimConfig
-from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, resize
+from lightning_modules.optim import OptimConfig, nested_layer_matcher
+from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, ViTMultiLevelNeck, resize
 
 IGNORE_INDEX = 255
 
@@ -68,6 +68,9 @@ class SegmentationModule(SuiteModule):
         slide_crop: ``(height, width)`` windows of sliding-window evaluation (mmseg 512x512); None: whole image.
         slide_stride: window stride (mmseg 341x341).
         num_logged: images drawn in the first validation batch's picture (0 disables it).
+        vit_out_indices: for a plain ViT (BEiT / MVP): the 4 blocks whose outputs BEiT's neck
+            (:class:`~lightning_modules.segmentation.upernet.ViTMultiLevelNeck`) turns into strides 4-32
+            ([3, 5, 7, 11] for ViT-B); None for hierarchical backbones.
         optim: optimizer and schedule; ``layer_decay`` applies to the backbone's layers.
     """
 
@@ -89,12 +92,14 @@ class SegmentationModule(SuiteModule):
         slide_crop: tuple[int, int] | None = (512, 512),
         slide_stride: tuple[int, int] = (341, 341),
         num_logged: int = 4,
+        vit_out_indices: list[int] | None = None,
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
         self.save_hyperparameters()
         self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
-        self.features = MultiScaleFeatures(self.backbone, backbone)
+        self.features = MultiScaleFeatures(self.backbone, backbone, vit_out_indices=vit_out_indices)
+        self.neck = ViTMultiLevelNeck(self.features.out_channels[0]) if self.features.kind == "vit" else None
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.decode_head = UPerHead(self.features.out_channels, channels, num_classes, tuple(pool_scales), dropout)
         self.aux_weight = aux_weight
@@ -123,6 +128,8 @@ class SegmentationModule(SuiteModule):
     def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits, aux_logits)`` at the heads' own resolutions (stride 4 and the aux level's); aux None in eval."""
         feats = self.features(images)
+        if self.neck is not None:
+            feats = self.neck(feats)
         logits = self.decode_head(feats)
         aux = None
         if self.auxiliary_head is not None and self.training:
@@ -149,26 +156,13 @@ class SegmentationModule(SuiteModule):
 
     def group_matcher(self, coarse: bool = False):
         """Layer ids for layer-wise lr decay: the backbone's own ``group_matcher`` layers under ``backbone.``, every
-        other parameter (heads) one layer above the backbone's last block, i.e. at the full learning rate."""
-        if not hasattr(self.backbone, "group_matcher"):
-            raise ConfigError(
-                f"optim.layer_decay needs a backbone with timm's group_matcher(); {self.hparams.backbone} "
-                f"({type(self.backbone).__name__}) has none. Set model.init_args.optim.layer_decay: null."
-            )
-        layers = group_parameters(self.backbone, self.backbone.group_matcher(coarse=coarse), reverse=True)
-        top = max(layers.values())
-        if self.features.kind != "itpn":
-            top += 1
-        # iTPN: HiViT's matcher puts the pyramid (and norms) in its last group, above the last block; mmseg's
-        # LayerDecayOptimizerConstructor (iTPN's seg configs, num_layers 30 for B) trains those with the heads at
-        # the full rate, the last block at decay ** 1 and the patch embedding at decay ** (num_layers + 1).
+        other parameter (heads) at the top, i.e. at the full learning rate.
 
-        def layer_id(name: str) -> int:
-            if name.startswith("backbone."):
-                return min(layers.get(name[len("backbone.") :], top), top)
-            return top
-
-        return layer_id
+        iTPN: HiViT's matcher puts the pyramid (and norms) in its last group, above the last block; mmseg's
+        LayerDecayOptimizerConstructor (iTPN's seg configs, num_layers 30 for B) trains those with the heads at the
+        full rate, the last block at decay ** 1 and the patch embedding at decay ** (num_layers + 1)."""
+        what = f"backbone {self.hparams.backbone}"
+        return nested_layer_matcher(self.backbone, "backbone.", self.features.kind != "itpn", what)
 
     # ---- steps -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from experiments.errors import ConfigError
 
-__all__ = ["ConvModule", "PPM", "UPerHead", "FCNHead", "MultiScaleFeatures"]
+__all__ = ["ConvModule", "PPM", "UPerHead", "FCNHead", "MultiScaleFeatures", "ViTMultiLevelNeck"]
 
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -144,15 +144,43 @@ class MultiScaleFeatures:
     * **any timm model** with ``feature_info`` and ``forward_intermediates`` (resnet*, visformer, convnext ...): its
       feature levels at stride >= 4 (the stride-2 stem is dropped), at most the last four.
 
-    A backbone without outputs at two or more strides raises a :class:`ConfigError` naming it and what is missing.
-    Attributes: ``out_channels``, ``strides`` (one per level), ``kind`` (``itpn`` or ``timm``).
+    * **a plain ViT** (BEiT / MVP, ``vit_out_indices``, e.g. ``[3, 5, 7, 11]``): the NCHW token maps of those blocks,
+      all at stride 16; :class:`ViTMultiLevelNeck` (owned by the segmentation module) turns them into strides
+      4 / 8 / 16 / 32. ``strides`` here are the neck's outputs.
+
+    A backbone without outputs at two or more strides (and no ``vit_out_indices``) raises a :class:`ConfigError`
+    naming it and what is missing.
+    Attributes: ``out_channels``, ``strides`` (one per level), ``kind`` (``itpn``, ``timm`` or ``vit``).
     """
 
-    def __init__(self, backbone: nn.Module, name: str | None = None, max_levels: int = 4) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        name: str | None = None,
+        max_levels: int = 4,
+        vit_out_indices: Sequence[int] | None = None,
+    ) -> None:
         from lightning_modules.backbones.hivit import HiViT
 
         name = name or type(backbone).__name__
         self.backbone, self.name = backbone, name
+        if vit_out_indices is not None:
+            depth = len(getattr(backbone, "blocks", []))
+            if not hasattr(backbone, "forward_intermediates") or not depth:
+                raise ConfigError(
+                    f"vit_out_indices needs a plain ViT with blocks and forward_intermediates(); backbone '{name}' "
+                    f"({type(backbone).__name__}) has none. Leave vit_out_indices null for hierarchical backbones."
+                )
+            if len(vit_out_indices) != 4 or any(not 0 <= i < depth for i in vit_out_indices):
+                raise ConfigError(
+                    f"vit_out_indices {list(vit_out_indices)} must name 4 blocks of backbone '{name}' (0..{depth - 1})"
+                    "; BEiT / MVP use [3, 5, 7, 11] for 12 blocks"
+                )
+            self.kind = "vit"
+            self.indices = list(vit_out_indices)
+            self.out_channels = [int(backbone.num_features)] * 4
+            self.strides = [4, 8, 16, 32]
+            return
         if isinstance(backbone, HiViT):
             if backbone.pyramid is None:
                 raise ConfigError(
@@ -188,7 +216,7 @@ class MultiScaleFeatures:
         self.strides = strides
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if self.kind == "timm":
+        if self.kind in ("timm", "vit"):
             return list(self.backbone.forward_intermediates(images, indices=self.indices, intermediates_only=True))
         from lightning_modules.backbones.hivit import tokens_to_map
 
@@ -202,3 +230,26 @@ class MultiScaleFeatures:
         if len(self.strides) > 3:
             maps.append(F.max_pool2d(maps[-1], kernel_size=2, stride=2))
         return maps
+
+
+class ViTMultiLevelNeck(nn.Module):
+    """BEiT's segmentation neck (``semantic_segmentation/backbone/beit.py``: ``fpn1`` ... ``fpn4``), used by MVP's
+    ADE20K UPerNet: four stride-16 ViT block outputs -> strides 4 (two 2x2 transposed convolutions with BatchNorm and
+    GELU between them), 8 (one transposed convolution), 16 (identity) and 32 (2x2 max-pool), channels unchanged."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fpn1 = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+            nn.BatchNorm2d(dim),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+        )
+        self.fpn2 = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
+        self.fpn3 = nn.Identity()
+        self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if len(maps) != 4:
+            raise ValueError(f"ViTMultiLevelNeck takes 4 maps (one per stride 4 / 8 / 16 / 32), got {len(maps)}")
+        return [op(x) for op, x in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps, strict=True)]
