@@ -418,7 +418,9 @@ class CocoDataModule(SuiteDataModule):
         num_workers: loader workers per device.
         train_size: short side of training images; a list draws one per image (multi-scale). Default 800 for
             COCO, ``toy_img_size`` for the toy.
-        test_size: short side of evaluation images. Default 800 for COCO, ``toy_img_size`` for the toy.
+        test_size: short side at which the detector evaluates (800 for COCO, ``toy_img_size`` for the toy). The
+            loaders give evaluation images and targets at their original size; the detector resizes the images and
+            maps its predictions back (:class:`~lightning_modules.detection.module.DetectionModule`).
         max_size: cap on the long side. Default 1333 for COCO, ``toy_img_size`` for the toy (so the toy images,
             ``toy_img_size`` wide, keep their written size).
         hflip: horizontal flip probability for training.
@@ -465,7 +467,9 @@ class CocoDataModule(SuiteDataModule):
         self.test_size = default_short if test_size is None else test_size
         self.max_size = default_max if max_size is None else max_size
         self.train_transforms = Compose([ResizeShortest(self.train_size, self.max_size), RandomHorizontalFlip(hflip)])
-        self.eval_transforms = Compose([ResizeShortest(self.test_size, self.max_size)])
+        # evaluation images stay at their original size: the detector resizes them to test_size / max_size and maps
+        # its boxes and masks back, so predictions meet the ground truth in COCO's frame (DetectionModule)
+        self.eval_transforms = Compose([])
         self.with_masks = with_masks
         self.on_missing = on_missing
         self.drop_empty = drop_empty

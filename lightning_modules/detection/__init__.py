@@ -10,9 +10,13 @@ from lightning_modules.detection.backbones import (
     build_mask_rcnn,
     load_backbone_weights,
 )
+from lightning_modules.detection.module import DetectionModule, coco_results, draw_detections
 
 __all__ = [
     "BackboneKind",
+    "DetectionModule",
+    "coco_results",
+    "draw_detections",
     "PretrainedReport",
     "PyramidBackbone",
     "ResNetC4Backbone",

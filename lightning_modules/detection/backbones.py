@@ -313,6 +313,7 @@ def build_mask_rcnn(
     strict_pretrained: bool = True,
     head_channels: int = 256,
     representation_size: int = 1024,
+    fpn_channels: int = 256,
     **rcnn_kwargs,
 ) -> MaskRCNN:
     """torchvision ``MaskRCNN`` on a backbone of the suite's registry.
@@ -334,6 +335,8 @@ def build_mask_rcnn(
         strict_pretrained: raise a ConfigError when backbone keys are missing from ``pretrained``.
         head_channels: conv width of the 4conv box head, the 4conv mask head and the mask deconvolution (256).
         representation_size: fc width of the box head (1024).
+        fpn_channels: width of the torchvision FPN of ``timm_fpn`` (256); iTPN's pyramid width is the backbone's
+            ``fpn_dim``.
         rcnn_kwargs: passed to ``MaskRCNN`` (``box_detections_per_img``, ``image_mean``, ``size_divisible`` ...).
             ``size_divisible`` defaults to the coarsest stride (64 for 5 levels) so pooled levels stay aligned.
     """
@@ -355,7 +358,7 @@ def build_mask_rcnn(
         body = create_backbone(backbone, **kwargs)
         if pretrained:
             report = load_backbone_weights(body, pretrained, strict_pretrained)
-        net = TimmFPNBackbone(body, backbone, out_indices=out_indices)
+        net = TimmFPNBackbone(body, backbone, out_channels=fpn_channels, out_indices=out_indices)
         box_head = box_head or "2fc"
     elif backbone_kind == "resnet_c4":
         body = create_backbone(backbone, **kwargs)
