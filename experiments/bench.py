@@ -58,7 +58,7 @@ class SyntheticData(L.LightningDataModule):
     def __init__(self, batch: dict, length: int) -> None:
         super().__init__()
         self.batch, self.length = batch, length
-        self.batch_size = len(next(iter(batch.values())))
+        self.batch_size = batch_size_of(batch)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(RepeatedBatch(self.batch, self.length), batch_size=None)
@@ -81,8 +81,22 @@ class StepTimer(L.Callback):
         self.starts.append(time.perf_counter())
 
 
-def forward_flops_per_sample(model: L.LightningModule, batch: dict) -> float:
-    one = {k: v[:1] for k, v in batch.items()}
+def batch_size_of(batch) -> int:
+    """Samples in a batch: a dict's ``image`` (or ``target``) tensor, or the image list of a detection batch."""
+    if isinstance(batch, dict):
+        return len(batch["image"] if "image" in batch else batch["target"])
+    return len(batch[0])
+
+
+def first_sample(batch):
+    """The batch cut to its first sample, in the same structure."""
+    if isinstance(batch, dict):
+        return {k: v[:1] for k, v in batch.items()}
+    return type(batch)(part[:1] for part in batch)
+
+
+def forward_flops_per_sample(model: L.LightningModule, batch) -> float:
+    one = first_sample(batch)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()
         if hasattr(model, "flop_forward"):  # the task's own training forward (e.g. masking, teacher, decoder)
@@ -118,7 +132,7 @@ def bench_training(model, batch: dict, steps: int, warmup: int, precision: str) 
         memory = f"{peak:.2f} GiB (CUDA peak allocated)"
     else:
         memory = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (peak RSS)"
-    return {"step_s": step, "samples_per_s": len(batch["image"]) / step, "memory": memory}
+    return {"step_s": step, "samples_per_s": batch_size_of(batch) / step, "memory": memory}
 
 
 def bench_loader(datamodule, batches: int) -> dict | None:
@@ -132,7 +146,7 @@ def bench_loader(datamodule, batches: int) -> dict | None:
     start, seen = time.perf_counter(), 0
     for _ in range(batches):
         try:
-            seen += len(next(loader)["target"])
+            seen += batch_size_of(next(loader))
         except StopIteration:
             break
     elapsed = time.perf_counter() - start
@@ -145,7 +159,8 @@ def run(config: str, steps: int, warmup: int, batch_size: int | None, compile_mo
         overrides = [*overrides, "--model.init_args.compile", "true"]
     if batch_size:
         overrides = [*overrides, "--data.init_args.batch_size", str(batch_size)]
-    overrides = [*overrides, "--model.init_args.optim.warmup_steps", "0"]  # the bench runs by step, not epoch
+    # the bench runs by step, not epoch: no warm-up, and a schedule without epoch milestones
+    overrides = [*overrides, "--model.init_args.optim.warmup_steps", "0", "--model.init_args.optim.schedule", "cosine"]
     missing_data = None
     try:
         model, datamodule, trainer_cfg = build_model_and_data(config, overrides)

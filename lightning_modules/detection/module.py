@@ -243,6 +243,19 @@ class DetectionModule(SuiteModule):
         mode semantics when the module is in eval mode."""
         return self.detector(images)
 
+    def flop_forward(self, batch: tuple[list, list]) -> None:
+        """The training forward (backbone, RPN, sampled RoI heads and losses) of ``batch``, for the benchmark's FLOP
+        count; BatchNorm statistics are left as they were."""
+        images, targets = batch
+        targets = [{k: t[k] for k in TRAIN_KEYS if k in t} for t in targets]
+        was_training = self.detector.training
+        self.detector.train()
+        norms = [m for m in self.detector.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for m in norms:
+            m.eval()
+        self.detector(images, targets)
+        self.detector.train(was_training)
+
     def trunk(self) -> torch.nn.Module:
         """The pre-trained network inside the detector (HiViT + pyramid, the timm model; C4: the split ResNet)."""
         return getattr(self.detector.backbone, "body", self.detector.backbone)
