@@ -10,7 +10,7 @@ SCALE ?= toy
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt bench-ediy rate-curve clean reproduce-%
+.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-det bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt bench-ediy rate-curve clean reproduce-%
 
 setup: $(STAMP)
 
@@ -57,6 +57,16 @@ bench-gpu: setup
 		--steps 20 --warmup 5 --loader-batches 0 --markdown docs/benchmarks.md
 	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --batch-size 128 \
 		--steps 20 --warmup 10 --loader-batches 0 --compile --markdown docs/benchmarks.md
+
+# Mask R-CNN training step with iTPN-B's pre-trained pyramid as the FPN at the paper's input size (short side 800,
+# long side <= 1333, 2 images per device as the official 1x; the config's bf16-mixed on a GPU, fp32 on a CPU), then
+# the toy Mask R-CNN; rows appended to docs/benchmarks.md.
+bench-det: setup
+	$(BIN)/python -m experiments bench --config configs/downstream/itpn_base_pixel_mask_rcnn_1x.yaml --batch-size 2 \
+		--steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md --model.init_args.pretrained null \
+		$(BENCH_ARGS)
+	$(BIN)/python -m experiments bench --config configs/downstream/toy_mask_rcnn.yaml --batch-size 8 --steps 5 \
+		--warmup 2 --markdown docs/benchmarks.md
 
 bench-overhead: setup
 	$(BIN)/python benchmarks/overhead.py

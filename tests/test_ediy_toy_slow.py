@@ -1,7 +1,9 @@
-"""E-DIY's toy claim (make test-slow, about 10 minutes on 2 cores), run as `make reproduce-ediy SCALE=toy` runs it:
+"""E-DIY's toy claim (make test-slow, about 25 minutes on 2 cores), run as `make reproduce-ediy SCALE=toy` runs it:
 BYOL and E-DIY pre-training (configs/ediy/toy_{byol,ediy}.yaml, seed 0) both beat a random-init encoder in the
-linear probe, and E-DIY's dense per-region evaluation is not worse than BYOL's. docs/ediy.md records the 3-seed
-comparison (seed 0: linear 18.3 / 21.8 % against 14.2 %, dense mIoU 0.153 / 0.176 against 0.139)."""
+linear probe, and E-DIY's dense per-region evaluation is not worse than BYOL's. Both pre-trainings then fine-tune the
+toy R-18-C4 Mask R-CNN (configs/downstream/toy_mask_rcnn_c4.yaml), which must detect (box AP above zero); the
+BYOL / E-DIY AP comparison at this scale is recorded in docs/downstream.md, not asserted. docs/ediy.md records the
+3-seed comparison (seed 0: linear 18.3 / 21.8 % against 14.2 %, dense mIoU 0.153 / 0.176 against 0.139)."""
 
 from __future__ import annotations
 
@@ -29,3 +31,7 @@ def test_toy_byol_and_ediy_beat_random_init_and_ediy_dense_is_not_worse(tmp_path
     assert ediy["test/linear_top1"] > rand["test/linear_top1"] + 0.03
     assert ediy["test/dense_miou"] >= byol["test/dense_miou"]
     assert ediy["test/dense_cell_acc"] >= byol["test/dense_cell_acc"] - 0.01
+    for name in ("byol", "ediy"):
+        det = test_metrics(f"toy_det_c4_{name}")
+        print(f"{name} toy R-18-C4 Mask R-CNN: box AP {det['test/bbox_mAP']:.4f}, mask AP {det['test/segm_mAP']:.4f}")
+        assert det["test/bbox_mAP"] > 0.0 and det["test/segm_mAP"] > 0.0
