@@ -19,23 +19,8 @@ from lightning_modules.detection.cascade import (
     ClassAgnosticPredictor,
     make_cascade,
 )
+from tests.detection_toys import ITPN, SMALL_RCNN, TOY_HIVIT, box_target, toy_batch
 
-ITPN = "itpn_base_3324_patch16_224"
-# tiny HiViT and Mask R-CNN settings as in tests/test_detection_backbones.py
-TOY_HIVIT = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, rpe=False)
-SMALL_RCNN = dict(
-    min_size=64,
-    max_size=64,
-    rpn_pre_nms_top_n_train=200,
-    rpn_post_nms_top_n_train=100,
-    rpn_pre_nms_top_n_test=100,
-    rpn_post_nms_top_n_test=50,
-    box_batch_size_per_image=16,
-    box_detections_per_img=10,
-    box_score_thresh=0.0,
-    head_channels=16,
-    representation_size=64,
-)
 STAGE_KEYS = {f"loss_{kind}_s{t}" for kind in ("classifier", "box_reg", "mask") for t in (1, 2, 3)}
 RPN_KEYS = {"loss_objectness", "loss_rpn_box_reg"}
 IMAGE = (64, 64)
@@ -50,23 +35,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def toy_batch(size: int = 64) -> tuple[list[torch.Tensor], list[dict]]:
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, size, size, generator=g) for _ in range(2)]
-    targets = []
-    for boxes in ([[4.0, 6.0, 40.0, 44.0]], [[10.0, 8.0, 30.0, 50.0], [34.0, 30.0, 60.0, 62.0]]):
-        targets.append(box_target(boxes, list(range(1, len(boxes) + 1)), size))
-    return images, targets
-
-
-def box_target(boxes: list[list[float]], labels: list[int], size: int = 64) -> dict[str, torch.Tensor]:
-    b = torch.tensor(boxes)
-    masks = torch.zeros(len(boxes), size, size, dtype=torch.uint8)
-    for i, (x0, y0, x1, y1) in enumerate(b.int().tolist()):
-        masks[i, y0:y1, x0:x1] = 1
-    return {"boxes": b, "labels": torch.tensor(labels, dtype=torch.int64), "masks": masks}
 
 
 def toy_cascade(seed: int = 0, **kwargs):

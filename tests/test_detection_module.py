@@ -18,8 +18,9 @@ from experiments.errors import ConfigError
 from lightning_modules.detection import DetectionModule, coco_results, draw_detections
 from lightning_modules.detection.module import metric_predictions, metric_targets
 from lightning_modules.optim import OptimConfig, param_groups
+from tests.detection_toys import TOY_HIVIT
+from tests.helpers import validate_fit_validate
 
-TOY_HIVIT = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, rpe=False)
 SMALL = dict(
     head_channels=16,
     representation_size=64,
@@ -179,17 +180,7 @@ def test_toy_mask_rcnn_learns_box_ap_above_zero(tmp_path):
                 toy_train=STEPS_DATA, toy_val=30)  # fmt: skip
     L.seed_everything(0)
     module, dm = DetectionModule(**init), CocoDataModule(**data)
-    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)  # fmt: skip
-
-    def evaluate() -> dict:
-        judge = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-        return judge.validate(module, dm, verbose=False)[0]
-
-    before = evaluate()
-    trainer.fit(module, dm)
-    after = evaluate()
+    before, after = validate_fit_validate(module, dm, STEPS)
     print(f"toy box AP {before['val/bbox_mAP']:.3f} -> {after['val/bbox_mAP']:.3f}, "
           f"mask AP {before['val/segm_mAP']:.3f} -> {after['val/segm_mAP']:.3f}, "
           f"box AP50 {after['val/bbox_AP50']:.3f}")  # fmt: skip

@@ -271,7 +271,9 @@ def test_table_rows_of_stage_evaluate_pretrain_then_pass_the_checkpoint_as_ckpt(
         "python -m experiments evaluate --config configs/evaluation/toy_resnet.yaml --run_name eval_toy_byol "
         "--ckpt 'runs/toy_byol/version_*/checkpoints/last.ckpt'",
     ]
-    assert toy[-1].endswith("--run_name eval_toy_random --random_init") and len(toy) == 5  # shared steps run once
+    # shared steps run once: 2 pre-trainings, 3 evaluations, then the COCO rows' fine-tunings from the same checkpoints
+    assert toy[4].endswith("--run_name eval_toy_random --random_init") and len(toy) == 7
+    assert [c.split("--run_name ")[1].split()[0] for c in toy[5:]] == ["toy_det_c4_byol", "toy_det_c4_ediy"]
     # at full scale the evaluation is named after the row (the evaluate command would use the config's `name` key)
     _, rows = load_table("ediy")
     assert rows[0].commands("full")[1][:5] == ["evaluate", "--config", "configs/evaluation/in1k_resnet50.yaml",

@@ -16,6 +16,7 @@ from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.optim import OptimConfig, param_groups
 from lightning_modules.segmentation import MultiScaleFeatures, SegmentationModule, UPerHead
+from tests.helpers import validate_fit_validate
 
 TINY_ITPN = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, num_outs=4)
 
@@ -167,17 +168,7 @@ def test_toy_fit_beats_untrained(tmp_path):
                 toy_train=120, toy_val=20)  # fmt: skip
     L.seed_everything(0)
     module, dm = SegmentationModule(**init), ADE20KDataModule(**data)
-    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)  # fmt: skip
-
-    def evaluate() -> dict:
-        judge = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-        return judge.validate(module, dm, verbose=False)[0]
-
-    before = evaluate()
-    trainer.fit(module, dm)
-    after = evaluate()
+    before, after = validate_fit_validate(module, dm, STEPS)
     print(f"toy mIoU {before['val/mIoU']:.3f} -> {after['val/mIoU']:.3f}, "
           f"aAcc {before['val/aAcc']:.3f} -> {after['val/aAcc']:.3f}")  # fmt: skip
     assert after["val/mIoU"] > before["val/mIoU"] + MARGIN
