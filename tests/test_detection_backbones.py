@@ -13,7 +13,7 @@ from lightning_modules.detection import (
     TimmFPNBackbone,
     build_mask_rcnn,
 )
-from tests.detection_toys import ITPN, SMALL_RCNN, TOY_HIVIT, toy_batch
+from tests.helpers import ITPN, SMALL_RCNN, TOY_HIVIT, toy_batch
 
 LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 

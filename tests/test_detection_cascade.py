@@ -19,7 +19,7 @@ from lightning_modules.detection.cascade import (
     ClassAgnosticPredictor,
     make_cascade,
 )
-from tests.detection_toys import ITPN, SMALL_RCNN, TOY_HIVIT, box_target, toy_batch
+from tests.helpers import ITPN, SMALL_RCNN, TOY_HIVIT, box_target, toy_batch
 
 STAGE_KEYS = {f"loss_{kind}_s{t}" for kind in ("classifier", "box_reg", "mask") for t in (1, 2, 3)}
 RPN_KEYS = {"loss_objectness", "loss_rpn_box_reg"}

@@ -18,8 +18,7 @@ from experiments.errors import ConfigError
 from lightning_modules.detection import DetectionModule, coco_results, draw_detections
 from lightning_modules.detection.module import metric_predictions, metric_targets
 from lightning_modules.optim import OptimConfig, param_groups
-from tests.detection_toys import TOY_HIVIT
-from tests.helpers import validate_fit_validate
+from tests.helpers import TOY_HIVIT, validate_fit_validate
 
 SMALL = dict(
     head_channels=16,
