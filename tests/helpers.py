@@ -1,11 +1,26 @@
 """Test-only helpers: callbacks that runs load by class path (``--trainer.callbacks+=tests.helpers.KillAfterEpoch``),
-the toy learning tests' validate-fit-validate loop, and the tiny detectors and batches of the detection tests."""
+the reference goldens' loader, the toy learning tests' validate-fit-validate loop, and the tiny detectors and batches
+of the detection tests."""
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
+
+SHARED = Path(os.environ.get("VISION_SUITE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def load_golden(name: str) -> dict:
+    """A reference golden from ``$VISION_SUITE_SHARED/golden/`` (default ``../shared/golden/`` beside the checkout):
+    inputs and the outputs the authors' released code computes on them. Skips the test, naming the path, when the
+    file is absent (the suite never needs ``../shared`` at run time)."""
+    path = SHARED / "golden" / name
+    if not path.is_file():
+        pytest.skip(f"reference golden {path} is absent (set VISION_SUITE_SHARED to the folder holding golden/)")
+    return torch.load(path, weights_only=False, map_location="cpu")
 
 
 class KillAfterEpoch(L.Callback):
