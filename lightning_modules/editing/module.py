@@ -39,6 +39,7 @@ from lightning_modules.base import SuiteModule
 from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, load_damsm
 from lightning_modules.editing.metrics import ManipulativePrecision, fid_metric
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
+from lightning_modules.editing.released import load_released_denet
 
 
 def hinge_d_loss(real: Tensor, fake: Tensor, mismatched: Tensor) -> Tensor:
@@ -87,6 +88,9 @@ class DENet(SuiteModule):
         fid: compute FID at validation and test.
         fid_backbone, fid_pretrained, fid_input_size: FID feature extractor (``inception``: torchmetrics'
             InceptionV3, needs its weights; any timm name: a frozen timm backbone, offline).
+        init_from: a released DE-Net checkpoint (tobran/DE-Net ``train.py``'s ``state_epoch_XXX.pth``, or a bare
+            NetG state dict) loaded into G, D and the head (``released.py``; needs image_size 256, its ngf / ndf
+            and a 256-d DAMSM).
     """
 
     monitor = "val/mp"
@@ -111,6 +115,7 @@ class DENet(SuiteModule):
         fid_backbone: str = "inception",
         fid_pretrained: str | bool = False,
         fid_input_size: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__(None)
         self.save_hyperparameters()
@@ -120,6 +125,9 @@ class DENet(SuiteModule):
         self.generator = DENetGenerator(ngf, image_size, cond)
         self.discriminator = DENetDiscriminator(ndf, image_size)
         self.head = ConditionalHead(self.discriminator.out_channels, cond, ndf)
+        if init_from:  # networks the file lacks (a generator-only release) keep their initialisation
+            load_released_denet(resolve_checkpoint_path(init_from), self.generator, self.discriminator, self.head,
+                                strict=False)  # fmt: skip
         self.val_mp, self.test_mp = ManipulativePrecision(), ManipulativePrecision()
         self.val_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
         self.test_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
