@@ -271,9 +271,11 @@ def test_table_rows_of_stage_evaluate_pretrain_then_pass_the_checkpoint_as_ckpt(
         "python -m experiments evaluate --config configs/evaluation/toy_resnet.yaml --run_name eval_toy_byol "
         "--ckpt 'runs/toy_byol/version_*/checkpoints/last.ckpt'",
     ]
-    # shared steps run once: 2 pre-trainings, 3 evaluations, then the COCO rows' fine-tunings from the same checkpoints
-    assert toy[4].endswith("--run_name eval_toy_random --random_init") and len(toy) == 7
-    assert [c.split("--run_name ")[1].split()[0] for c in toy[5:]] == ["toy_det_c4_byol", "toy_det_c4_ediy"]
+    # shared steps run once: 2 pre-trainings, 3 evaluations, then the COCO rows' fine-tunings from the same checkpoints,
+    # then the div_partner most_similar ablation's pre-training and evaluation
+    assert toy[4].endswith("--run_name eval_toy_random --random_init") and len(toy) == 9
+    assert [c.split("--run_name ")[1].split()[0] for c in toy[5:]] == [
+        "toy_det_c4_byol", "toy_det_c4_ediy", "toy_ediy_most_similar", "eval_toy_ediy_most_similar"]  # fmt: skip
     # at full scale the evaluation is named after the row (the evaluate command would use the config's `name` key)
     _, rows = load_table("ediy")
     assert rows[0].commands("full")[1][:5] == ["evaluate", "--config", "configs/evaluation/in1k_resnet50.yaml",

@@ -213,8 +213,9 @@ class EDIYModule(BYOLModule):
         dense_dim: region embedding size (256, as the global projection).
         dense_hidden_dim: hidden width of the dense projector / predictor (4096, as the global MLPs).
         div_top_k: most (or least) similar partners averaged per region in the diversity term (1).
-        div_partner: ``most_similar`` (default: each region is pushed from its nearest neighbours in the view) or
-            ``least_similar`` (the abstract's word order, which saturates at -1); see :mod:`lightning_modules.ssl.ediy`.
+        div_partner: ``least_similar`` (default, the abstract's reading: each region is pushed away from the region of
+            its view it is least similar to) or ``most_similar`` (ablation: pushed from its nearest neighbours in the
+            view); see :mod:`lightning_modules.ssl.ediy`.
         other arguments: :class:`BYOLModule`.
     """
 
@@ -225,7 +226,7 @@ class EDIYModule(BYOLModule):
         dense_dim: int = 256,
         dense_hidden_dim: int = 4096,
         div_top_k: int = 1,
-        div_partner: Literal["most_similar", "least_similar"] = "most_similar",
+        div_partner: Literal["least_similar", "most_similar"] = "least_similar",
         backbone: str = "resnet50",
         backbone_kwargs: dict | None = None,
         pretrained: str | None = None,
@@ -242,8 +243,8 @@ class EDIYModule(BYOLModule):
         super().__init__(backbone, backbone_kwargs, pretrained, proj_hidden_dim, proj_dim, pred_hidden_dim,
                          base_momentum, log_views, optim, channels_last, compile)  # fmt: skip
         self.save_hyperparameters()
-        if div_partner not in ("most_similar", "least_similar"):
-            raise ConfigError(f"model.init_args.div_partner must be most_similar or least_similar, got {div_partner!r}")
+        if div_partner not in ("least_similar", "most_similar"):
+            raise ConfigError(f"model.init_args.div_partner must be least_similar or most_similar, got {div_partner!r}")
         self.lambda_div, self.lambda_inv = float(lambda_div), float(lambda_inv)
         self.div_top_k, self.div_partner = div_top_k, div_partner
         self.dense_projector = DenseHead(self.feature_dim, dense_hidden_dim, dense_dim)
