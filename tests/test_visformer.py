@@ -1,4 +1,5 @@
-"""Visformer: sizes against the paper's table, transition models, and loading official checkpoints."""
+"""Visformer: sizes against the paper's table, transition models, and round trips of our own weights through the
+official checkpoint key layout (state dicts built here from our models, not released checkpoints)."""
 
 import pytest
 import timm
@@ -61,17 +62,22 @@ def test_transition_models_differ_as_the_paper_describes():
     assert abs(sum(p.numel() for p in nets[1].parameters()) / 1e6 - 22.0) < 0.1
 
 
-def to_official_layout(model) -> dict:
-    """What danczs/Visformer's main.py saves: BatchNorm keys under an extra `.bn.`, wrapped in `model`."""
+def state_dict_in_official_layout(model) -> dict:
+    """Our model's own weights rewritten into the key layout danczs/Visformer's main.py saves (BatchNorm keys under an
+    extra `.bn.`, wrapped in `model`): the first half of a round trip, not a released checkpoint."""
     bn_prefixes = {name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    official = {}
+    layout = {}
     for key, value in model.state_dict().items():
         prefix, _, leaf = key.rpartition(".")
-        official[f"{prefix}.bn.{leaf}" if prefix in bn_prefixes else key] = value.clone()
-    return {"model": official, "epoch": 299, "optimizer": {}, "args": None}
+        layout[f"{prefix}.bn.{leaf}" if prefix in bn_prefixes else key] = value.clone()
+    return {"model": layout, "epoch": 299, "optimizer": {}, "args": None}
 
 
-def test_official_checkpoint_loads_through_filter_with_same_outputs(tmp_path):
+def test_state_dict_round_trips_through_the_official_key_layout_with_same_outputs(tmp_path):
+    """Our Visformer-S weights, written in the official key layout (205 keys) and read back through
+    ``checkpoint_filter_fn`` (directly and from a file via ``create_backbone(pretrained=...)``), give the source
+    model's outputs: a round trip of our own state dict, which checks the key mapping, not equality with released
+    weights."""
     torch.manual_seed(0)
     source = timm.create_model("visformer_small").eval()
     with torch.no_grad():  # non-trivial BN statistics so that a dropped key would change outputs
@@ -79,7 +85,7 @@ def test_official_checkpoint_loads_through_filter_with_same_outputs(tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 1.5)
-    ckpt = to_official_layout(source)
+    ckpt = state_dict_in_official_layout(source)
     keys = ckpt["model"]
     assert len(keys) == 205 and "stem.1.bn.running_mean" in keys and "norm.bn.weight" in keys
     assert "stage1.0.norm2.bn.weight" in keys and keys["stage1.0.mlp.conv2.weight"].shape == (384, 48, 3, 3)
@@ -99,17 +105,21 @@ def test_official_checkpoint_loads_through_filter_with_same_outputs(tmp_path):
         torch.testing.assert_close(loaded(x), source(x))
 
 
-def test_filter_reshapes_official_channel_layernorm():
+def test_round_trip_reshapes_channel_layernorm_stored_in_the_official_layout():
+    """Our net3 weights with the final channel LayerNorm weight stored as the official code stores it (``[C, 1, 1]``)
+    come back through ``checkpoint_filter_fn`` with our shape."""
     model = timm.create_model("visformer_net3")
-    official = {k: (v.reshape(-1, 1, 1) if k == "norm.weight" else v) for k, v in model.state_dict().items()}
-    mapped = checkpoint_filter_fn({"model": official}, model)
+    layout = {k: (v.reshape(-1, 1, 1) if k == "norm.weight" else v) for k, v in model.state_dict().items()}
+    mapped = checkpoint_filter_fn({"model": layout}, model)
     assert mapped["norm.weight"].shape == model.norm.weight.shape
 
 
-def test_pretrained_with_other_num_classes_keeps_backbone(tmp_path):
+def test_round_trip_in_the_official_layout_into_other_num_classes_keeps_backbone(tmp_path):
+    """Our Visformer-Ti weights saved in the official key layout load into a 10-class model: the backbone weights
+    round-trip, the head is new."""
     source = timm.create_model("visformer_tiny")
     path = tmp_path / "tiny.pth"
-    torch.save(to_official_layout(source), path)
+    torch.save(state_dict_in_official_layout(source), path)
     model = create_backbone("visformer_tiny", num_classes=10)
     load_checkpoint_file(model, str(path))
     torch.testing.assert_close(model.stem[0].weight, source.stem[0].weight)
