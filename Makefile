@@ -116,15 +116,17 @@ bench-ediy: setup
 		--batch-size 8 --steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md $(BENCH_ARGS); done
 
 # Learning-by-compression's rate-recovery curve at toy scale: the frozen judge for semantic recovery (the toy Visformer,
-# trained once), a grid sweep over lambda_rate (its own study file: delete runs/sweeps/compression_toy* to start over,
-# a finished study is not re-run), then PSNR and semantic recovery against bits per pixel (PNG + CSV + Markdown).
+# trained once), a grid sweep over lambda_rate x lambda_sem (5 x 2: with and without the weak labels; its own study
+# file: delete runs/sweeps/compression_toy_rate_sem* to start over, a finished study is not re-run), then PSNR and
+# semantic recovery against bits per pixel, one curve per lambda_sem (PNG + CSV + Markdown).
 JUDGE := runs/compression_judge/version_*/checkpoints/best.ckpt
 rate-curve: setup
 	ls $(JUDGE) >/dev/null 2>&1 || $(BIN)/python -m experiments fit --config configs/visformer/toy.yaml \
 		--run_name compression_judge
 	mkdir -p runs/sweeps
 	$(BIN)/python -m experiments sweep --config configs/compression/toy.yaml \
-		--space configs/sweeps/compression_lambda_rate.yaml --trials 5 --sampler grid --metric val/psnr --no-prune \
-		--study compression_toy --storage sqlite:///runs/sweeps/compression_toy.db \
+		--space configs/sweeps/compression_lambda_rate.yaml --trials 10 --sampler grid --metric val/psnr --no-prune \
+		--study compression_toy_rate_sem --storage sqlite:///runs/sweeps/compression_toy_rate_sem.db \
 		--model.init_args.semantic_classifier '$(JUDGE)'
-	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy --out docs/figures/compression_toy_rate_curve.png
+	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy_rate_sem=toy \
+		--out docs/figures/compression_toy_rate_curve.png

@@ -2,10 +2,11 @@
 
 The compression-recovery trade-off of learning-by-compression (arXiv 2105.13978): every ``metrics.json`` under each
 ``--runs`` folder (a sweep's ``runs/sweeps/<study>``, or any runs folder) is one point; each folder is one curve,
-labelled by ``LABEL`` or the folder's name. Two panels: PSNR vs bits per pixel and semantic recovery (frozen
-classifier's accuracy on reconstructions / on originals) vs bits per pixel; a run without semantic metrics is left
-out of the second. Written atomically: the PNG, ``<out>.csv`` (one row per run) and ``<out>.md`` (the same table in
-Markdown, also printed).
+labelled by ``LABEL`` or the folder's name, and split into one curve per weak-label weight ``lambda_sem`` when the
+folder holds more than one (a ``lambda_rate x lambda_sem`` grid: curves ``LABEL, lambda_sem=V``). Two panels: PSNR
+vs bits per pixel and semantic recovery (frozen classifier's accuracy on reconstructions / on originals) vs bits per
+pixel; a run without semantic metrics is left out of the second. Written atomically: the PNG, ``<out>.csv`` (one row
+per run) and ``<out>.md`` (the same table in Markdown, also printed).
 """
 
 from __future__ import annotations
@@ -21,18 +22,20 @@ import yaml
 from experiments.errors import ConfigError
 from experiments.io import atomic_write_bytes
 
-COLUMNS = ("label", "run", "lambda_rate", "bpp", "psnr", "ms_ssim", "semantic_recovery", "weak_acc")
+COLUMNS = ("label", "run", "lambda_rate", "lambda_sem", "bpp", "psnr", "ms_ssim", "semantic_recovery", "weak_acc")
 
 
-def _lambda_rate(run_dir: Path) -> float | None:
+def _loss_weights(run_dir: Path) -> tuple[float | None, float | None]:
+    """``(lambda_rate, lambda_sem)`` of the run's resolved ``config.yaml`` (None where absent)."""
     config = run_dir / "config.yaml"
     if not config.is_file():
-        return None
+        return None, None
     try:
-        value = yaml.safe_load(config.read_text())["model"]["init_args"]["lambda_rate"]
-    except (KeyError, TypeError, yaml.YAMLError):
-        return None
-    return float(value) if value is not None else None
+        init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+        values = (init_args.get("lambda_rate"), init_args.get("lambda_sem"))
+    except (KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return None, None
+    return tuple(float(v) if v is not None else None for v in values)
 
 
 def collect(folder: str | Path, label: str, split: str = "val") -> list[dict]:
@@ -46,11 +49,25 @@ def collect(folder: str | Path, label: str, split: str = "val") -> list[dict]:
         metrics = record.get(split) or {}
         if f"{split}/bpp" not in metrics:
             continue
-        row = {"label": label, "run": str(path.parent), "lambda_rate": _lambda_rate(path.parent)}
-        for key in COLUMNS[3:]:
+        lambda_rate, lambda_sem = _loss_weights(path.parent)
+        row = {"label": label, "run": str(path.parent), "lambda_rate": lambda_rate, "lambda_sem": lambda_sem}
+        for key in COLUMNS[4:]:
             row[key] = metrics.get(f"{split}/{key}")
         rows.append(row)
     return sorted(rows, key=lambda r: r["bpp"])
+
+
+def split_by_lambda_sem(label: str, rows: list[dict]) -> dict[str, list[dict]]:
+    """One curve per ``lambda_sem`` of ``rows`` (label ``LABEL, lambda_sem=V``, ascending ``V``; the row labels
+    follow); rows of a single weight, or without one, stay one curve named ``label``."""
+    weights = sorted({row["lambda_sem"] for row in rows}, key=lambda v: (v is not None, v or 0.0))
+    if len(weights) < 2:
+        return {label: rows}
+    curves: dict[str, list[dict]] = {}
+    for weight in weights:
+        name = f"{label}, lambda_sem={_fmt(weight) if weight is not None else '?'}"
+        curves[name] = [{**row, "label": name} for row in rows if row["lambda_sem"] == weight]
+    return curves
 
 
 def _parse_runs(spec: str) -> tuple[str, str]:
@@ -109,7 +126,8 @@ def rate_curve(runs: list[str], out: str, split: str = "val") -> list[dict]:
         rows = collect(folder, label, split)
         if not rows:
             raise ConfigError(f"--runs {folder}: no metrics.json with '{split}/bpp' under it (a compression run?)")
-        curves.setdefault(label, []).extend(rows)
+        for name, curve in split_by_lambda_sem(label, rows).items():
+            curves.setdefault(name, []).extend(curve)
     out_path = Path(out)
     atomic_write_bytes(out_path, plot(curves, split))
     rows = [row for label_rows in curves.values() for row in label_rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from experiments.errors import ConfigError
 from lightning_modules.compression import CompressionModule, FactorizedEntropyModel, bits, bits_per_pixel
 from lightning_modules.compression.module import msssim_betas, psnr_from_mse
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def logistic_model(a: float, b: float) -> FactorizedEntropyModel:
@@ -166,6 +169,64 @@ def test_training_step_lowers_the_loss_on_a_fixed_batch():
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
 
 
+@pytest.mark.parametrize("lambda_sem", [0.0, 0.25])
+def test_weak_labels_weigh_lambda_sem_in_the_loss_and_reach_the_encoder_only_when_positive(lambda_sem):
+    """Eq. of the module docstring, ``L = D + lambda_rate * bpp + lambda_sem * CE(head(y_hat), label)``: the CE is
+    recomputed by hand from the head's weights on the pooled quantised latent; with ``lambda_sem > 0`` the encoder's
+    gradient is the rate-distortion one plus exactly ``lambda_sem`` times the CE's, with ``lambda_sem = 0`` the labels
+    never reach the encoder (the head is a detached probe, trained at weight 1 outside ``loss``)."""
+    torch.manual_seed(0)
+    model = tiny(lambda_sem=lambda_sem).train()
+    batch = fixed_batch()
+    torch.manual_seed(1)  # the same noise draw for the step and the hand computation
+    terms = model.shared_step(batch, noise=True)
+    torch.manual_seed(1)
+    y_hat = model.model(batch["image"], noise=True).y_hat
+    weight, bias = model.model.head.weight, model.model.head.bias
+    logits = y_hat.mean(dim=(2, 3)) @ weight.T + bias
+    ce = (logits.logsumexp(dim=1) - logits[torch.arange(4), batch["target"]]).mean()
+    assert terms["ce"].item() == pytest.approx(ce.item(), rel=1e-5) and ce.item() > 0.1
+    rate_distortion = terms["distortion"] + 0.01 * terms["bpp"]
+    assert terms["loss"].item() == pytest.approx(rate_distortion.item() + lambda_sem * ce.item(), rel=1e-5)
+    ce_weight = lambda_sem if lambda_sem > 0 else 1.0  # the optimised objective: the probe's CE at weight 1
+    assert terms["objective"].item() == pytest.approx(rate_distortion.item() + ce_weight * ce.item(), rel=1e-5)
+
+    encoder = list(model.model.encoder.parameters())
+    grad_objective = torch.autograd.grad(terms["objective"], encoder, retain_graph=True)
+    grad_rd = torch.autograd.grad(rate_distortion, encoder, retain_graph=True)
+    grad_ce = torch.autograd.grad(terms["ce"], encoder, retain_graph=True, allow_unused=True)
+    if lambda_sem > 0:
+        assert sum(g.abs().sum().item() for g in grad_ce) > 1e-6  # the labels shape the code
+        for g_obj, g_rd, g_ce in zip(grad_objective, grad_rd, grad_ce, strict=True):
+            assert torch.allclose(g_obj, g_rd + lambda_sem * g_ce, rtol=1e-4, atol=1e-8)
+    else:
+        assert all(g is None for g in grad_ce)  # the CE's graph stops at the detached latent
+        for g_obj, g_rd in zip(grad_objective, grad_rd, strict=True):
+            assert torch.allclose(g_obj, g_rd, rtol=1e-5, atol=1e-9)
+    # the head learns from the labels either way: weighted by lambda_sem in the loss, or as the probe at weight 1
+    (grad_head,) = torch.autograd.grad(terms["objective"], [weight], retain_graph=True)
+    (grad_head_ce,) = torch.autograd.grad(ce, [weight])
+    assert grad_head.abs().sum().item() > 0
+    assert torch.allclose(grad_head, ce_weight * grad_head_ce, rtol=1e-4, atol=1e-8)
+
+
+def test_paper_and_toy_configs_train_with_the_weak_labels_and_the_sweep_crosses_lambda_sem():
+    """Labels are weak supervision in the paper's task: both configs weigh the CE (lambda_sem > 0), and each
+    config's rate-curve grid runs every lambda_rate with and without them (0 and that config's value)."""
+    import yaml
+
+    values = {}
+    for name in ("resnet50_in1k", "toy"):
+        config = yaml.safe_load((REPO / "configs" / "compression" / f"{name}.yaml").read_text())
+        values[name] = config["model"]["init_args"]["lambda_sem"]
+        assert values[name] > 0 and config["model"]["init_args"]["num_classes"], (name, values[name])
+    spaces = {"compression_lambda_rate": "toy", "compression_lambda_rate_in1k": "resnet50_in1k"}
+    for space_name, config_name in spaces.items():
+        space = yaml.safe_load((REPO / "configs" / "sweeps" / f"{space_name}.yaml").read_text())
+        assert sorted(space["model.init_args.lambda_sem"]["choices"]) == [0.0, values[config_name]], space_name
+        assert len(space["model.init_args.lambda_rate"]["choices"]) == 5
+
+
 def test_higher_lambda_rate_gives_lower_bpp():
     batch = fixed_batch()
     rates, distortions = {}, {}
@@ -204,28 +265,40 @@ def test_validation_metrics_and_semantic_recovery(tmp_path):
     assert "_semantic" not in dict(model.named_modules()) and not any("semantic" in k for k in model.state_dict())
 
 
-def test_rate_curve_writes_png_and_tables(tmp_path):
+def test_rate_curve_writes_png_and_tables_with_one_curve_per_lambda_sem(tmp_path):
     from experiments.__main__ import main
+    from experiments.rate_curve import split_by_lambda_sem
 
-    for study, points in {"conv": [(0.2, 24.0, 0.8), (0.6, 28.0, 0.95)], "resnet": [(0.3, 25.0, None)]}.items():
-        for i, (bpp, psnr, rec) in enumerate(points):
+    # "conv" is a lambda_rate x lambda_sem grid (two label weights: two curves); "resnet" has one weight: one curve
+    points = {"conv": [(0.2, 24.0, 0.8, 0.0), (0.6, 28.0, 0.95, 0.0), (0.25, 23.5, 0.85, 0.004)],
+              "resnet": [(0.3, 25.0, None, 0.004)]}  # fmt: skip
+    for study, trials in points.items():
+        for i, (bpp, psnr, rec, sem) in enumerate(trials):
             run = tmp_path / "sweeps" / study / f"trial_{i:03d}" / "version_0"
             run.mkdir(parents=True)
             val = {"val/bpp": bpp, "val/psnr": psnr}
             if rec is not None:
                 val["val/semantic_recovery"] = rec
             (run / "metrics.json").write_text(json.dumps({"val": val, "test": {}, "finished": True}))
-            (run / "config.yaml").write_text(f"model:\n  init_args:\n    lambda_rate: {0.01 * (i + 1)}\n")
+            config = f"model:\n  init_args:\n    lambda_rate: {0.01 * (i + 1)}\n    lambda_sem: {sem}\n"
+            (run / "config.yaml").write_text(config)
     out = tmp_path / "figs" / "curve.png"
     code = main(["rate_curve", "--runs", str(tmp_path / "sweeps" / "conv"),
                  "--runs", f"{tmp_path / 'sweeps' / 'resnet'}=ResNet", "--out", str(out)])  # fmt: skip
     assert code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = out.with_suffix(".csv").read_text().splitlines()
-    assert rows[0].startswith("label,run,lambda_rate,bpp,psnr") and len(rows) == 4
-    assert rows[1].startswith("conv,") and ",0.01,0.2,24.0," in rows[1] and rows[3].startswith("ResNet,")
-    assert "| ResNet |" in out.with_suffix(".md").read_text()
+    assert rows[0].startswith("label,run,lambda_rate,lambda_sem,bpp,psnr") and len(rows) == 5
+    # curves in order: conv without labels (sorted by bpp), conv with lambda_sem 0.004, then ResNet (one weight)
+    assert rows[1].startswith('"conv, lambda_sem=0",') and ",0.01,0.0,0.2,24.0," in rows[1]
+    assert rows[2].startswith('"conv, lambda_sem=0",') and ",0.02,0.0,0.6,28.0," in rows[2]
+    assert rows[3].startswith('"conv, lambda_sem=0.004",') and ",0.03,0.004,0.25,23.5," in rows[3]
+    assert rows[4].startswith("ResNet,") and ",0.01,0.004,0.3,25.0," in rows[4]
+    table = out.with_suffix(".md").read_text()
+    assert "| ResNet |" in table and "| conv, lambda_sem=0.004 |" in table
     assert main(["rate_curve", "--runs", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    # rows without a recorded weight (older runs) stay one curve under the folder's label
+    assert list(split_by_lambda_sem("old", [{"lambda_sem": None, "label": "old"}])) == ["old"]
 
 
 def test_timm_encoder_sets_the_downsampling_factor():

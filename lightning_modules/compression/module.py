@@ -12,6 +12,11 @@ The paper gives no code or recipe; this is our concrete instantiation (see ../sh
   images in [0, 1] and ``bpp = -sum log2 p(y_hat) / (B * H * W)``. With ``lambda_sem = 0`` the head is still trained,
   on a detached latent (a linear probe whose CE is added to the optimised objective but does not reach the encoder;
   ``val/loss`` leaves it out), so ``val/weak_acc`` always says how much class information the code keeps;
+* ``lambda_sem``: the paper makes labels "weak supervision" but gives no weight, so the configs train with one chosen
+  by a rule: the CE at chance (``ln K``) weighs about the distortion expected at ``lambda_rate = 0.01``, i.e.
+  ``lambda_sem ~ MSE / ln K`` (toy: 0.009 / ln 10 -> 0.004; ImageNet: ~0.002 / ln 1000 -> 3e-4). The labels then
+  count as much as the pixels only while the head is at chance and less as it learns; the rate-curve grid also runs
+  ``lambda_sem = 0`` to show what they change (docs/compression.md);
 * metrics (validation and test, evaluation quantises by rounding): ``bpp`` (ideal code length of the rounded
   latent over all image pixels), ``psnr`` (torchmetrics, ``data_range=1``; one PSNR of the pooled MSE over the
   epoch, not a mean of per-image PSNRs), ``ms_ssim`` (torchmetrics; with fewer scales than the standard five when
@@ -20,8 +25,8 @@ The paper gives no code or recipe; this is our concrete instantiation (see ../sh
   :class:`~lightning_modules.classification.ImageClassifier` run) on the reconstructions (``sem_acc_recovered``)
   and on the originals (``sem_acc_original``) and their ratio ``semantic_recovery``.
 
-Sweeping ``lambda_rate`` traces the rate-recovery curve (``configs/sweeps/compression_lambda_rate.yaml``,
-``python -m experiments rate_curve``).
+Sweeping ``lambda_rate`` traces the rate-recovery curve, one curve per ``lambda_sem`` (with and without the labels;
+``configs/sweeps/compression_lambda_rate.yaml``, ``python -m experiments rate_curve``).
 
 Entropy model: CompressAI 1.2.8 would install, but it forces numpy 1.26 and pulls torch-geometric into the suite's
 environment, so the factorised entropy model is written here (~100 lines, tested against analytic densities).
@@ -86,7 +91,8 @@ class CompressionModule(SuiteModule):
         entropy_filters: hidden widths of the per-channel density MLP (Ballé: ``[3, 3, 3]``).
         num_classes: classes of the weak labels (head output); None: no head.
         lambda_rate: weight of the rate ``bpp`` (> 0); larger -> fewer bits, worse recovery.
-        lambda_sem: weight of the weak-label cross-entropy (>= 0; 0: the head is a detached probe).
+        lambda_sem: weight of the weak-label cross-entropy (>= 0; 0: the head is a detached probe). The default 0 is
+            the label-free codec; the configs use ``MSE / ln K`` at their operating point (module docstring).
         distortion: ``mse`` or ``l1`` on [0, 1] images.
         semantic_classifier: path (or glob, newest match) of a suite ImageClassifier checkpoint used, frozen, to
             measure semantic recovery; None: no semantic metrics.
