@@ -1,4 +1,9 @@
-"""HiViT / iTPN backbone: sizes from Table 1, patch-level token dropping, the pyramid, official checkpoint layouts."""
+"""HiViT / iTPN backbone: sizes from Table 1, patch-level token dropping, the pyramid, the released checkpoint layout.
+
+Two kinds of checkpoint tests: round trips (our own models' weights re-keyed into the released layout and loaded
+back: they check the mapping, not equality with the released code) and the golden test, which loads weights saved by
+the released ``iTPNMaskedAutoencoder`` and compares its pyramid with the released outputs (``itpn_pixel_small.pt``;
+the decoder and loss are compared in tests/test_itpn_reference.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from lightning_modules.backbones import load_checkpoint_file
 from lightning_modules.backbones.hivit import HiViT, checkpoint_filter_fn
 from lightning_modules.mim.heads import PyramidFeatureHead, PyramidPixelDecoder
 from lightning_modules.optim import OptimConfig, param_groups
+from tests.helpers import load_golden
 
 TOY = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32)
 
@@ -175,9 +181,10 @@ def test_layer_decay_follows_itpn_rule():
     assert len({round(g["lr_scale"], 9) for g in groups}) == 32
 
 
-# ---- official checkpoint layouts -------------------------------------------------------------------------------
-def official_backbone(model: HiViT, with_index: bool) -> dict:
-    """Our HiViT state in the official key layout: the pyramid at the top level, the rpe index buffer saved."""
+# ---- the released checkpoint layout: round trips of our own models, then the golden -----------------------------
+def round_trip_backbone(model: HiViT, with_index: bool) -> dict:
+    """A round trip, not a released file: our HiViT's state re-keyed into the released layout (the pyramid at the top
+    level, the rpe index buffer saved)."""
     out = {}
     for k, v in model.state_dict().items():
         out[k[len("pyramid.") :] if k.startswith("pyramid.") else k] = v.clone()
@@ -186,26 +193,30 @@ def official_backbone(model: HiViT, with_index: bool) -> dict:
     return out
 
 
-def pixel_pretrain_layout(model: HiViT) -> dict:
+def pixel_pretrain_round_trip(model: HiViT) -> dict:
+    """Round trip: our backbone and a fresh decoder in the released pixel pre-training file's layout."""
     decoder = PyramidPixelDecoder(32, 4, 16, 64, 2, 4)
-    state = official_backbone(model, with_index=False)
+    state = round_trip_backbone(model, with_index=False)
     state.update({k: v for k, v in decoder.state_dict().items()})
     return {"model": state, "epoch": 399, "args": None}
 
 
-def clip_pretrain_layout(model: HiViT) -> dict:
+def clip_pretrain_round_trip(model: HiViT) -> dict:
+    """Round trip: our backbone and fresh CLIP heads in the released CLIP pre-training file's layout."""
     heads = PyramidFeatureHead(64, 32, 24, 2, 4)
-    state = official_backbone(model, with_index=True)
+    state = round_trip_backbone(model, with_index=True)
     state.update(heads.state_dict())
     state["mask_token"] = torch.zeros(1, 1, 64)
     return {"model": state}
 
 
-def test_official_key_names_and_shapes_itpn_base():
+def test_round_trip_layout_key_names_and_shapes_itpn_base():
+    """Our iTPN-B re-keyed into the released layout has the released names and shapes (read from
+    ``models_itpn_mim.py``); the golden test below checks the names against a state dict the released code saved."""
     with torch.device("meta"):
         model = timm.create_model("itpn_base_3324_patch16_224", num_classes=0, num_outs=3, rpe=False)
         decoder = PyramidPixelDecoder()
-    state = {**official_backbone(model, with_index=False), **decoder.state_dict()}
+    state = {**round_trip_backbone(model, with_index=False), **decoder.state_dict()}
     expected = {
         "patch_embed.proj.weight": (128, 3, 4, 4),
         "patch_embed.norm.weight": (128,),
@@ -239,13 +250,13 @@ def test_official_key_names_and_shapes_itpn_base():
 
 
 @pytest.mark.parametrize("layout", ["pixel", "clip"])
-def test_pretraining_checkpoints_load_into_the_pyramid_backbone(tmp_path, layout, caplog):
+def test_pretraining_layout_round_trips_into_the_pyramid_backbone(tmp_path, layout, caplog):
     rpe = layout == "clip"
     source = toy_model(rpe=rpe, init_values=0.1 if rpe else None)
     with torch.no_grad():  # non-trivial values everywhere (zero-initialised tables and biases included)
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    ckpt = (pixel_pretrain_layout if layout == "pixel" else clip_pretrain_layout)(source)
+    ckpt = (pixel_pretrain_round_trip if layout == "pixel" else clip_pretrain_round_trip)(source)
     path = tmp_path / f"itpn_{layout}.pth"
     torch.save(ckpt, path)
     target = toy_model(rpe=rpe, init_values=0.1 if rpe else None)
@@ -258,9 +269,9 @@ def test_pretraining_checkpoints_load_into_the_pyramid_backbone(tmp_path, layout
             torch.testing.assert_close(a, b)
 
 
-def test_pixel_pretraining_loads_into_an_rpe_classifier_with_zero_bias_tables(tmp_path):
+def test_pixel_pretraining_round_trip_into_an_rpe_classifier_keeps_zero_bias_tables(tmp_path):
     source = toy_model(rpe=False)
-    torch.save(pixel_pretrain_layout(source), tmp_path / "pixel.pth")
+    torch.save(pixel_pretrain_round_trip(source), tmp_path / "pixel.pth")
     torch.manual_seed(1)
     clf = timm.create_model("itpn_base_3324_patch16_224", num_classes=10, **{**TOY, "rpe": True}).eval()
     load_checkpoint_file(clf, str(tmp_path / "pixel.pth"))
@@ -276,7 +287,7 @@ def test_finetuned_classifier_layout_round_trips(tmp_path):
     with torch.no_grad():
         for p in source.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    state = official_backbone(source, with_index=True)
+    state = round_trip_backbone(source, with_index=True)
     torch.save({"model": state, "epoch": 99}, tmp_path / "ft.pth")
     target = timm.create_model("itpn_base_3324_patch16_224", num_classes=7, init_values=0.1, **TOY).eval()
     load_checkpoint_file(target, str(tmp_path / "ft.pth"))
@@ -286,10 +297,10 @@ def test_finetuned_classifier_layout_round_trips(tmp_path):
     assert set(state) >= {"fc_norm.weight", "head.weight", "blocks.2.gamma_2", "blocks.5.gamma_1"}
 
 
-def test_fpn_depth_1_checkpoint_into_fpn_depth_2_model_keeps_the_extra_blocks():
+def test_fpn_depth_1_round_trip_into_fpn_depth_2_model_keeps_the_extra_blocks():
     source = toy_model(fpn_depth=1)
     target = toy_model(fpn_depth=2)
-    state = checkpoint_filter_fn({"model": official_backbone(source, with_index=False)}, target)
+    state = checkpoint_filter_fn({"model": round_trip_backbone(source, with_index=False)}, target)
     assert torch.equal(
         state["pyramid.block_16to8.1.mlp.fc1.weight"], target.state_dict()["pyramid.block_16to8.1.mlp.fc1.weight"]
     )
@@ -299,7 +310,7 @@ def test_fpn_depth_1_checkpoint_into_fpn_depth_2_model_keeps_the_extra_blocks():
 
 
 def test_wrong_variant_names_the_key_and_both_shapes(tmp_path):
-    torch.save({"model": official_backbone(toy_model(), with_index=False)}, tmp_path / "b.pth")
+    torch.save({"model": round_trip_backbone(toy_model(), with_index=False)}, tmp_path / "b.pth")
     wide = toy_model(embed_dim=96, num_heads=3)
     with pytest.raises(ConfigError) as err:
         load_checkpoint_file(wide, str(tmp_path / "b.pth"))
@@ -310,7 +321,35 @@ def test_wrong_variant_names_the_key_and_both_shapes(tmp_path):
 def test_position_table_is_resampled_for_another_input_size():
     source = toy_model(rpe=True)
     big = timm.create_model("itpn_base_3324_patch16_224", num_classes=0, num_outs=3, **{**TOY, "img_size": 96})
-    state = checkpoint_filter_fn(official_backbone(source, with_index=True), big)
+    state = checkpoint_filter_fn(round_trip_backbone(source, with_index=True), big)
     assert state["absolute_pos_embed"].shape == (1, 36, 64)
     assert state["blocks.4.attn.relative_position_bias_table"].shape == (121, 2)
     big.load_state_dict(state)
+
+
+def golden_backbone(golden: dict, pos_embed_mode: str) -> HiViT:
+    c = golden["config"]
+    names = ("img_size", "embed_dim", "mlp_depth", "depth", "num_heads", "bridge_mlp_ratio", "mlp_ratio", "num_outs")
+    kwargs = {k: c[k] for k in names + ("fpn_dim", "fpn_depth", "rpe", "ape")}
+    return timm.create_model(
+        "itpn_base_3324_patch16_224", num_classes=0, pos_embed_mode=pos_embed_mode, **kwargs
+    ).eval()
+
+
+def test_released_pixel_pretraining_weights_reproduce_the_released_pyramid(tmp_path):
+    """Golden (equality with the released code): weights saved by the released ``iTPNMaskedAutoencoder`` load
+    through ``checkpoint_filter_fn`` and, with the released masks and the reference position-table mode, give the
+    released ``forward_features(images, ids_keep)`` pyramid within 1e-5."""
+    golden = load_golden("itpn_pixel_small.pt")
+    path = tmp_path / "released_pixel.pth"
+    torch.save({"model": golden["state_dict"], "epoch": 0}, path)
+    model = golden_backbone(golden, "reference")
+    load_checkpoint_file(model, str(path))
+    # the round-trip layout is the released one: the same encoder and pyramid names, nothing else
+    released_backbone = {k for k in golden["state_dict"] if not k.startswith(("decoder_", "mask_token"))}
+    assert set(round_trip_backbone(model, with_index=False)) == released_backbone
+    with torch.no_grad():
+        out = model.forward_tokens(golden["images"], ids_keep=golden["ids_keep"])
+        levels = model.pyramid(out.tokens, out.laterals)
+    for ours, ref in zip(levels, golden["pyramid"], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)

@@ -26,6 +26,10 @@ Sizes (Table 1; asserted in tests/test_hivit.py): iTPN-B "3324" (widths 128/256/
 the paper's 288M. "HiViT-L/14" of Table 1 is ``itpn_large_2240_patch16_256``: 16-pixel patches on 256-pixel
 inputs, a 16x16 grid matched to CLIP-L/14 at 224.
 
+Position table modes (``pos_embed_mode``): ``exact`` adds the table's own row to every kept patch; ``reference``
+resamples the table as the released code does whenever patches are dropped (:func:`reference_resample_pos_table`, the
+``(Hp + 0.1) / Hp`` quirk of ``interpolate_pos_encoding``), which the released pixel pre-training ran with.
+
 Attention runs through ``F.scaled_dot_product_attention`` with the relative position bias as its additive mask.
 Differences from the official code, deliberate: every LayerNorm uses eps 1e-6 (the official CLIP recipe's two
 auxiliary blocks fall back to PyTorch's 1e-5); the ``relative_position_index`` buffer is not saved in our
@@ -39,6 +43,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +62,17 @@ from torch.utils.checkpoint import checkpoint
 from experiments.errors import ConfigError
 from lightning_modules.backbones.common import imagenet_cfg
 
-__all__ = ["HiViT", "FeaturePyramid", "HiViTBlock", "checkpoint_filter_fn", "PYRAMID_KEYS", "PRETRAIN_ONLY_KEYS"]
+__all__ = [
+    "HiViT",
+    "FeaturePyramid",
+    "HiViTBlock",
+    "checkpoint_filter_fn",
+    "reference_resample_pos_table",
+    "PYRAMID_KEYS",
+    "PRETRAIN_ONLY_KEYS",
+    "PIXEL_DECODER_KEYS",
+    "POS_EMBED_MODES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +89,17 @@ PYRAMID_KEYS = (
     "split_8to4",
     "block_8to4",
 )
-# Official top-level names that exist only in pre-training checkpoints (reconstruction / distillation heads).
-PRETRAIN_ONLY_KEYS = (
+# Official top-level names of the pixel pre-training's MAE decoder (iTPNMaskedAutoencoder, models_itpn_mim.py).
+PIXEL_DECODER_KEYS = (
     "decoder_embed",
     "mask_token",
     "decoder_pos_embed",
     "decoder_blocks",
     "decoder_norm",
     "decoder_pred",
+)
+# Official top-level names that exist only in pre-training checkpoints (reconstruction / distillation heads).
+PRETRAIN_ONLY_KEYS = PIXEL_DECODER_KEYS + (
     "lm_head",
     "lm_cls_head",
     "norm",
@@ -89,6 +107,38 @@ PRETRAIN_ONLY_KEYS = (
     "cls_pt_layers",
     "relative_position_index",
 )
+
+
+POS_EMBED_MODES = ("exact", "reference")
+PosEmbedMode = Literal["exact", "reference"]
+
+
+def reference_resample_pos_table(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The absolute position table as the released iTPN code adds it: ``interpolate_pos_encoding`` of
+    ``itpn_pixel/models/models_itpn.py`` (sunsmarterjie/iTPN), ``[1, S*S, C]`` -> ``[1, gh*gw, C]``.
+
+    The released ``forward_features`` calls ``interpolate_pos_encoding(x, Hp, Wp)`` with ``x`` the KEPT tokens, and
+    that function resamples the table whenever ``x`` holds fewer tokens than the table (or the grid is not square),
+    i.e. in every masked pre-training step, even at the table's own grid. It calls
+    ``F.interpolate(table as [1, C, S, S], scale_factor=((Hp + 0.1) / S, (Wp + 0.1) / S), mode='bicubic')``
+    (``align_corners`` False; the ``+ 0.1`` is DINO's guard against a floating-point output size one short). The
+    output is ``Hp x Wp``, but with the scale factor given PyTorch maps output row ``i`` to input row
+    ``(i + 0.5) * S / (Hp + 0.1) - 0.5`` rather than ``(i + 0.5) * S / Hp - 0.5``. At ``Hp = S`` row ``i`` is read
+    ``0.1 * (i + 0.5) / (S + 0.1)`` rows towards row 0 (0.004 for the first row, 0.096 for the last at ``S = 14``),
+    and columns alike, through a bicubic kernel: the released pixel pre-training sees a slightly smoothed table,
+    shrunk towards its top-left corner, not its own rows. Gradients flow through the interpolation to the stored
+    table, as in the released code.
+    """
+    num, dim = table.shape[1], table.shape[2]
+    side = math.isqrt(num)
+    if side * side != num:
+        raise ConfigError(f"the reference position-table mode needs a square table; absolute_pos_embed has {num} rows")
+    h0, w0 = grid[0] + 0.1, grid[1] + 0.1
+    maps = table.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    maps = F.interpolate(maps, scale_factor=(h0 / side, w0 / side), mode="bicubic", align_corners=False)
+    if tuple(maps.shape[-2:]) != tuple(grid):
+        raise ConfigError(f"reference position-table resampling gave {tuple(maps.shape[-2:])}, expected {grid}")
+    return maps.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], dim)
 
 
 def relative_position_index(grid: int) -> torch.Tensor:
@@ -304,6 +354,9 @@ class HiViT(nn.Module):
         init_values: layer-scale init (0.1 in the CLIP recipe); None disables.
         ape: absolute position embedding.
         ape_init: ``trunc_normal`` (std 0.02, CLIP recipe) or ``sincos`` (2-D sin-cos, pixel recipe).
+        pos_embed_mode: ``exact`` (each kept patch gets its own table row; another input grid resamples the table
+            with timm's bicubic ``resample_abs_pos_embed``) or ``reference`` (the released code's resampling whenever
+            patches are dropped or the grid differs, :func:`reference_resample_pos_table`).
         rpe: relative position bias in the attention blocks.
         global_pool: ``avg`` (mean of the patch tokens, official) or ``""`` (return tokens from forward_head).
     """
@@ -331,6 +384,7 @@ class HiViT(nn.Module):
         init_values: float | None = None,
         ape: bool = True,
         ape_init: str = "trunc_normal",
+        pos_embed_mode: PosEmbedMode = "exact",
         rpe: bool = True,
         global_pool: str = "avg",
     ):
@@ -347,6 +401,8 @@ class HiViT(nn.Module):
             raise ConfigError(f"embed_dim {embed_dim} must be divisible by 4 (stage widths C/4, C/2, C)")
         if num_outs not in (1, 3, 4, 5):
             raise ConfigError(f"num_outs must be 1 (no pyramid), 3, 4 or 5, got {num_outs}")
+        if pos_embed_mode not in POS_EMBED_MODES:
+            raise ConfigError(f"pos_embed_mode must be one of {POS_EMBED_MODES}, got {pos_embed_mode!r}")
         mlp_depth2 = mlp_depth if mlp_depth2 is None else mlp_depth2
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim
@@ -357,6 +413,7 @@ class HiViT(nn.Module):
         self.mlp_depths = (mlp_depth, mlp_depth2)
         self.num_outs = num_outs
         self.global_pool = global_pool
+        self.pos_embed_mode = pos_embed_mode
         self.grad_checkpointing = False
 
         self.patch_embed = PatchEmbed(patch_size, 4, in_chans, embed_dim // 4)
@@ -466,7 +523,12 @@ class HiViT(nn.Module):
         if self.absolute_pos_embed is None:
             return x
         pos = self.absolute_pos_embed
-        if grid != (self.grid, self.grid):
+        if self.pos_embed_mode == "reference":
+            # the released code keeps the table only when every patch is there on a square grid (a token count that
+            # matches the table on another grid would break it; that case is resampled here)
+            if x.shape[1] != pos.shape[1] or grid != (self.grid, self.grid):
+                pos = reference_resample_pos_table(pos, grid)
+        elif grid != (self.grid, self.grid):
             pos = resample_abs_pos_embed(pos, list(grid), [self.grid, self.grid], num_prefix_tokens=0)
         if ids_keep is not None:
             pos = pos.expand(x.shape[0], -1, -1).gather(1, ids_keep[:, :, None].expand(-1, -1, pos.shape[-1]))

@@ -74,12 +74,15 @@ class PyramidPixelDecoder(nn.Module):
         -> ``[B, N, p*p*3]`` predictions for every patch."""
         B, L = levels[0].shape[:2]
         N = ids_restore.shape[1]
-        x = 0
+        filled = []
         for feat, embed in zip(levels, self.decoder_embed, strict=False):
             y = embed(feat).reshape(B, L, -1)
             y = torch.cat([y, self.mask_token.to(y.dtype).expand(B, N - L, -1)], dim=1)
-            x = x + y.gather(1, ids_restore[:, :, None].expand(-1, -1, y.shape[-1]))
-        x = x + self.decoder_pos_embed
+            filled.append(y.gather(1, ids_restore[:, :, None].expand(-1, -1, y.shape[-1])))
+        # the released forward_decoder's order: P16 + position table, then + P8, + P4 (equal sums in float)
+        x = filled[0] + self.decoder_pos_embed
+        for y in filled[1:]:
+            x = x + y
         for blk in self.decoder_blocks:
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))

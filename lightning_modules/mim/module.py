@@ -19,6 +19,11 @@ The CLIP teacher (:class:`~lightning_modules.mim.teacher.ClipTeacher`) is frozen
 GPUs) and is kept out of the module tree: it is neither optimised nor saved in checkpoints (it is rebuilt from its
 config, a random tiny one deterministically). Code quirks of the official CLIP recipe are reproduced by default and
 can be switched (``supervise``, ``teacher.input_scaling``); see docs/itpn.md.
+
+The released pixel pre-training checkpoints (encoder, pyramid and decoder) load by path (``released_checkpoint``,
+:mod:`lightning_modules.mim.released`); with ``pos_embed_mode: reference`` and the released masks
+(``shared_step(..., masks=...)``) the module reproduces the released ``iTPNMaskedAutoencoder``'s pyramid, prediction
+and loss (tests/test_itpn_reference.py).
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from datamodules.toy import ensure_written
 from datamodules.toy.clip_teacher import write_toy_clip_teacher
 from experiments.errors import ConfigError
 from lightning_modules.backbones import check_backbone_name
-from lightning_modules.backbones.hivit import HiViT
+from lightning_modules.backbones.hivit import HiViT, PosEmbedMode
 from lightning_modules.base import SuiteModule
 from lightning_modules.mim.heads import PyramidFeatureHead, PyramidPixelDecoder, TokenFeatureHead
 from lightning_modules.mim.losses import feature_loss, normalized_patches, patchify, pixel_loss, unpatchify
 from lightning_modules.mim.masking import BlockMaskGenerator, random_masking
+from lightning_modules.mim.released import load_released_pixel_checkpoint
 from lightning_modules.mim.teacher import ClipTeacher
 from lightning_modules.optim import OptimConfig
 
@@ -104,6 +110,15 @@ class MaskedImageModeling(SuiteModule):
         aux_blocks: transformer blocks of the auxiliary head (2).
         drop_path_rate: stochastic depth of the encoder.
         init_values: layer-scale init of the encoder (0.1 for the CLIP recipe; None: no layer scale).
+        pos_embed_mode: how an iTPN encoder adds its absolute position table to the kept patches: ``exact`` (each
+            patch its own row) or ``reference`` (resampled with the released code's ``(Hp + 0.1) / Hp`` scale
+            whenever patches are dropped, as the released pixel pre-training ran; see
+            :func:`~lightning_modules.backbones.hivit.reference_resample_pos_table`). The pixel pre-training configs
+            use ``reference``. Only the pixel recipe drops patches, so the CLIP recipe is the same either way.
+        released_checkpoint: path (or glob) of a released iTPN pixel pre-training checkpoint
+            (``iTPNMaskedAutoencoder``'s layout: encoder, pyramid and decoder); loaded strictly at construction, to
+            evaluate it (``experiments validate``) or to continue pre-training from its weights. A Lightning
+            checkpoint of ours resumes with ``--ckpt_path`` instead.
         grad_checkpointing: activation checkpointing of the attention blocks.
         log_images: log masks and reconstructions (pixels) or feature maps (CLIP) on the first validation batch.
         optim: optimizer and schedule.
@@ -134,6 +149,8 @@ class MaskedImageModeling(SuiteModule):
         aux_blocks: int = 2,
         drop_path_rate: float = 0.0,
         init_values: float | None = None,
+        pos_embed_mode: PosEmbedMode = "exact",
+        released_checkpoint: str | None = None,
         grad_checkpointing: bool = False,
         log_images: bool = True,
         optim: OptimConfig | None = None,
@@ -149,6 +166,16 @@ class MaskedImageModeling(SuiteModule):
         is_itpn = encoder.startswith(("itpn", "hivit"))
         if is_itpn:
             kwargs.setdefault("num_outs", 3)
+            if kwargs.setdefault("pos_embed_mode", pos_embed_mode) != pos_embed_mode:
+                raise ConfigError(
+                    f"pos_embed_mode is {pos_embed_mode!r} but encoder_kwargs.pos_embed_mode is "
+                    f"{kwargs['pos_embed_mode']!r}; set it once, as model.init_args.pos_embed_mode"
+                )
+        elif pos_embed_mode != "exact":
+            raise ConfigError(
+                f"pos_embed_mode {pos_embed_mode!r} is the released iTPN code's table resampling and needs an itpn_* "
+                f"encoder; encoder '{encoder}' takes pos_embed_mode 'exact'"
+            )
         self.encoder = timm.create_model(encoder, pretrained=False, num_classes=0, **kwargs)
         if not isinstance(self.encoder, (HiViT, Beit)):
             raise ConfigError(f"encoder '{encoder}' is neither an iTPN/HiViT nor a BEiT-style ViT (timm 'beit_*')")
@@ -231,6 +258,8 @@ class MaskedImageModeling(SuiteModule):
         self.__dict__["_tokens_fn"] = (
             torch.compile(self.encoder.forward_tokens) if compile and self.is_itpn else self._encoder_tokens
         )
+        if released_checkpoint:
+            load_released_pixel_checkpoint(self, released_checkpoint)
 
     # ---- encoder passes ----------------------------------------------------------------------------------------
     def _encoder_tokens(self, images, **kwargs):
@@ -268,18 +297,47 @@ class MaskedImageModeling(SuiteModule):
         std = torch.tensor(getattr(dm, "std", (0.5, 0.5, 0.5)), device=batch["image"].device).view(1, 3, 1, 1)
         return (batch["image"].float() * std + mean).clamp(0, 1)
 
-    def shared_step(self, batch: dict, seed: int | None = None) -> dict:
-        """Loss terms (and what the image logger needs) of one batch; ``seed`` fixes the masks (validation)."""
+    def _check_given_masks(self, masks, batch_size: int) -> None:
+        n = self.grid**2
+        if self.target == "pixels":
+            if not isinstance(masks, (tuple, list)) or len(masks) != 3 or not all(torch.is_tensor(m) for m in masks):
+                raise ValueError("the pixel recipe takes masks=(ids_keep [B, L], ids_restore [B, N], mask [B, N])")
+            ids_keep, ids_restore, mask = masks
+            shapes = (tuple(ids_keep.shape), tuple(ids_restore.shape), tuple(mask.shape))
+            if ids_keep.ndim != 2 or shapes[0][0] != batch_size or shapes[1:] != ((batch_size, n),) * 2:
+                raise ValueError(
+                    f"masks have shapes {shapes}; expected ids_keep [{batch_size}, L], ids_restore and mask "
+                    f"[{batch_size}, {n}] for this {self.grid}x{self.grid} grid"
+                )
+            if not torch.all(mask.bool().sum(1) == n - ids_keep.shape[1]):
+                raise ValueError(f"every mask row must mask N - L = {n - ids_keep.shape[1]} patches (1 = masked)")
+        elif not isinstance(masks, torch.Tensor) or tuple(masks.shape) != (batch_size, n):
+            raise ValueError(f"block masking takes masks as a [B, N] = [{batch_size}, {n}] tensor, True = masked")
+
+    def shared_step(self, batch: dict, seed: int | None = None, masks=None) -> dict:
+        """Loss terms (and what the image logger needs) of one batch.
+
+        Args:
+            batch: ``{"image": [B, 3, H, W]}`` (plus ``teacher_image`` for the CLIP recipes).
+            seed: fixes the drawn masks (validation).
+            masks: use these masks instead of drawing them: ``(ids_keep [B, L], ids_restore [B, N], mask [B, N])``
+                for the pixel recipe (MAE's / the released ``masking_id``'s triple, mask 1 = removed), a ``[B, N]``
+                boolean mask for block masking. The pixel terms then also hold the pyramid ``levels`` (P16, P8, P4
+                of the kept patches, ``[B, L, h, w, F]``), as the released ``forward_features(images, ids_keep)``.
+        """
         images = batch["image"]
         B = images.shape[0]
+        if masks is not None:
+            self._check_given_masks(masks, B)
         if self.target == "pixels":
-            ids_keep, ids_restore, mask = self._masks(B, images.device, seed)
+            ids_keep, ids_restore, mask = masks if masks is not None else self._masks(B, images.device, seed)
             out = self._tokens_fn(images, ids_keep=ids_keep)
-            pred = self.decoder(self.encoder.pyramid(out.tokens, out.laterals), ids_restore)
+            levels = self.encoder.pyramid(out.tokens, out.laterals)
+            pred = self.decoder(levels, ids_restore)
             target = patchify(images, self.patch_size)
             loss = pixel_loss(pred, target, mask, self.norm_pix_loss)
-            return {"loss": loss, "pred": pred, "mask": mask, "target": target}
-        mask = self._masks(B, images.device, seed)
+            return {"loss": loss, "pred": pred, "mask": mask, "target": target, "levels": levels}
+        mask = masks if masks is not None else self._masks(B, images.device, seed)
         teacher = self.teacher
         if next(teacher.parameters()).device != images.device:
             teacher.to(images.device)
