@@ -104,7 +104,9 @@ def test_episode_loop_scores_proto_and_soc_in_the_class_major_layout(monkeypatch
     feats[:, 2] = objects[cls]  # one view of every image shows its class's object; the others are clutter
     modules = {}
     for evaluator in ("proto", "soc"):
-        modules[evaluator] = CosineClassifierModule(num_classes=4, backbone_kwargs=TINY, evaluator=evaluator)
+        # the greedy matching (the paper's): the reference's paired rounds add clutter (tests/test_soc_reference.py)
+        modules[evaluator] = CosineClassifierModule(num_classes=4, backbone_kwargs=TINY, evaluator=evaluator,
+                                                    soc_matching="greedy")  # fmt: skip
         monkeypatch.setattr(modules[evaluator], "features", lambda images: images)
     # one clean view per image: prototypes classify every query; the labels follow the class-major layout
     clean = objects[cls][:, None] + 0.05 * torch.randn(len(cls), 1, d, generator=gen)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from experiments.errors import ConfigError
 from lightning_modules.ema import ema_update
 from lightning_modules.fewshot.module import FewShotModule
+from lightning_modules.fewshot.soc import SocMatching
 from lightning_modules.optim import OptimConfig
 
 
@@ -45,10 +46,10 @@ class ExemplarMoCo(FewShotModule):
                  proj_dim: int = 128, suppress_same_class: bool = True, same_class_penalty: float = 300.0,
                  backbone: str = "resnet12", backbone_kwargs: dict | None = None, pretrained: str | None = None,
                  evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
-                 test_runs: int = 5, optim: OptimConfig | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, test_runs, optim,
-                         channels_last, compile)  # fmt: skip
+                 soc_matching: SocMatching = "reference", test_runs: int = 5, optim: OptimConfig | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
+                         test_runs, optim, channels_last, compile)  # fmt: skip
         self.save_hyperparameters()
         if not 0 <= momentum < 1 or temperature <= 0 or queue_size < 1:
             raise ConfigError(f"need 0 <= momentum < 1, temperature > 0 and queue_size >= 1 "

@@ -3,8 +3,9 @@
 * :class:`FewShotModule` evaluates on episodes (validation and test): every image is one centre view or ``V``
   random views; ``evaluator: proto`` scores queries by cosine similarity to the class means of the support
   features (views averaged), ``evaluator: soc`` by COSOC's shared object concentrator
-  (:mod:`lightning_modules.fewshot.soc`). Accuracy and both 95 % intervals come from
-  :class:`~lightning_modules.fewshot.metrics.EpisodeAccuracy`.
+  (:mod:`lightning_modules.fewshot.soc`; ``soc_matching: reference`` scores as the released code, whose query
+  matching differs from the greedy one the paper describes, ``greedy`` as described). Accuracy and both 95 %
+  intervals come from :class:`~lightning_modules.fewshot.metrics.EpisodeAccuracy`.
 * :class:`CosineClassifierModule`: supervised training over the base classes with the cosine classifier (scale 10).
   With fusion-sampled crops (``data.train_mode: fusion``), an Exemplar initialisation and ``evaluator: soc`` this is
   COSOC; with plain crops and ``evaluator: proto`` it is the cosine-classifier baseline.
@@ -28,7 +29,7 @@ from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
 from lightning_modules.fewshot.metrics import EpisodeAccuracy
-from lightning_modules.fewshot.soc import soc_logits
+from lightning_modules.fewshot.soc import SOC_MATCHINGS, SocMatching, soc_logits
 from lightning_modules.optim import OptimConfig
 
 
@@ -42,6 +43,8 @@ class FewShotModule(SuiteModule):
         evaluator: ``proto`` (cosine prototypes) or ``soc`` (needs ``data.eval_views > 1``; COSOC uses 7).
         soc_alpha: SOC's prototype weight decay (1.0).
         soc_beta: SOC's match weight decay (0.8).
+        soc_matching: SOC's query matching: ``reference`` (the released ``SOC.py``, behind the published numbers) or
+            ``greedy`` (the paper's description); :mod:`lightning_modules.fewshot.soc` says how they differ.
         test_runs: the test episodes split into this many runs for COSOC's interval (5).
         optim: optimizer and schedule.
         channels_last: channels-last memory format (faster convolutions on GPUs).
@@ -59,6 +62,7 @@ class FewShotModule(SuiteModule):
         evaluator: Literal["proto", "soc"] = "proto",
         soc_alpha: float = 1.0,
         soc_beta: float = 0.8,
+        soc_matching: SocMatching = "reference",
         test_runs: int = 5,
         optim: OptimConfig | None = None,
         channels_last: bool = False,
@@ -67,9 +71,13 @@ class FewShotModule(SuiteModule):
         super().__init__(optim)
         if evaluator not in ("proto", "soc"):
             raise ConfigError(f"model.evaluator must be proto or soc, got {evaluator!r}")
+        if soc_matching not in SOC_MATCHINGS:
+            raise ConfigError(f"model.soc_matching must be reference (the released SOC.py) or greedy (the paper's "
+                              f"description), got {soc_matching!r}")  # fmt: skip
         self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
         self.feature_dim = self.backbone.num_features
         self.evaluator, self.soc_alpha, self.soc_beta = evaluator, soc_alpha, soc_beta
+        self.soc_matching = soc_matching
         self.channels_last = channels_last
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
@@ -97,7 +105,7 @@ class FewShotModule(SuiteModule):
         feats = self.features(images)  # [E, V, D]
         support, query = feats[: n * k], feats[n * k :]
         if self.evaluator == "soc":
-            logits = soc_logits(support, query, n, k, self.soc_alpha, self.soc_beta)
+            logits = soc_logits(support, query, n, k, self.soc_alpha, self.soc_beta, self.soc_matching)
         else:
             logits = proto_logits(support.mean(1), query.mean(1), n, k)
         labels = torch.arange(n, device=logits.device).repeat_interleave(q)
@@ -145,10 +153,10 @@ class CosineClassifierModule(FewShotModule):
     def __init__(self, num_classes: int = 64, scale: float = 10.0, backbone: str = "resnet12",
                  backbone_kwargs: dict | None = None, pretrained: str | None = None,
                  evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
-                 test_runs: int = 5, optim: OptimConfig | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, test_runs, optim,
-                         channels_last, compile)  # fmt: skip
+                 soc_matching: SocMatching = "reference", test_runs: int = 5, optim: OptimConfig | None = None,
+                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
+                         test_runs, optim, channels_last, compile)  # fmt: skip
         self.save_hyperparameters()
         self.classifier = CosineClassifier(self.feature_dim, num_classes, scale)
 
@@ -177,10 +185,11 @@ class ProtoNetModule(FewShotModule):
 
     def __init__(self, scale: float = 10.0, backbone: str = "resnet12", backbone_kwargs: dict | None = None,
                  pretrained: str | None = None, evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0,
-                 soc_beta: float = 0.8, test_runs: int = 5, optim: OptimConfig | None = None,
-                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, test_runs, optim,
-                         channels_last, compile)  # fmt: skip
+                 soc_beta: float = 0.8, soc_matching: SocMatching = "reference", test_runs: int = 5,
+                 optim: OptimConfig | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:  # fmt: skip
+        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
+                         test_runs, optim, channels_last, compile)  # fmt: skip
         self.save_hyperparameters()
         self.scale = nn.Parameter(torch.tensor(float(scale)))
 
