@@ -1,38 +1,66 @@
-"""DE-Net losses: DAMSM's vectorised word relevance against AttnGAN's per-caption loop, the class mask, the
-discriminator hinge and MA-GP by hand, and one manual-optimisation step that moves both networks."""
+"""DE-Net losses: DAMSM's word and sentence losses against the numbers AttnGAN's released code computes
+(``../shared/golden/attngan_damsm_losses.pt``), the class mask, the discriminator hinge and MA-GP by hand, and one
+manual-optimisation step that moves both networks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from experiments.errors import ConfigError
 from lightning_modules.editing.damsm import BiLSTMTextEncoder, _posterior_loss, damsm_losses, word_relevance
 from lightning_modules.editing.module import hinge_d_loss, matching_aware_penalty
+from tests.helpers import load_golden
 
 
-def test_word_relevance_equals_attngan_per_caption_loop():
-    torch.manual_seed(0)
-    B, R, L, D = 3, 5, 4, 6
-    regions, words = torch.randn(B, R, D), torch.randn(B, L, D)
-    lengths = torch.tensor([4, 2, 3])
-    mask = torch.arange(L)[None] < lengths[:, None]
+def attngan_inputs_in_our_layout(case: dict) -> tuple:
+    """The golden's AttnGAN layouts -> ``damsm_losses``' arguments: ``img_features [B, nef, 17, 17]`` -> regions
+    ``[B, 289, nef]``; ``words_emb [B, nef, L]`` -> ``[B, L, nef]``; ``cap_lens [B]`` -> a word mask ``[B, L]``;
+    ``class_ids`` (a tensor or None) as it is."""
+    regions = case["img_features"].flatten(2).transpose(1, 2)
+    words = case["words_emb"].transpose(1, 2)
+    mask = torch.arange(words.shape[1])[None] < case["cap_lens"][:, None]
+    class_ids = case["class_ids"]
+    if class_ids is not None:
+        class_ids = torch.as_tensor(class_ids)
+        assert (class_ids >= 0).all()  # our "no class" marker (-1) never occurs in the reference's class ids
+    return regions, case["cnn_code"], words, case["sent_emb"], mask, class_ids
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["with_class_ids", "without_class_ids"])
+def test_damsm_losses_reproduce_attngan_words_loss_and_sent_loss(index):
+    case = load_golden("attngan_damsm_losses.pt")["cases"][index]
+    gammas = case["gamma1"], case["gamma2"], case["gamma3"]
+    got = damsm_losses(*attngan_inputs_in_our_layout(case), *gammas)
+    for ours, reference in (("word_i2t", "words_loss0"), ("word_t2i", "words_loss1"),
+                            ("sentence_i2t", "sent_loss0"), ("sentence_t2i", "sent_loss1")):  # fmt: skip
+        assert got[ours].item() == pytest.approx(case[reference].item(), abs=1e-5), (ours, reference)
+    assert got["word"].item() == pytest.approx((case["words_loss0"] + case["words_loss1"]).item(), abs=1e-5)
+    assert got["sentence"].item() == pytest.approx((case["sent_loss0"] + case["sent_loss1"]).item(), abs=1e-5)
+
+
+def test_word_relevance_has_no_division_by_gamma2_as_attngan_words_loss():
+    """Eq. 10 as the released ``words_loss`` computes it: ``log(sum_l exp(gamma2 cos_l))``, checked on a hand case.
+    One region and one word per caption: the attention is 1, the context is the region, ``cos`` is that of the two
+    vectors, so ``R = log(exp(gamma2 * cos)) = gamma2 * cos`` (the paper's ``1/gamma2`` exponent would give ``cos``)."""
+    regions = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # [B=2, R=1, D=2]
+    words = torch.tensor([[[1.0, 1.0]], [[0.0, 2.0]]])  # [B=2, L=1, D=2]
+    mask = torch.ones(2, 1, dtype=torch.bool)
     got = word_relevance(regions, words, mask, gamma1=4.0, gamma2=5.0)
-    for j in range(B):  # AttnGAN's words_loss: one caption at a time, its real words only
-        w = words[j, : lengths[j]]
-        for i in range(B):
-            attn = (regions[i] @ w.t()).softmax(1)  # over words
-            attn = (4.0 * attn).softmax(0)  # over regions
-            context = attn.t() @ regions[i]
-            cos = F.cosine_similarity(context, w, dim=-1)
-            assert got[i, j].item() == pytest.approx((torch.log(torch.exp(5.0 * cos).sum()) / 5.0).item(), abs=1e-5)
+    cos = torch.tensor([[1 / 2**0.5, 0.0], [1 / 2**0.5, 1.0]])  # image i, caption j
+    assert torch.allclose(got, 5.0 * cos, atol=1e-6)
+    # a padded word changes nothing
+    padded = word_relevance(regions, torch.cat([words, torch.randn(2, 1, 2)], 1),
+                            torch.tensor([[True, False], [True, False]]), gamma1=4.0, gamma2=5.0)  # fmt: skip
+    assert torch.allclose(padded, got, atol=1e-6)
 
 
 def test_same_class_pairs_are_not_negatives():
     scores = torch.tensor([[2.0, 5.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    free = _posterior_loss(scores, None)
-    masked = _posterior_loss(scores, torch.tensor([7, 7, 3]))  # images 0 and 1 share a class: (0, 1) is no negative
+    free = sum(_posterior_loss(scores, None))
+    masked = sum(
+        _posterior_loss(scores, torch.tensor([7, 7, 3]))
+    )  # images 0 and 1 share a class: (0, 1) is no negative
     assert masked < free
     by_hand = (-torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0] - torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0]
                - torch.log_softmax(torch.tensor([1.0, 0.0, 0.0]), 0)[0]) / 3  # fmt: skip

@@ -8,11 +8,20 @@ their matching losses, and the pre-training step (``python -m experiments fit --
 * **Image encoder** (``CNN_ENCODER``): a timm backbone (AttnGAN: Inception-v3 at 299 px) read at two depths: the
   stride-16 map (Mixed_6e, 17x17) through a 1x1 conv gives region features ``v [B, R, 256]``; the last map pooled
   through a linear layer gives the global feature ``vbar [B, 256]``.
-* **Losses** (AttnGAN Eqs. 7-13), for a batch of ``B`` matching pairs: word-region attention ``alpha = softmax_r(
-  gamma1 * softmax_l(v_r . e_l))``, region context ``c_l = sum_r alpha_lr v_r``, relevance ``R(Q, D) = log(sum_l
-  exp(gamma2 cos(c_l, e_l)))^(1/gamma2)``, and the posterior over the batch with ``gamma3``: ``L_w = -sum_i log
-  P(D_i|Q_i) - sum_i log P(Q_i|D_i)``; the sentence loss ``L_s`` replaces ``R`` by ``cos(vbar, ebar)``. Pairs of the
-  same class (CUB) are not negatives (masked, as AttnGAN masks them). All pairs of the batch are scored at once.
+* **Losses** (AttnGAN Eqs. 7-13 as ``code/miscc/losses.py`` and ``code/GlobalAttention.py`` compute them), for a
+  batch of ``B`` matching pairs: word-region attention ``alpha = softmax_r(gamma1 * softmax_l(v_r . e_l))``, region
+  context ``c_l = sum_r alpha_lr v_r``, relevance ``R(Q, D) = log(sum_l exp(gamma2 cos(c_l, e_l)))`` and the
+  posterior over the batch with ``gamma3``: ``L_w = -sum_i log P(D_i|Q_i) - sum_i log P(Q_i|D_i)``, each a
+  cross-entropy of ``gamma3 * R`` (``words_loss0``: images -> captions, ``words_loss1``: captions -> images); the
+  sentence loss ``L_s`` replaces ``R`` by ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes
+  ``R = log(...)^(1/gamma2)``; the released ``words_loss`` does not divide by ``gamma2``, and the released DAMSM
+  encoders (and every DF-GAN / DE-Net model trained with them) were trained without it, so neither do we
+  (``tests/test_denet_losses.py`` checks the losses against the reference's numbers). Pairs of the same class
+  (CUB) are not negatives (masked, as AttnGAN masks them). All pairs of the batch are scored at once.
+* **Released encoders**: :func:`load_attngan_damsm` converts AttnGAN / DF-GAN ``text_encoder*.pth`` (an
+  ``RNN_ENCODER`` state dict) and ``image_encoder*.pth`` (a ``CNN_ENCODER`` state dict: torchvision's Inception-v3
+  blocks ``Conv2d_1a_3x3`` ... ``Mixed_7c``, ``emb_features`` 1x1 conv 768 -> nef, ``emb_cnn_code`` linear
+  2048 -> nef) into a frozen :class:`DAMSM` (``BiLSTMTextEncoder`` + ``ImageEncoder`` on timm's ``inception_v3``).
 
 Defaults follow AttnGAN's DAMSM configs [recall, unverified here]: gamma1 = 4, gamma2 = 5, gamma3 = 10, Adam lr 2e-3
 with betas (0.5, 0.999), the RNN's gradient norm clipped to 0.25.
@@ -150,35 +159,55 @@ class ImageEncoder(nn.Module):
         return regions, self.glob(maps[-1].mean(dim=(2, 3)))
 
 
-def _posterior_loss(scores: Tensor, class_ids: Tensor | None) -> Tensor:
-    """Cross-entropy of ``scores [B_img, B_txt]`` both ways with the diagonal as targets; same-class pairs masked."""
+def _posterior_loss(scores: Tensor, class_ids: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``(images -> captions, captions -> images)``: cross-entropy of ``scores [B_img, B_txt]`` over each row and each
+    column with the diagonal as targets (AttnGAN's ``loss0`` / ``loss1``); other pairs of a same class are masked."""
     if class_ids is not None:
         same = (class_ids[:, None] == class_ids[None, :]) & (class_ids[:, None] >= 0)
         same.fill_diagonal_(False)
         scores = scores.masked_fill(same, float("-inf"))
     target = torch.arange(scores.shape[0], device=scores.device)
-    return F.cross_entropy(scores, target) + F.cross_entropy(scores.t(), target)
+    return F.cross_entropy(scores, target), F.cross_entropy(scores.t(), target)
 
 
 def word_relevance(regions: Tensor, words: Tensor, mask: Tensor, gamma1: float, gamma2: float) -> Tensor:
-    """``R(Q_i, D_j)`` for every image ``i`` and caption ``j``: ``[B_img, B_txt]`` (AttnGAN Eqs. 8-10)."""
-    logits = torch.einsum("ird,jld->ijrl", regions, words)  # region-word dot products
+    """``R(Q_i, D_j) = log(sum_l exp(gamma2 * cos(c_l, e_l)))`` for every image ``i`` and caption ``j``:
+    ``[B_img, B_txt]`` (AttnGAN Eqs. 7-10 as ``words_loss`` / ``func_attention`` compute them: no ``1/gamma2``).
+
+    ``regions [B, R, D]``, ``words [B, L, D]``, ``mask [B, L]`` (True on the real words of each caption).
+    """
+    logits = torch.einsum("ird,jld->ijrl", regions, words)  # region-word dot products (Eq. 7)
     word_mask = mask[None, :, None, :]
-    attn = logits.masked_fill(~word_mask, float("-inf")).softmax(-1)  # normalised over words
-    attn = (gamma1 * attn).masked_fill(~word_mask, float("-inf")).softmax(2)  # then over regions, per word
+    attn = logits.masked_fill(~word_mask, float("-inf")).softmax(-1)  # normalised over words (Eq. 8)
+    attn = (gamma1 * attn).masked_fill(~word_mask, float("-inf")).softmax(2)  # then over regions, per word (Eq. 9)
     context = torch.einsum("ijrl,ird->ijld", attn.nan_to_num(0.0), regions)
     cos = F.cosine_similarity(context, words[None].expand_as(context), dim=-1)  # [B_img, B_txt, L]
     summed = (torch.exp(gamma2 * cos) * mask[None].to(cos.dtype)).sum(-1)
-    return torch.log(summed) / gamma2
+    return torch.log(summed)  # Eq. 10 without the paper's 1/gamma2 exponent, as the released code
 
 
 def damsm_losses(regions: Tensor, image_global: Tensor, words: Tensor, sentence: Tensor, mask: Tensor,
                  class_ids: Tensor | None = None, gamma1: float = 4.0, gamma2: float = 5.0,
                  gamma3: float = 10.0) -> dict[str, Tensor]:  # fmt: skip
-    """``{"word", "sentence"}``: AttnGAN's DAMSM word and sentence losses over a batch of matching pairs."""
-    word = _posterior_loss(gamma3 * word_relevance(regions, words, mask, gamma1, gamma2), class_ids)
+    """AttnGAN's DAMSM word and sentence losses over a batch of matching pairs (Eqs. 11-13, ``words_loss`` and
+    ``sent_loss``): ``word_i2t`` / ``word_t2i`` (``words_loss0`` / ``words_loss1``), ``sentence_i2t`` /
+    ``sentence_t2i`` (``sent_loss0`` / ``sent_loss1``), and their sums ``word`` and ``sentence``.
+
+    ``regions [B, R, D]`` (AttnGAN's ``img_features [B, D, 17, 17]`` flattened), ``image_global [B, D]``,
+    ``words [B, L, D]`` (its ``words_emb [B, D, L]`` transposed), ``sentence [B, D]``, ``mask [B, L]`` (from
+    ``cap_lens``), ``class_ids [B]`` or None.
+    """
+    word_i2t, word_t2i = _posterior_loss(gamma3 * word_relevance(regions, words, mask, gamma1, gamma2), class_ids)
     sim = F.normalize(image_global, dim=-1) @ F.normalize(sentence, dim=-1).t()
-    return {"word": word, "sentence": _posterior_loss(gamma3 * sim, class_ids)}
+    sentence_i2t, sentence_t2i = _posterior_loss(gamma3 * sim, class_ids)
+    return {
+        "word": word_i2t + word_t2i,
+        "sentence": sentence_i2t + sentence_t2i,
+        "word_i2t": word_i2t,
+        "word_t2i": word_t2i,
+        "sentence_i2t": sentence_i2t,
+        "sentence_t2i": sentence_t2i,
+    }
 
 
 def check_vocabulary(text_encoder: TextEncoder, trainer, fix: str) -> None:
@@ -273,4 +302,156 @@ def load_damsm(checkpoint: str, map_location="cpu") -> DAMSM:
                           "--config configs/denet/<dataset>_damsm.yaml) and pass its best.ckpt as "
                           "model.init_args.damsm")  # fmt: skip
     model = DAMSM.load_from_checkpoint(checkpoint, map_location=map_location)
+    return model.eval().requires_grad_(False)
+
+
+# ---- released AttnGAN / DF-GAN DAMSM encoders -------------------------------------------------------------------
+# Where the files come from: AttnGAN's README, "Pretrained Model" ("DAMSM for bird" / "DAMSM for coco", saved to
+# ``DAMSMencoders/``; DF-GAN's README links the same two archives as its pre-trained text encoders). AttnGAN's and
+# DF-GAN's configs load ``DAMSMencoders/bird/text_encoder200.pth`` and ``DAMSMencoders/coco/text_encoder100.pth``,
+# with the ``image_encoder*.pth`` of the same epoch beside each.
+RELEASED_DAMSM_FIX = (
+    "give AttnGAN's / DF-GAN's released DAMSM: model.init_args.damsm_text_encoder: DAMSMencoders/bird/"
+    "text_encoder200.pth (COCO: DAMSMencoders/coco/text_encoder100.pth) and model.init_args.damsm_image_encoder: the "
+    "image_encoder*.pth beside it (AttnGAN's README, Pretrained Model: DAMSM for bird / coco)"
+)
+_LSTM_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+
+def attngan_text_encoder_keys() -> list[str]:
+    """The parameter names of AttnGAN's ``RNN_ENCODER`` (``code/model.py``; DF-GAN / DE-Net ``models/DAMSM.py``):
+    the embedding ``encoder`` and the bidirectional LSTM ``rnn`` (the dropout holds no weights)."""
+    return ["encoder.weight"] + [f"rnn.{p}{d}" for d in ("", "_reverse") for p in _LSTM_PARAMS]
+
+
+def _read_state_dict(path: str, what: str) -> dict[str, Tensor]:
+    """The ``{name: tensor}`` in ``path`` (a plain ``torch.save(model.state_dict())`` file); ``module.`` prefixes
+    of DataParallel are dropped. Anything else is a :class:`ConfigError` naming the file and the fix."""
+    import os
+    import pickle
+    from collections.abc import Mapping
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"{what} '{path}' does not exist: {RELEASED_DAMSM_FIX}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ConfigError(f"{what} '{path}' is not a PyTorch state dict ({err}): {RELEASED_DAMSM_FIX}") from err
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        raise ConfigError(f"{what} '{path}' is a Lightning checkpoint, not AttnGAN's state dict: pass a suite "
+                          f"DAMSM checkpoint as model.init_args.damsm instead, or {RELEASED_DAMSM_FIX}")  # fmt: skip
+    if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
+        raise ConfigError(f"{what} '{path}' is not a state dict of tensors (found {type(state).__name__}): "
+                          f"{RELEASED_DAMSM_FIX}")  # fmt: skip
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _check_layout(source: str, what: str, state: dict, expected: dict, optional=()) -> None:
+    """Raise a :class:`ConfigError` listing missing, unexpected and mis-shaped keys of ``state`` against
+    ``expected`` (reference names -> shapes, or None where the shape cannot be known); keys in ``optional`` may be
+    absent (old checkpoints)."""
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(shape)})"
+        for k, shape in expected.items()
+        if k in state and shape is not None and state[k].shape != shape
+    ]
+    if not (missing or unexpected or wrong):
+        return
+    found = (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong))
+    parts = [
+        f"{name} ({len(keys)}): {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}" for name, keys in found if keys
+    ]
+    hint = ""
+    text_keys = set(attngan_text_encoder_keys())
+    if what.startswith("image") and text_keys <= set(state):
+        hint = " (this is a text encoder's state dict: the two paths look swapped)"
+    elif what.startswith("text") and "emb_cnn_code.weight" in state:
+        hint = " (this is an image encoder's state dict: the two paths look swapped)"
+    raise ConfigError(f"{source} is not an AttnGAN / DF-GAN DAMSM {what}{hint}: {'; '.join(parts)}. "
+                      f"{RELEASED_DAMSM_FIX}")  # fmt: skip
+
+
+def convert_attngan_text_encoder(state: dict[str, Tensor], source: str = "the state dict") -> dict[str, Tensor]:
+    """AttnGAN's ``RNN_ENCODER`` state dict -> :class:`BiLSTMTextEncoder`'s (``encoder.`` -> ``embed.``, ``rnn.``
+    unchanged). Checks the layout: a 300-d embedding and one bidirectional LSTM layer whose hidden size is a quarter
+    of its gate rows (128 per direction in the released encoders: 256-d words and sentences)."""
+    embed, hh = state.get("encoder.weight"), state.get("rnn.weight_hh_l0")
+    expected = dict.fromkeys(attngan_text_encoder_keys())  # names only while the sizes cannot be read
+    if embed is not None and hh is not None and embed.ndim == 2 and hh.ndim == 2:
+        vocab, hidden, width = embed.shape[0], hh.shape[1], 300
+        expected["encoder.weight"] = torch.Size([vocab, width])
+        for d in ("", "_reverse"):
+            expected[f"rnn.weight_ih_l0{d}"] = torch.Size([4 * hidden, width])
+            expected[f"rnn.weight_hh_l0{d}"] = torch.Size([4 * hidden, hidden])
+            expected[f"rnn.bias_ih_l0{d}"] = expected[f"rnn.bias_hh_l0{d}"] = torch.Size([4 * hidden])
+    _check_layout(source, "text encoder (RNN_ENCODER)", state, expected)
+    return {("embed." + k.removeprefix("encoder.")) if k.startswith("encoder.") else k: v for k, v in state.items()}
+
+
+def convert_attngan_image_encoder(state: dict[str, Tensor], encoder: ImageEncoder,
+                                  source: str = "the state dict") -> dict[str, Tensor]:  # fmt: skip
+    """AttnGAN's ``CNN_ENCODER`` state dict -> ``encoder``'s (an :class:`ImageEncoder` on timm's ``inception_v3``).
+
+    The reference holds torchvision's Inception-v3 blocks under their torchvision names (``Conv2d_1a_3x3.conv``,
+    ``Mixed_6e.branch7x7_1.bn`` ...), then ``emb_features`` (1x1 conv 768 -> nef, no bias) and ``emb_cnn_code``
+    (linear 2048 -> nef). timm's ``inception_v3`` (1.0.x) keeps torchvision's block names, so a block maps to
+    ``backbone.<same name>``; ``emb_features`` -> ``local``, ``emb_cnn_code`` -> ``glob``. The expected names and
+    shapes are read from ``encoder`` itself, so a timm that renamed a block fails here with the names listed.
+    BatchNorm ``num_batches_tracked`` may be absent (checkpoints saved before PyTorch 0.4.1). The reference feeds
+    the images in [-1, 1] to Inception unchanged: ``mean`` / ``std`` are set to 0.5 so that ours does the same.
+    """
+    ours = encoder.state_dict()
+    to_ours = {"emb_features.weight": "local.weight", "emb_cnn_code.weight": "glob.weight",
+               "emb_cnn_code.bias": "glob.bias"}  # fmt: skip
+    to_ours |= {k.removeprefix("backbone."): k for k in ours if k.startswith("backbone.")}
+    expected = {ref: ours[k].shape for ref, k in to_ours.items()}
+    optional = [ref for ref in expected if ref.endswith("num_batches_tracked")]
+    _check_layout(source, "image encoder (CNN_ENCODER over Inception-v3)", state, expected, optional)
+    converted = {to_ours[ref]: v for ref, v in state.items()}
+    for k in optional:
+        converted.setdefault(to_ours[k], ours[to_ours[k]])
+    converted["mean"] = torch.full_like(ours["mean"], 0.5)
+    converted["std"] = torch.full_like(ours["std"], 0.5)
+    return converted
+
+
+def frozen_damsm(checkpoint: str | None, text_encoder: str | None = None, image_encoder: str | None = None) -> DAMSM:
+    """The frozen DAMSM that DE-Net conditions on and scores with: AttnGAN's / DF-GAN's released encoders when
+    ``text_encoder`` and ``image_encoder`` are given (:func:`load_attngan_damsm`; ``checkpoint`` is then not read),
+    else this suite's DAMSM pre-training checkpoint ``checkpoint`` (a path, or a glob whose newest match loads)."""
+    import logging
+
+    from lightning_modules.backbones import resolve_checkpoint_path
+
+    if bool(text_encoder) != bool(image_encoder):
+        given, absent = ("damsm_text_encoder", "damsm_image_encoder")[:: 1 if text_encoder else -1]
+        raise ConfigError(f"model.init_args.{given} is set but {absent} is not: the released DAMSM comes as a pair "
+                          f"of files; {RELEASED_DAMSM_FIX}")  # fmt: skip
+    if text_encoder:
+        if checkpoint:
+            logging.getLogger(__name__).info("released DAMSM encoders given: %s is not loaded", checkpoint)
+        return load_attngan_damsm(text_encoder, image_encoder)  # DF-GAN / DE-Net's gammas 4, 5, 10
+    if not checkpoint:
+        raise ConfigError("DE-Net needs a DAMSM: model.init_args.damsm (a DAMSM pre-training checkpoint: "
+                          "python -m experiments fit --config configs/denet/<dataset>_damsm.yaml), or "
+                          f"{RELEASED_DAMSM_FIX}")  # fmt: skip
+    return load_damsm(resolve_checkpoint_path(checkpoint))
+
+
+def load_attngan_damsm(text_encoder: str, image_encoder: str, gamma1: float = 4.0, gamma2: float = 5.0,
+                       gamma3: float = 10.0) -> DAMSM:  # fmt: skip
+    """A frozen :class:`DAMSM` holding AttnGAN's / DF-GAN's released ``text_encoder*.pth`` and ``image_encoder*.pth``
+    (the encoders DF-GAN and DE-Net condition on and score with): BiLSTM over their vocabulary, Inception-v3 at
+    299 px. The vocabulary size and the joint width (nef, 256 in the releases) are read from the files."""
+    text_state = _read_state_dict(text_encoder, "text encoder")
+    text = convert_attngan_text_encoder(text_state, f"'{text_encoder}'")
+    vocab_size, dim = text["embed.weight"].shape[0], 2 * text["rnn.weight_hh_l0"].shape[1]
+    model = DAMSM(text="bilstm", vocab_size=vocab_size, dim=dim, image_backbone="inception_v3",
+                  image_input_size=299, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3)  # fmt: skip
+    model.text_encoder.net.load_state_dict(text)
+    image_state = _read_state_dict(image_encoder, "image encoder")
+    image = convert_attngan_image_encoder(image_state, model.image_encoder, f"'{image_encoder}'")
+    model.image_encoder.load_state_dict(image)
     return model.eval().requires_grad_(False)

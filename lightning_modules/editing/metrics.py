@@ -5,7 +5,13 @@
   ``[0, 1]``, averaged over pixels, channels and images) and ``sim`` the mean cosine similarity between each edited
   image and its target text in a joint embedding space (DAMSM's in DE-Net's ``mp``, CLIP's in ``mp_c``). MP is
   computed from the two dataset means, as the definition reads; the per-pair product is not averaged instead.
-  DE-Net also logs an ``rmp`` whose definition is unknown (docs/denet.md); it is not computed.
+  DE-Net's ``train.py`` also logs ``mse`` and ``rmp`` (and ``rmp_c`` beside ``mp_c``); the code that computes them
+  (``lib/modules.py``) was never released. Our reading [unverified]: ``test()`` returns one ``sim`` (one ``c_sim``)
+  shared by ``mp`` and ``rmp`` (``mp_c`` and ``rmp_c``), and ``mse`` is the only other pixel term it returns, so
+  ``rmp`` swaps the L1 ``diff`` for the root-mean-square error: ``rMP = (1 - sqrt(mse)) x sim``, with ``mse`` the
+  dataset mean squared pixel difference in ``[0, 1]`` (docs/denet.md, Metrics).
+* :class:`ClipEditScorer`: a frozen transformers ``CLIPModel`` (hub id in the local cache, or a folder; nothing
+  downloads) that embeds edited images and their target texts for the CLIP-space ``c_sim`` / ``mp_c`` / ``rmp_c``.
 * :func:`fid_metric`: torchmetrics' ``FrechetInceptionDistance`` with a configurable feature extractor: ``inception``
   is torchmetrics' InceptionV3 pool3 (2048-d; needs ``torch-fidelity`` and its weights, on a cluster); any other name
   is a frozen timm backbone (pooled features; ``pretrained`` may name a local weights file), which runs offline.
@@ -19,9 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from experiments.errors import ConfigError
+
 
 class ManipulativePrecision(Metric):
-    """``update(source, edited, image_emb, text_emb)``; :meth:`compute` -> ``{"diff", "sim", "mp"}``.
+    """``update(source, edited, image_emb, text_emb)``; :meth:`compute` -> ``{"diff", "mse", "sim", "mp", "rmp"}``
+    (``mp = (1 - diff) sim``, ``rmp = (1 - sqrt(mse)) sim``: module docstring).
 
     ``source``/``edited`` ``[B, 3, H, W]`` in ``[0, 1]``; ``image_emb`` ``[B, D]`` (of the edited images) and
     ``text_emb`` ``[B, D]`` (their target texts) in the same embedding space.
@@ -32,6 +41,7 @@ class ManipulativePrecision(Metric):
     def __init__(self) -> None:
         super().__init__()
         self.add_state("diff_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("mse_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sim_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
@@ -41,13 +51,94 @@ class ManipulativePrecision(Metric):
                              f"{edited.shape}")  # fmt: skip
         if image_emb.shape != text_emb.shape or image_emb.shape[0] != source.shape[0]:
             raise ValueError(f"one image and one text embedding per pair: {image_emb.shape} vs {text_emb.shape}")
-        self.diff_sum += (edited.double() - source.double()).abs().mean(dim=(1, 2, 3)).sum()
+        delta = edited.double() - source.double()
+        self.diff_sum += delta.abs().mean(dim=(1, 2, 3)).sum()
+        self.mse_sum += delta.square().mean(dim=(1, 2, 3)).sum()
         self.sim_sum += F.cosine_similarity(image_emb.double(), text_emb.double(), dim=-1).sum()
         self.count += source.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
-        diff, sim = self.diff_sum / self.count, self.sim_sum / self.count
-        return {"diff": diff.float(), "sim": sim.float(), "mp": ((1 - diff) * sim).float()}
+        diff, mse, sim = self.diff_sum / self.count, self.mse_sum / self.count, self.sim_sum / self.count
+        out = {"diff": diff, "mse": mse, "sim": sim, "mp": (1 - diff) * sim, "rmp": (1 - mse.sqrt()) * sim}
+        return {k: v.float() for k, v in out.items()}
+
+
+class ClipEditScorer(nn.Module):
+    """Frozen CLIP embeddings for editing metrics: ``encode_images(images [B, 3, H, W] in [0, 1]) -> [B, D]`` and
+    ``encode_texts(list[str]) -> [B, D]`` (CLIP's projected features; cosine-compared by the metric).
+
+    Args:
+        name_or_path: a hub id already in the Hugging Face cache (``openai/clip-vit-base-patch32``) or a folder with
+            the model and its tokenizer; loaded with ``local_files_only`` (nothing downloads at run time).
+        model, tokenizer: a ready ``CLIPModel`` and its tokenizer instead (tests build a tiny random one).
+        max_length: text tokens (CLIP's context is 77).
+
+    Images are resized (bicubic) to the vision tower's side and normalised with the processor's mean / std (OpenAI
+    CLIP's when the folder has no processor config); the edited images are square, so this equals CLIP's resize +
+    centre crop.
+    """
+
+    def __init__(self, name_or_path: str | None = None, model=None, tokenizer=None, max_length: int = 77) -> None:
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPModel
+        from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+        from lightning_modules.retrieval.text import CaptionTokenizer, check_vocabulary
+
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        if model is None:
+            if not name_or_path:
+                raise ConfigError("ClipEditScorer needs a CLIP model id or folder (model.init_args.clip_model)")
+            try:
+                model = CLIPModel.from_pretrained(name_or_path, local_files_only=True)
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"cannot load CLIP '{name_or_path}' from local files ({err}): give a folder holding the model "
+                    f"and its tokenizer, or download the hub id once (huggingface-cli download {name_or_path}) "
+                    "before the run (model.init_args.clip_model)"
+                ) from err
+            mean, std = _processor_mean_std(name_or_path, mean, std)
+        elif tokenizer is None:
+            raise ConfigError("ClipEditScorer got a CLIP model without its tokenizer")
+        check_vocabulary(tokenizer, model.text_model, name_or_path or "the given CLIP model")
+        self.clip = model.requires_grad_(False).eval()
+        self.tokenize = CaptionTokenizer(tokenizer, max_length)
+        self.size = model.config.vision_config.image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # always frozen
+
+    @torch.no_grad()
+    def encode_images(self, images: Tensor) -> Tensor:
+        from lightning_modules.retrieval.clip import _features
+
+        x = images.float()
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True)
+        pixels = ((x.clamp(0, 1) - self.mean) / self.std).to(self.clip.dtype)
+        return _features(self.clip.get_image_features(pixel_values=pixels)).float()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> Tensor:
+        from lightning_modules.retrieval.clip import _features
+
+        enc, _ = self.tokenize(texts, device=self.mean.device)
+        enc.pop("token_type_ids", None)
+        return _features(self.clip.get_text_features(**enc)).float()
+
+
+def _processor_mean_std(name_or_path: str, mean, std):
+    """The image processor's normalisation in ``name_or_path`` (local files), else ``(mean, std)``."""
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        return mean, std
+    return getattr(processor, "image_mean", mean), getattr(processor, "image_std", std)
 
 
 class FrozenFeatures(nn.Module):

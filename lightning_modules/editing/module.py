@@ -21,8 +21,9 @@ discriminator features, ``C`` the text-conditioned head and ``G`` the generator:
   describes the image to change nothing, and the optional keep term bounds what an edit may change (text-irrelevant
   content). Optimisers: Adam with betas (0.0, 0.9), lr 1e-4 (G) and 4e-4 (D + head), as the official ``train.py``.
 
-Validation and test: manipulative precision against the target texts (DAMSM space), FID of the edited images
-against the sources, and an editing grid (source | target text | edited) for fixed examples, logged and saved.
+Validation and test: manipulative precision ``mp`` and ``rmp`` against the target texts (DAMSM space; with
+``clip_model`` also ``c_sim``, ``mp_c`` and ``rmp_c`` in CLIP space, DE-Net's ``train.py`` names), FID of the edited
+images against the sources, and an editing grid (source | target text | edited) for fixed examples, logged and saved.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from torch import Tensor
 
 from lightning_modules.backbones import resolve_checkpoint_path
 from lightning_modules.base import SuiteModule
-from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, load_damsm
-from lightning_modules.editing.metrics import ManipulativePrecision, fid_metric
+from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, frozen_damsm
+from lightning_modules.editing.metrics import ClipEditScorer, ManipulativePrecision, fid_metric
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
 from lightning_modules.editing.released import load_released_denet
 
@@ -77,6 +78,8 @@ class DENet(SuiteModule):
         damsm: the pre-trained DAMSM checkpoint (a path or a glob such as
             ``runs/toy_damsm/version_*/checkpoints/best.ckpt``; the newest match loads), frozen; its text encoder
             conditions G and D, its encoders score edits.
+        damsm_text_encoder, damsm_image_encoder: AttnGAN's / DF-GAN's released DAMSM instead (``text_encoder*.pth``
+            and ``image_encoder*.pth``, the encoders the paper used; both or neither; ``damsm`` is then not read).
         image_size: image side (256 for CUB and COCO).
         ngf, ndf: generator and discriminator widths (32 in the official COCO config).
         lambda_damsm: weight of the DAMSM matching loss of edited images.
@@ -88,6 +91,8 @@ class DENet(SuiteModule):
         fid: compute FID at validation and test.
         fid_backbone, fid_pretrained, fid_input_size: FID feature extractor (``inception``: torchmetrics'
             InceptionV3, needs its weights; any timm name: a frozen timm backbone, offline).
+        clip_model: a transformers CLIP (hub id in the local cache, or a folder) for the CLIP-space metrics
+            ``c_sim``, ``mp_c`` and ``rmp_c`` (None: not computed; nothing downloads).
         init_from: a released DE-Net checkpoint (tobran/DE-Net ``train.py``'s ``state_epoch_XXX.pth``, or a bare
             NetG state dict) loaded into G, D and the head (``released.py``; needs image_size 256, its ngf / ndf
             and a 256-d DAMSM).
@@ -98,7 +103,9 @@ class DENet(SuiteModule):
 
     def __init__(
         self,
-        damsm: str,
+        damsm: str | None = None,
+        damsm_text_encoder: str | None = None,
+        damsm_image_encoder: str | None = None,
         image_size: int = 256,
         ngf: int = 32,
         ndf: int = 32,
@@ -115,12 +122,13 @@ class DENet(SuiteModule):
         fid_backbone: str = "inception",
         fid_pretrained: str | bool = False,
         fid_input_size: int | None = None,
+        clip_model: str | None = None,
         init_from: str | None = None,
     ) -> None:
         super().__init__(None)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.damsm = load_damsm(resolve_checkpoint_path(damsm))
+        self.damsm = frozen_damsm(damsm, damsm_text_encoder, damsm_image_encoder)
         cond = self.damsm.text_encoder.dim  # (not hparams: under the CLI a nested module sees the outer's)
         self.generator = DENetGenerator(ngf, image_size, cond)
         self.discriminator = DENetDiscriminator(ndf, image_size)
@@ -129,6 +137,9 @@ class DENet(SuiteModule):
             load_released_denet(resolve_checkpoint_path(init_from), self.generator, self.discriminator, self.head,
                                 strict=False)  # fmt: skip
         self.val_mp, self.test_mp = ManipulativePrecision(), ManipulativePrecision()
+        self.val_mp_clip, self.test_mp_clip = ManipulativePrecision(), ManipulativePrecision()
+        # not a submodule: CLIP's weights stay out of the checkpoints (moved to the device when first used)
+        object.__setattr__(self, "clip_scorer", ClipEditScorer(clip_model) if clip_model else None)
         self.val_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
         self.test_fid = fid_metric(fid_backbone, fid_pretrained, fid_input_size) if fid else None
 
@@ -224,6 +235,10 @@ class DENet(SuiteModule):
         _, image_global = self.damsm.image_encoder(edited)
         source01, edited01 = (x.float() + 1) / 2, (edited + 1) / 2
         getattr(self, f"{stage}_mp").update(source01, edited01, image_global.float(), t)
+        if self.clip_scorer is not None:
+            clip = self.clip_scorer.to(x.device)
+            image_emb, text_emb = clip.encode_images(edited01), clip.encode_texts(batch["target_captions"])
+            getattr(self, f"{stage}_mp_clip").update(source01, edited01, image_emb, text_emb)
         fid = getattr(self, f"{stage}_fid")
         if fid is not None:
             fid.update(source01, real=True)
@@ -244,6 +259,11 @@ class DENet(SuiteModule):
         mp = getattr(self, f"{stage}_mp")
         values = {f"{stage}/{k}": v for k, v in mp.compute().items()}
         mp.reset()
+        if self.clip_scorer is not None:  # DE-Net's names: c_sim, mp_c, rmp_c (diff and mse are the same as above)
+            clip = getattr(self, f"{stage}_mp_clip")
+            out = clip.compute()
+            values |= {f"{stage}/c_sim": out["sim"], f"{stage}/mp_c": out["mp"], f"{stage}/rmp_c": out["rmp"]}
+            clip.reset()
         fid = getattr(self, f"{stage}_fid")
         if fid is not None:
             values[f"{stage}/fid"] = fid.compute()  # features of hparams.fid_backbone
