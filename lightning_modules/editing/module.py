@@ -93,7 +93,7 @@ class DENet(SuiteModule):
             InceptionV3, needs its weights; any timm name: a frozen timm backbone, offline).
         clip_model: a transformers CLIP (hub id in the local cache, or a folder) for the CLIP-space metrics
             ``c_sim``, ``mp_c`` and ``rmp_c`` (None: not computed; nothing downloads).
-        init_from: a released DE-Net checkpoint (tobran/DE-Net ``train.py``'s ``state_epoch_XXX.pth``, or a bare
+        init_from: a released DE-Net checkpoint (tobran/DE-Net ``train.py``'s ``state_epoch_<N>.pth``, or a bare
             NetG state dict) loaded into G, D and the head (``released.py``; needs image_size 256, its ngf / ndf
             and a 256-d DAMSM).
     """

@@ -2,7 +2,7 @@
 
 The official code (``code/models/model.py`` and ``code/models/CCN.py``) names its networks ``NetG``, ``NetD`` and
 ``NetC``; its ``code/src/train.py`` saves ``{'model': {'netG', 'netD', 'netC'}, 'optimizers': ..., 'epoch': ...}``
-as ``state_epoch_XXX.pth``, and its loader (``lib/utils.py``'s ``load_model_weights``, shared with DF-GAN) strips the
+as ``state_epoch_<N>.pth``, and its loader (``lib/utils.py``'s ``load_model_weights``, shared with DF-GAN) strips the
 ``module.`` prefix that a ``DistributedDataParallel`` network adds to every key. The three state dicts map onto
 :class:`DENetGenerator`, :class:`DENetDiscriminator` and :class:`ConditionalHead` key by key, with the same shapes
 (timm's ``checkpoint_filter_fn`` convention). Only one released tensor is dropped: the ``[1, 8, 1, 1]`` bias that
