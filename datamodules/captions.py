@@ -50,8 +50,12 @@ IMAGE_DIRS = {"coco": "", "flickr30k": "flickr30k-images", "toy": ""}
 SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
 
 
-def read_karpathy(json_path: Path, image_root: Path, split: str, check_files: bool = True) -> list[dict]:
-    """The entries of ``split`` as ``{"path", "imgid", "captions", "sentids"}``; every problem names its entry."""
+def read_karpathy(json_path: Path, image_root: Path, split: str, check_files: bool = True,
+                  problems: list[str] | None = None) -> list[dict]:  # fmt: skip
+    """The entries of ``split`` as ``{"path", "imgid", "captions", "sentids"}``; every problem names its entry.
+
+    With a ``problems`` list, a malformed entry or a missing image is appended there (and the entry skipped) instead
+    of raising; a missing or unreadable JSON still raises."""
     if not json_path.is_file():
         raise DataError(
             f"{json_path} does not exist. Expected the Karpathy split JSON ({', '.join(JSON_NAMES.values())})"
@@ -68,14 +72,23 @@ def read_karpathy(json_path: Path, image_root: Path, split: str, check_files: bo
             continue
         name = image.get("filename")
         where = f"{json_path}: images[{index}] (filename {name!r}, imgid {image.get('imgid')})"
-        if not name:
-            raise DataError(f"{where} has no 'filename'")
         sentences = image.get("sentences") or []
         raws = [s.get("raw", "").strip() for s in sentences if isinstance(s, dict)]
-        if not raws or not all(raws):
-            raise DataError(f"{where} has an empty caption list or an empty caption; fix or remove the entry")
+        error = None
+        if not name:
+            error = f"{where} has no 'filename'"
+        elif not raws or not all(raws):
+            error = f"{where} has an empty caption list or an empty caption; fix or remove the entry"
+        if error is not None:
+            if problems is None:
+                raise DataError(error)
+            problems.append(error)
+            continue
         path = image_root / image.get("filepath", "") / name
         if check_files and not path.is_file():
+            if problems is not None:
+                problems.append(f"{path}: named in {where} but missing")
+                continue
             missing.append(f"{where}: {path}")
         entries.append(
             {
@@ -91,7 +104,7 @@ def read_karpathy(json_path: Path, image_root: Path, split: str, check_files: bo
             + (f" and {missing[1]}" if len(missing) > 1 else "")
             + ". Point data.image_dir at the image folder or re-extract the images."
         )
-    if not entries:
+    if not entries and problems is None:
         raise DataError(f"{json_path} has no images in split '{split}' (split values: {SPLITS[split]})")
     return entries
 
@@ -142,6 +155,17 @@ def _load(path: str):
         return load_rgb(path)
     except CorruptFileError as err:
         raise DataError(f"{err}; replace the file or remove its entry from the JSON") from err
+
+
+def _decode_all(entries: list[dict]) -> list[str]:
+    """One problem per image of ``entries`` that PIL cannot decode."""
+    problems = []
+    for entry in entries:
+        try:
+            load_rgb(entry["path"])
+        except CorruptFileError as err:
+            problems.append(str(err).split(". Replace")[0])
+    return problems
 
 
 def collate_pairs(items: list[dict]) -> dict:
@@ -231,6 +255,24 @@ class CaptionsDataModule(SuiteDataModule):
     def entries(self, split: str) -> list[dict]:
         return read_karpathy(self.json_path, self.image_root, split)
 
+    def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
+        """Validate the three Karpathy splits without training: images and captions per split; malformed entries,
+        missing images and (``decode``) images PIL cannot decode, each naming its path. Returns (summary, problems).
+        """
+        summary, problems = {}, []
+        for split in SPLITS:
+            found: list[str] = []
+            try:
+                entries = read_karpathy(self.json_path, self.image_root, split, problems=found)
+            except DataError as err:
+                return summary, [str(err)]
+            problems += found
+            if not entries and not found:
+                problems.append(f"{self.json_path} has no images in split '{split}' (split values: {SPLITS[split]})")
+            summary[split] = {"images": len(entries), "captions": sum(len(e["captions"]) for e in entries)}
+            problems += _decode_all(entries) if decode else []
+        return summary, problems
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.train_set = CaptionPairs(self.entries("train"), self.train_transform)
@@ -283,11 +325,14 @@ def attngan_tokens(text: str) -> list[str]:
     return re.findall(r"\w+", text.lower())
 
 
-def read_attngan(root: Path, split: str, image_dir: str, image_ext: str, check_files: bool = True) -> list[dict]:
+def read_attngan(root: Path, split: str, image_dir: str, image_ext: str, check_files: bool = True,
+                 problems: list[str] | None = None) -> list[dict]:  # fmt: skip
     """The images of ``split`` (``train`` / ``test``) as ``{"name", "path", "captions", "class"}``.
 
     Names come from ``<split>/filenames.pickle``; captions from ``text/<name>.txt`` (empty lines skipped); the class
-    is the name's folder (CUB: ``002.Laysan_Albatross``) or ``None``. Missing text files or images are listed.
+    is the name's folder (CUB: ``002.Laysan_Albatross``) or ``None``. Missing text files or images are listed; with a
+    ``problems`` list each of them (and each caption file without a caption) is appended there and its image skipped
+    instead of raising.
     """
     names = _read_pickle(root / split / "filenames.pickle", f"the list of {split} image names")
     if not isinstance(names, list | tuple) or not names:
@@ -305,9 +350,17 @@ def read_attngan(root: Path, split: str, image_dir: str, image_ext: str, check_f
         lines = [line.strip() for line in text_path.read_text(encoding="utf-8", errors="replace").splitlines()]
         captions = [line for line in lines if line]
         if not captions:
-            raise DataError(f"{text_path} has no caption; add its captions or remove {name} from the filenames")
+            error = f"{text_path} has no caption; add its captions or remove {name} from the filenames"
+            if problems is None:
+                raise DataError(error)
+            problems.append(error)
+            continue
         entries.append({"name": name, "path": str(image_path), "captions": captions,
                         "class": name.split("/")[0] if "/" in name else None})  # fmt: skip
+    if problems is not None:
+        listed = root / split / "filenames.pickle"
+        problems += [f"{path}: named in {listed} but missing" for path in missing_text + missing_images]
+        return entries
     for missing, what in ((missing_text, "caption files"), (missing_images, "images")):
         if missing:
             raise DataError(f"{root / split / 'filenames.pickle'} names {len(missing)} {what} that do not exist, "
@@ -521,6 +574,55 @@ class TextEditingDataModule(SuiteDataModule):
                             "images; hold out fewer")  # fmt: skip
         held = set(random.Random(self.seed).sample(range(len(entries)), self.val_images))
         return [e for i, e in enumerate(entries) if (i in held) == (split == "val")]
+
+    def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
+        """Validate the layout without training: images and captions of ``train`` (with the ``val_images`` held out
+        of it) and ``test``; the vocabulary; missing caption files and images, captions (and edit targets) with no
+        word of the vocabulary, CUB images without a bounding box, and (``decode``) images PIL cannot decode, each
+        naming its path. Returns (summary, problems)."""
+        summary, problems = {}, []
+        root = Path(self.root)
+        try:
+            wordtoix = self.wordtoix
+        except DataError as err:
+            problems.append(str(err))
+            wordtoix = None
+        boxes = None
+        if self.dataset == "cub":
+            try:
+                boxes = cub_boxes(root)
+            except DataError as err:
+                problems.append(str(err))
+        for split in ("train", "test"):
+            found: list[str] = []
+            try:
+                entries = read_attngan(root, split, self.image_dir, self.image_ext, problems=found)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            problems += found
+            counts = summary[split] = {"images": len(entries), "captions": sum(len(e["captions"]) for e in entries)}
+            if split == "train":
+                counts["held out as val"] = self.val_images
+                if not 0 <= self.val_images < len(entries):
+                    problems.append(f"data.val_images is {self.val_images} but the training split has {len(entries)} "
+                                    "images; hold out fewer")  # fmt: skip
+            for entry in entries:
+                text = root / "text" / f"{entry['name']}.txt"
+                lines = [(f"{text} line {k + 1}", c) for k, c in enumerate(entry["captions"])]
+                edits = root / "edits" / f"{entry['name']}.txt"
+                if edits.is_file():
+                    targets = [line.strip() for line in edits.read_text().splitlines() if line.strip()]
+                    lines += [(f"{edits} line {k + 1}", c) for k, c in enumerate(targets)]
+                for where, caption in lines if wordtoix is not None else []:
+                    try:
+                        encode_caption(caption, wordtoix, self.max_words, where)
+                    except DataError as err:
+                        problems.append(str(err))
+                if boxes is not None and entry["name"] not in boxes:
+                    problems.append(f"{entry['path']}: no box in {root / 'CUB_200_2011' / 'bounding_boxes.txt'}")
+            problems += _decode_all(entries) if decode else []
+        return summary, problems
 
     def dataset_for(self, split: str) -> EditingImages:
         boxes = cub_boxes(Path(self.root)) if self.dataset == "cub" else None

@@ -138,8 +138,12 @@ def parse_clip(movie: str, clip: str, entry: dict, source: str) -> Clip:
     return Clip(movie, clip, starts, ends, texts, labels, units, source)
 
 
-def read_tel(path: str | Path) -> list[Clip]:
-    """All clips of one official split file, in file order."""
+def read_tel(path: str | Path, problems: list[str] | None = None) -> list[Clip]:
+    """All clips of one official split file, in file order.
+
+    The first malformed clip entry raises a :class:`DataError` naming the file, the movie/clip id and the key; with a
+    ``problems`` list every malformed entry is appended there instead and skipped (``data check`` lists them all).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"TEL annotation file {path} not found; pass the official train.json / test.json path")
@@ -149,12 +153,35 @@ def read_tel(path: str | Path) -> list[Clip]:
         raise DataError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected {{imdb_id: {{clip_id: clip}}}} at the top level")
-    clips = [
-        parse_clip(movie, clip, entry, str(path)) for movie, entries in data.items() for clip, entry in entries.items()
-    ]
+    clips = []
+    for movie, entries in data.items():
+        if not isinstance(entries, dict):
+            error = DataError(f"{path}: {movie}: expected {{clip_id: clip}}, got {type(entries).__name__}")
+            if problems is None:
+                raise error
+            problems.append(str(error))
+            continue
+        for clip, entry in entries.items():
+            try:
+                clips.append(_parse_checked(movie, clip, entry, str(path)))
+            except DataError as err:
+                if problems is None:
+                    raise
+                problems.append(str(err))
     if not clips:
         raise DataError(f"{path}: holds no clips")
     return clips
+
+
+def _parse_checked(movie: str, clip: str, entry: dict, source: str) -> Clip:
+    """:func:`parse_clip`, with a wrongly typed value (a list where an object belongs ...) named like the rest."""
+    try:
+        return parse_clip(movie, clip, entry, source)
+    except DataError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as err:
+        raise DataError(f"{source}: {movie}/{clip}: malformed entry ({type(err).__name__}: {err}); expected the "
+                        "official train / test clip format (docs/tel.md)") from err  # fmt: skip
 
 
 def runs(units: list[int]) -> list[tuple[int, int]]:

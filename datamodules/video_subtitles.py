@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import SuiteDataModule
-from datamodules.tel_annotations import EMOTIONS, Clip, read_tel
+from datamodules.tel_annotations import EMOTIONS, Clip, read_tel, runs
 from experiments.errors import ConfigError, CorruptFileError, DataError
 
 _SRT_TIMING = re.compile(r"^\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}\s*-->\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}")
@@ -295,9 +295,9 @@ class VideoSubtitlesDataModule(SuiteDataModule):
             raise ConfigError(f"no {split} annotations configured (data.init_args.{split}_json)")
         return read_tel(self.paths[split])
 
-    def _held_out(self, split: str) -> list[Clip]:
+    def _held_out(self, split: str, clips: list[Clip] | None = None) -> list[Clip]:
         """The training clips without (``train``) or of (``val``) ``val_movies`` movies drawn with ``seed``."""
-        clips = read_tel(self.paths["train"])
+        clips = read_tel(self.paths["train"]) if clips is None else clips
         movies = sorted({c.movie for c in clips})
         if self.val_movies >= len(movies):
             raise ConfigError(f"data.init_args.val_movies is {self.val_movies} but {self.paths['train']} has only "
@@ -305,6 +305,104 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         order = np.random.default_rng(self.seed).permutation(len(movies))
         held = {movies[i] for i in order[: self.val_movies]}
         return [c for c in clips if (c.movie in held) == (split == "val")]
+
+    def check_dataset(self, decode: bool = True) -> tuple[dict, list[str]]:
+        """Validate every configured split without training: clip, movie, subtitle-unit counts (test-style splits
+        also (clip, emotion) instances, runs of consecutive annotated units and annotated units); malformed clip
+        entries; and the files this configuration reads (``.srt`` with ``subtitles: srt``, videos with ``visual:
+        frames``, feature shards with ``visual: features``), missing or unreadable, each naming its path. ``decode``:
+        also decode every video / load every shard. Returns ``(summary, problems)``."""
+        summary, problems = {}, []
+        for split in ("train", "val", "test"):
+            if self.paths[split] is None:
+                continue
+            found: list[str] = []
+            try:
+                clips = read_tel(self.paths[split], found)
+            except DataError as err:
+                problems.append(str(err))
+                continue
+            problems += found
+            summary[split] = counts = {"clips": len(clips), "movies": len({c.movie for c in clips}),
+                                       "units": sum(len(c.texts) for c in clips)}  # fmt: skip
+            tested = [c for c in clips if c.units is not None]
+            if tested:
+                counts["instances"] = sum(len(c.units) for c in tested)
+                counts["runs"] = sum(len(runs(u)) for c in tested for u in c.units.values())
+                counts["annotated units"] = sum(len(u) for c in tested for u in c.units.values())
+            if split == "train" and self.val_movies:
+                try:
+                    held = self._held_out("val", clips)
+                    counts[f"clips held out as val ({self.val_movies} movies)"] = len(held)
+                except ConfigError as err:
+                    problems.append(str(err))
+            extra = [c.key for c in clips if c.labels[self.num_classes :].any()]
+            if extra:
+                problems.append(f"{self.paths[split]}: {len(extra)} clips (first: {extra[0]}) carry emotions beyond "
+                                f"the first {self.num_classes} classes configured")  # fmt: skip
+            problems += self._check_files(clips, counts, decode)
+        return summary, problems
+
+    def _check_files(self, clips: list[Clip], counts: dict, decode: bool) -> list[str]:
+        """Problems with the per-clip files this configuration reads; counts what was found into ``counts``."""
+        problems: list[str] = []
+        optional = self.on_missing_video == "subtitles"  # a clip without video runs subtitle-only: not a problem
+        if self.subtitles == "srt":
+            for clip, path in self._present(clips, self.video_root, ".srt", "subtitle file", False, counts, problems):
+                try:
+                    starts, ends, texts = read_srt(path)
+                except DataError as err:
+                    problems.append(str(err))
+                    continue
+                except Exception as err:  # pysrt's own parse and encoding errors
+                    problems.append(f"{path}: pysrt cannot parse it ({type(err).__name__}: {err})")
+                    continue
+                if len(texts) != len(clip.texts):
+                    problems.append(f"{path}: {len(texts)} subtitles but the annotation of {clip.key} in "
+                                    f"{clip.source} has {len(clip.texts)}")  # fmt: skip
+        if self.visual == "frames":
+            for clip, path in self._present(clips, self.video_root, ".mp4", "video", optional, counts, problems):
+                if not decode:
+                    continue
+                try:
+                    _, duration = decode_clip(path, self.fps, self.frame_size)
+                except DataError as err:
+                    problems.append(str(err))
+                    continue
+                if len(clip.ends) and clip.ends.max() > duration + 1.0:
+                    problems.append(f"{path}: lasts {duration:.2f} s but the subtitles of {clip.key} run to "
+                                    f"{clip.ends.max():.2f} s")  # fmt: skip
+        elif self.visual == "features":
+            meta = self.features_root / FEATURES_META
+            if not meta.is_file():
+                problems.append(f"{meta} not found: write the feature shards with `python -m experiments data extract`")
+            for _, path in self._present(clips, self.features_root, ".npy", "feature shard", optional, counts,
+                                         problems):  # fmt: skip
+                if not decode:
+                    continue
+                try:
+                    shape = np.load(path, mmap_mode="r").shape
+                except (OSError, ValueError) as err:
+                    problems.append(f"{path}: cannot read the feature shard ({err}); re-extract it")
+                    continue
+                if len(shape) != 2:
+                    problems.append(f"{path}: feature shard of shape {shape}, expected [frames, dim]")
+        return problems
+
+    @staticmethod
+    def _present(clips: list[Clip], folder: Path, ext: str, what: str, optional: bool, counts: dict,
+                 problems: list[str]) -> list[tuple[Clip, Path]]:  # fmt: skip
+        """The clips whose ``<folder>/<movie>/<clip><ext>`` exists, with its path; the found files are counted
+        (``counts[what + "s"]``) and each missing one is a problem unless ``optional``."""
+        present = []
+        for clip in clips:
+            path = folder / clip.movie / f"{clip.clip}{ext}"
+            if path.is_file():
+                present.append((clip, path))
+            elif not optional:
+                problems.append(f"{path}: {what} of {clip.key} ({clip.source}) not found")
+        counts[f"{what}s"] = len(present)
+        return present
 
     def dataset_for(self, split: str) -> TelClips:
         return TelClips(self.clips(split), self.visual, self.video_root, self.features_root, self.subtitles,
