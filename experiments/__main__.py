@@ -3,7 +3,10 @@
 fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
 demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
 table <paper> [--runs runs]       the paper's table: paper numbers beside measured ones
-reproduce <paper> --scale toy|full   run every row of the paper's table, then print the table
+reproduce <paper> --scale toy|full [--runs runs] [--key value ...]   run every row of the paper's table, then print
+                                  the table; each --key value (--trainer.max_epochs 3) goes to every fit/test/predict
+                                  step (not to evaluate steps: it says which); a row with `seeds: [0, 1, 2]` runs
+                                  once per seed (--seed_everything S, run folder <name>__seedS) and prints mean ± std
 launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
 data extract --config X.yaml      video datasets: embed every clip once with a frozen backbone (feature shards)
@@ -20,7 +23,7 @@ import json
 import sys
 import time
 
-from experiments.errors import find_suite_error
+from experiments.errors import ConfigError, find_suite_error
 
 LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict"}
 # commands whose module has main(argv) -> exit code
@@ -66,35 +69,69 @@ def table(args: list[str]) -> int:
     return 0
 
 
+def run_command(command: list[str], runs: str) -> None:
+    """Run one ``python -m experiments`` argument list in this process, writing runs under ``runs``."""
+    if command[0] == "evaluate":
+        from experiments.evaluate import main as evaluate_main
+
+        evaluate_main([*command[1:], "--runs_dir", runs])
+    else:
+        from experiments.cli import main as cli_main
+
+        cli_main([*command, "--runs_dir", runs])
+
+
+def check_overrides(extra: list[str], seeded: bool) -> list[str]:
+    """``extra`` if it is ``--key value`` / ``--key=value`` pairs that ``reproduce`` may pass on; ConfigError if not."""
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        pair = token.startswith("--") and ("=" in token or (i + 1 < len(extra) and not extra[i + 1].startswith("--")))
+        if not pair:
+            raise ConfigError(f"reproduce: {token!r} is not part of a --key value override; overrides follow the "
+                              "paper, e.g. reproduce tel --scale full --trainer.max_epochs 3")  # fmt: skip
+        key = token.split("=", 1)[0]
+        if key in ("--run_name", "--runs_dir"):
+            raise ConfigError(f"reproduce: {key} cannot be overridden (each row names its own run folder; use --runs "
+                              "for the folder they go in)")  # fmt: skip
+        if key == "--seed_everything" and seeded:
+            raise ConfigError("reproduce: --seed_everything cannot be overridden here: the table has rows with "
+                              "`seeds`, which set it per run")  # fmt: skip
+        i += 1 if "=" in token else 2
+    return extra
+
+
 def reproduce(args: list[str]) -> int:
     import argparse
 
-    from experiments.cli import main as cli_main
-    from experiments.table import load_table, render_table
+    from experiments.table import load_table, planned_steps, render_table
 
-    parser = argparse.ArgumentParser(prog="python -m experiments reproduce")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments reproduce",
+        allow_abbrev=False,  # an override must never be read as an abbreviation of --scale / --runs
+        epilog="Further --key value pairs are appended to every fit/test/predict step of every row.",
+    )
     parser.add_argument("paper")
     parser.add_argument("--scale", choices=["toy", "full"], default="toy")
     parser.add_argument("--runs", default="runs")
-    opts = parser.parse_args(args)
+    opts, extra = parser.parse_known_args(args)
     _, rows = load_table(opts.paper)
-    done: set[str] = set()
+    overrides = check_overrides(extra, any(row.seeds for row in rows))
     for row in rows:
-        commands = row.commands(opts.scale, opts.runs)
-        if commands is None:
+        if row.commands(opts.scale) is None:
             print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
-            continue
-        for command in commands:
-            if " ".join(command) in done:  # a pre-training run shared with an earlier row
-                continue
-            done.add(" ".join(command))
-            print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
-            if command[0] == "evaluate":
-                from experiments.evaluate import main as evaluate_main
-
-                evaluate_main([*command[1:], "--runs_dir", opts.runs])
-            else:
-                cli_main([*command, "--runs_dir", opts.runs])
+    for row, seed, command in planned_steps(rows, opts.scale, opts.runs):
+        if command[0] == "evaluate":  # its own parser takes none of the LightningCLI keys, nor a seed
+            if overrides:
+                print(f"note: {row.label}: overrides {' '.join(overrides)} not passed to its evaluate step "
+                      "(experiments/evaluate.py has its own flags)", file=sys.stderr)  # fmt: skip
+            if seed is not None:
+                print(f"note: {row.label}: its evaluate step takes no --seed_everything (the evaluation config's "
+                      f"`seed` holds); seed {seed} changes only the steps before it", file=sys.stderr)  # fmt: skip
+        else:
+            command = [*command, *overrides]
+        print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
+        run_command(command, opts.runs)
     print(render_table(opts.paper, opts.runs, opts.scale))
     return 0
 
