@@ -18,12 +18,14 @@ def draw_timeline(
     class_names: Sequence[str],
     threshold: float = 0.5,
     width: int = 900,
+    title: str | None = None,
 ) -> Tensor:
     """One clip as an image ``[3, H, W]`` in ``[0, 1]``.
 
     Top row: the subtitle units as grey bars with their (shortened) text. Then, for each class annotated in the clip
     or predicted above ``threshold`` on some unit, two rows: the annotated units (green) and the predicted probability
-    of each unit (blue, opacity = probability; outlined where it reaches ``threshold``).
+    of each unit (blue, opacity = probability; outlined where it reaches ``threshold``). ``title`` (e.g. the clip's
+    movie/clip key) is written above the panel.
     """
     import matplotlib
 
@@ -56,6 +58,8 @@ def draw_timeline(
     ax.set_ylim(-0.6, rows - 0.4)
     ax.set_xlabel("time (s)", fontsize=6)
     ax.tick_params(axis="x", labelsize=6)
+    if title:
+        ax.set_title(title, fontsize=6, loc="left")
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
