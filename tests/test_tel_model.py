@@ -175,3 +175,19 @@ def test_whole_clip_proposals_rank_first_by_the_clip_score():
     ]
     with pytest.raises(ValueError, match="pass clip_scores"):
         proposals(probs, starts, ends, mask, torch.tensor([3, 4]), whole_clip=True)
+
+
+def test_calibrated_unit_scores_by_hand():
+    from experiments.errors import ConfigError
+    from lightning_modules.emotion.module import calibrated_scores
+
+    probs = torch.tensor([[[0.9, 0.2], [0.1, 0.8]]])  # [B=1, U=2, C=2]
+    clip = torch.tensor([[0.4, 0.5]])
+    assert torch.equal(calibrated_scores(probs, clip, "unit"), probs)
+    # clip: every unit carries its clip's probability of the class
+    assert torch.equal(calibrated_scores(probs, clip, "clip"), torch.tensor([[[0.4, 0.5], [0.4, 0.5]]]))
+    # product: sqrt(p_clip * p_unit): sqrt(0.36) = 0.6, sqrt(0.1), sqrt(0.04) = 0.2, sqrt(0.4)
+    expected = torch.tensor([[[0.6, 0.1**0.5], [0.2, 0.4**0.5]]])
+    assert torch.allclose(calibrated_scores(probs, clip, "product"), expected)
+    with pytest.raises(ConfigError, match="unit_scores"):
+        calibrated_scores(probs, clip, "mean")

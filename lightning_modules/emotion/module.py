@@ -21,6 +21,22 @@ from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
 
 log = logging.getLogger(__name__)
 
+UNIT_SCORES = ("unit", "product", "clip")
+
+
+def calibrated_scores(probs: Tensor, clip: Tensor, rule: str) -> Tensor:
+    """Unit scores ``[B, U, C]`` that the metrics rank, from unit probabilities ``probs [B, U, C]`` and the clip-level
+    probabilities ``clip [B, C]`` (top-k pooled): ``p_clip^(1 - a) * p_unit^a`` with ``a`` = 1 (``unit``: the unit's
+    own probability), 1/2 (``product``: ranks as ``p_clip * p_unit``, the score of the unit's one-unit proposal) or 0
+    (``clip``: every unit gets its clip's probability). Chosen on held-out training movies (docs/tel.md)."""
+    if rule == "unit":
+        return probs
+    if rule == "product":
+        return (probs * clip.unsqueeze(1)).sqrt()
+    if rule == "clip":
+        return clip.unsqueeze(1).expand_as(probs)
+    raise ConfigError(f"model.init_args.unit_scores is {rule!r}; choose one of {', '.join(UNIT_SCORES)}")
+
 
 class SubtitleEncoder(nn.Module):
     """A transformers text encoder with mean pooling over tokens (the sentence-embedding convention of MiniLM /
@@ -81,9 +97,10 @@ class LocalizationEvaluation:
         if stage == "test" and "unit_labels" not in batch:
             raise ConfigError("the test split needs subtitle-level labels: point data.init_args.test_json at an "
                               "annotation in the TEL test format")  # fmt: skip
-        probs = self.unit_probs(batch)
         mask = batch["unit_mask"]
-        clip = topk_mean(probs, mask, self.cfg["ratio"])
+        raw = self.unit_probs(batch)
+        clip = topk_mean(raw, mask, self.cfg["ratio"])
+        probs = calibrated_scores(raw, clip, self.cfg.get("unit_scores", "unit")) * mask.unsqueeze(-1).to(raw.dtype)
         getattr(self, f"{stage}_clip").update(clip, batch["labels"].long())
         if "unit_labels" not in batch:  # a clip-level validation split (held-out training movies)
             return probs
@@ -180,6 +197,9 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         clip_score: multiply each proposal's score by its clip's top-k pooled probability of the class.
         whole_clip: also propose each clip's whole span for every class, scored by that clip-level probability
             (needs ``clip_score``).
+        unit_scores: what the metrics, proposals and pictures rank per unit: ``unit`` (its probability),
+            ``product`` (``sqrt(p_clip * p_unit)``) or ``clip`` (the clip's top-k pooled probability on every unit);
+            :func:`calibrated_scores`.
         nms_iou: tIoU above which a lower-scored proposal of the same clip and class is suppressed.
         pictures: test/validation clips drawn as timelines (0: none).
         monitor: the validation metric that picks the best checkpoint: ``val/segment_map`` or ``val/instance_map``
@@ -211,6 +231,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         relative_thresholds: bool = True,
         clip_score: bool = True,
         whole_clip: bool = False,
+        unit_scores: Literal["unit", "product", "clip"] = "unit",
         nms_iou: float = 0.6,
         pictures: int = 4,
         monitor: str = "val/segment_map",
@@ -224,6 +245,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         if whole_clip and not clip_score:
             raise ConfigError("model.init_args.whole_clip scores whole-clip proposals by the clip-level probability: "
                               "set clip_score: true")  # fmt: skip
+        if unit_scores not in UNIT_SCORES:
+            raise ConfigError(f"model.init_args.unit_scores is {unit_scores!r}; choose one of {', '.join(UNIT_SCORES)}")
         self.modalities, self.num_classes = modalities, num_classes
         self.class_names = EMOTIONS[:num_classes]
         self.backbone = None
@@ -243,7 +266,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
             self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
         self.cfg = dict(ratio=topk_ratio, lam=consensus_weight, thresholds=tuple(thresholds), nms=nms_iou,
                         pictures=pictures, relative=relative_thresholds, clip_score=clip_score,
-                        whole_clip=whole_clip)  # fmt: skip
+                        whole_clip=whole_clip, unit_scores=unit_scores)  # fmt: skip
         self._make_metrics(num_classes)
 
     def train(self, mode: bool = True):
