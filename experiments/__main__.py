@@ -3,7 +3,7 @@
 fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
 demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
 table <paper> [--runs runs]       the paper's table: paper numbers beside measured ones
-reproduce <paper> --scale toy|full [--runs runs] [--key value ...]   run every row of the paper's table, then print
+reproduce <paper> --scale toy|full [--runs runs] [--force] [--key value ...]   run every row of the paper's table, then print
                                   the table; each --key value (--trainer.max_epochs 3) goes to every fit/test/predict
                                   step (not to evaluate steps: it says which); a row with `seeds: [0, 1, 2]` runs
                                   once per seed (--seed_everything S, run folder <name>__seedS) and prints mean ± std
@@ -104,7 +104,7 @@ def check_overrides(extra: list[str], seeded: bool) -> list[str]:
 def reproduce(args: list[str]) -> int:
     import argparse
 
-    from experiments.table import load_table, planned_steps, render_table
+    from experiments.table import finished_run, load_table, planned_steps, render_table
 
     parser = argparse.ArgumentParser(
         prog="python -m experiments reproduce",
@@ -114,12 +114,14 @@ def reproduce(args: list[str]) -> int:
     parser.add_argument("paper")
     parser.add_argument("--scale", choices=["toy", "full"], default="toy")
     parser.add_argument("--runs", default="runs")
+    parser.add_argument("--force", action="store_true", help="rerun steps whose run already finished")
     opts, extra = parser.parse_known_args(args)
     _, rows = load_table(opts.paper)
     overrides = check_overrides(extra, any(row.seeds for row in rows))
     for row in rows:
         if row.commands(opts.scale) is None:
             print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
+    failures: list[str] = []
     for row, seed, command in planned_steps(rows, opts.scale, opts.runs):
         if command[0] == "evaluate":  # its own parser takes none of the LightningCLI keys, nor a seed
             if overrides:
@@ -130,9 +132,22 @@ def reproduce(args: list[str]) -> int:
                       f"`seed` holds); seed {seed} changes only the steps before it", file=sys.stderr)  # fmt: skip
         else:
             command = [*command, *overrides]
+        done = None if opts.force else finished_run(command, opts.runs)
+        if done is not None:
+            print(f"done: {row.label}: {done} already ran python -m experiments {' '.join(command)} (--force reruns)",
+                  file=sys.stderr)  # fmt: skip
+            continue
         print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
-        run_command(command, opts.runs)
+        try:
+            run_command(command, opts.runs)
+        except (Exception, SystemExit) as err:  # one failing row must not stop the others; summarised at the end
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            failures.append(f"{row.label}: {type(err).__name__}: {message}")
+            print(f"failed: {failures[-1]}", file=sys.stderr)
     print(render_table(opts.paper, opts.runs, opts.scale))
+    if failures:
+        print(f"{len(failures)} step(s) failed:", *failures, sep="\n  ", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -102,6 +102,26 @@ def step_run_name(step: list[str]) -> str:
     return step[step.index("--run_name") + 1] if "--run_name" in step else Path(step[step.index("--config") + 1]).stem
 
 
+def finished_run(step: list[str], runs: str | Path) -> Path | None:
+    """The newest run folder under ``runs`` that already did ``step``: its ``metrics.json`` names the step's config and
+    is finished, with test metrics when the step tests (``test``, or ``fit --test_after_fit true``); None otherwise."""
+    if step[0] not in ("fit", "test") or "--config" not in step:
+        return None
+    config = step[step.index("--config") + 1]
+    tests = step[0] == "test" or ("--test_after_fit" in step and step[step.index("--test_after_fit") + 1] == "true")
+    newest = None
+    for metrics_file in (Path(runs) / step_run_name(step)).glob("version_*/metrics.json"):
+        try:
+            record = json.loads(metrics_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("config") != config or not record.get("finished") or (tests and not record.get("test")):
+            continue
+        if newest is None or metrics_file.stat().st_mtime > newest.stat().st_mtime:
+            newest = metrics_file
+    return None if newest is None else newest.parent
+
+
 def seed_step(step: list[str], seed: int | None) -> list[str]:
     """``step`` for one seed: run folder ``<run name>__seed<seed>`` (an existing ``--run_name`` is renamed in place)
     and ``--seed_everything <seed>``, except for ``evaluate``, whose parser has no seed flag (the evaluation config's

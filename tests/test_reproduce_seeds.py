@@ -126,3 +126,44 @@ def test_bad_seeds_are_a_config_error_naming_the_file_and_row(fake_table, seeds)
     fake_table([{**ROWS[2], "seeds": seeds}])
     with pytest.raises(ConfigError, match=r"fake\.yaml: row 0 \('plain'\) has seeds .*distinct integers"):
         load_table("fake")
+
+
+PLAIN_ROWS = [
+    {"label": "first", "config": "configs/fake/first.yaml", "metric": "test/top1", "paper": None},
+    {"label": "second", "config": "configs/fake/second.yaml", "metric": "test/top1", "paper": None, "seeds": [0, 1]},
+]
+
+
+def test_finished_steps_are_skipped_and_force_reruns_them(fake_table, ran, tmp_path, capsys):
+    fake_table(PLAIN_ROWS)
+    runs = tmp_path / "runs"
+    done = {"config": "configs/fake/first.yaml", "scale": "full", "finished": True, "test": {"test/top1": 0.5}}
+    write_metrics(runs, "first", 0, done)
+    # a fit that finished without its test (killed during test) is not done; another config's run is not either
+    write_metrics(runs, "second__seed0", 0, {**done, "config": "configs/fake/second.yaml", "test": {}})
+    write_metrics(runs, "second__seed1", 0, done)
+    assert experiments_main.main(["reproduce", "fake", "--scale", "full", "--runs", str(runs)]) == 0
+    assert [command[2] for command, _ in ran] == ["configs/fake/second.yaml", "configs/fake/second.yaml"]
+    assert f"done: first: {runs / 'first' / 'version_0'} already ran" in capsys.readouterr().err
+    ran.clear()
+    assert experiments_main.main(["reproduce", "fake", "--scale", "full", "--runs", str(runs), "--force"]) == 0
+    assert len(ran) == 3
+
+
+def test_a_failing_step_does_not_stop_the_others_and_is_summarised(fake_table, monkeypatch, tmp_path, capsys):
+    fake_table(PLAIN_ROWS)
+    attempted = []
+
+    def run(command, runs):
+        attempted.append(command)
+        if "configs/fake/first.yaml" in command:
+            raise RuntimeError("No supported gpu backend found!")
+        if "1" in command[command.index("--seed_everything") + 1 :]:
+            raise SystemExit(2)
+
+    monkeypatch.setattr(experiments_main, "run_command", run)
+    assert experiments_main.main(["reproduce", "fake", "--scale", "full", "--runs", str(tmp_path / "runs")]) == 1
+    assert len(attempted) == 3
+    err = capsys.readouterr().err
+    assert "2 step(s) failed:" in err
+    assert "first: RuntimeError: No supported gpu backend found!" in err and "second: SystemExit: 2" in err
