@@ -3,9 +3,10 @@
 fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
 demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
 table <paper> [--runs runs]       the paper's table: paper numbers beside measured ones
-reproduce <paper> --scale toy|full [--runs runs] [--force] [--key value ...]   run every row of the paper's table, then print
-                                  the table; each --key value (--trainer.max_epochs 3) goes to every fit/test/predict
-                                  step (not to evaluate steps: it says which); a row with `seeds: [0, 1, 2]` runs
+reproduce <paper> --scale toy|full [--runs runs] [--force] [--key value ...]   run every row of the paper's table,
+                                  then print the table (finished steps skipped unless --force; failures listed);
+                                  each --key value (--trainer.max_epochs 3) goes to every fit/test/predict step
+                                  (not to evaluate steps: it says which); a row with `seeds: [0, 1, 2]` runs
                                   once per seed (--seed_everything S, run folder <name>__seedS) and prints mean ± std
 launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
