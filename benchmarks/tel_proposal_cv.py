@@ -1,5 +1,8 @@
 """TEL proposal rule chosen without fitting the test split: cross-validation over the official test movies.
 
+History (docs/tel.md): since 2026-12-02 the official config's choices are made on held-out TRAINING movies by
+``benchmarks/tel_select.py``; this script documents how the earlier, test-chosen proposal rule was checked.
+
     python benchmarks/tel_proposal_cv.py --ckpt runs/subtitles_official/version_0/checkpoints/best.ckpt \
         --root /path/to/tel [--folds 2] [--seeds 0 1 2] [--markdown docs/tel.md]
 
