@@ -76,6 +76,14 @@ def read_backbone_state(path: str, model: nn.Module) -> tuple[str, dict]:
     return path, state
 
 
+def headless(model: nn.Module, classifier: str) -> bool:
+    """True when ``model`` has no trainable classifier at ``classifier`` (timm's ``num_classes=0``: an Identity)."""
+    try:
+        return not any(True for _ in model.get_submodule(classifier).parameters())
+    except AttributeError:
+        return True
+
+
 def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False) -> None:
     """Load a local checkpoint into ``model`` through the family's filter; a mismatched classifier is skipped.
 
@@ -91,11 +99,16 @@ def load_checkpoint_file(model: nn.Module, path: str, strict_head: bool = False)
         )
         state = {k: v for k, v in state.items() if k not in skipped}
     missing, unexpected = model.load_state_dict(state, strict=False)
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
+    # a classification checkpoint (timm's layout) into a headless backbone (num_classes=0): its classifier is dropped
+    dropped = [k for k in unexpected if k.startswith(f"{classifier}.")] if headless(model, classifier) else []
+    if dropped:
+        log.info("pretrained %s: the model has no classifier; dropped %s", path, dropped)
+        unexpected = [k for k in unexpected if k not in dropped]
     if unexpected:
         raise ConfigError(f"pretrained {path}: keys not in {type(model).__name__}: {unexpected[:10]}")
     allowed_missing = set(skipped)
     # a pre-training checkpoint has no classifier: the model's fresh one stays (e.g. MVP -> timm BEiT fine-tuning)
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
     allowed_missing |= {k for k in missing if k.startswith((f"{classifier}.", "fc_norm."))}
     really_missing = [k for k in missing if k not in allowed_missing]
     if really_missing:
@@ -115,12 +128,45 @@ def lightning_weights(state: dict) -> dict:
     raise ConfigError("the Lightning checkpoint holds no 'encoder.' or 'backbone.' weights to load into a backbone")
 
 
-def create_backbone(name: str, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Build ``name`` from timm's registry; ``pretrained``: checkpoint path or hub id (None: random init)."""
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face downloads are switched off (``HF_HUB_OFFLINE`` set to 1 / true / yes / on)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_hub_weights(hub_id: str, name: str, key: str = "pretrained") -> None:
+    """Fail at once, in one line naming the config ``key``, when the machine is offline (``HF_HUB_OFFLINE``) and the
+    weights of ``hub_id`` are not in the local Hugging Face cache: otherwise timm would first try the network and
+    then fail with a long traceback. Online, or with the weights cached, nothing is checked."""
+    if not hub_offline():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in HUB_WEIGHT_FILES:
+        try:
+            if isinstance(try_to_load_from_cache(hub_id, filename), str):
+                return
+        except ValueError:  # not a valid repository id: certainly not cached
+            break
+    raise ConfigError(
+        f"{key} is the hub id '{hub_id}' but HF_HUB_OFFLINE=1 and its weights are not in the Hugging Face cache: "
+        f"set {key} to a local file of {name} weights in timm's layout (a state dict .pth or .safetensors), or run "
+        "once with network access to cache them"
+    )
+
+
+def create_backbone(name: str, pretrained: str | None = None, weights_key: str = "pretrained", **kwargs) -> nn.Module:
+    """Build ``name`` from timm's registry; ``pretrained``: checkpoint path or hub id (None: random init).
+
+    ``weights_key`` is the config key that holds ``pretrained`` (named in the error when a hub id cannot load
+    offline)."""
     check_backbone_name(name)
     is_local = os.path.exists(pretrained or "") or any(ch in (pretrained or "") for ch in "*?[")
     if pretrained and not is_local and not pretrained.startswith(("/", ".")):
         # a hub id for machines with network access, e.g. "timm/visformer_small.in1k"
+        check_hub_weights(pretrained, name, weights_key)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"hf_hub_id": pretrained}, **kwargs)
     model = timm.create_model(name, pretrained=False, **kwargs)
     if pretrained:

@@ -78,6 +78,7 @@ class ImageClassifier(SuiteModule):
         self.backbone = create_backbone(
             backbone,
             pretrained=pretrained,
+            weights_key="model.init_args.pretrained",
             num_classes=num_classes,
             drop_path_rate=drop_path_rate,
             drop_rate=drop_rate,

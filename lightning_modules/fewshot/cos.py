@@ -110,7 +110,13 @@ class COSModule(L.LightningModule):
         if not 0 <= threshold < 1 or n_clusters < 1 or top_k < 1:
             raise ConfigError(f"need 0 <= threshold < 1, n_clusters >= 1, top_k >= 1 "
                               f"(got {threshold}, {n_clusters}, {top_k})")  # fmt: skip
-        self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(
+            backbone,
+            pretrained=pretrained,
+            weights_key="model.init_args.pretrained",
+            num_classes=0,
+            **(backbone_kwargs or {}),
+        )
         self.output = output
         self.options = dict(n_clusters=n_clusters, threshold=threshold, top_k=top_k, seed=seed)
         self.picture_images = picture_images

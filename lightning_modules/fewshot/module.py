@@ -74,7 +74,13 @@ class FewShotModule(SuiteModule):
         if soc_matching not in SOC_MATCHINGS:
             raise ConfigError(f"model.soc_matching must be reference (the released SOC.py) or greedy (the paper's "
                               f"description), got {soc_matching!r}")  # fmt: skip
-        self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(
+            backbone,
+            pretrained=pretrained,
+            weights_key="model.init_args.pretrained",
+            num_classes=0,
+            **(backbone_kwargs or {}),
+        )
         self.feature_dim = self.backbone.num_features
         self.evaluator, self.soc_alpha, self.soc_beta = evaluator, soc_alpha, soc_beta
         self.soc_matching = soc_matching

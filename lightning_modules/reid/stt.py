@@ -148,7 +148,14 @@ class SpatioTemporalTransformer(nn.Module):
         drop_path: float = 0.1,
     ) -> None:
         super().__init__()
-        self.cnn = create_backbone(backbone, pretrained, num_classes=0, global_pool="", **(backbone_kwargs or {}))
+        self.cnn = create_backbone(
+            backbone,
+            pretrained,
+            weights_key="model.init_args.pretrained",
+            num_classes=0,
+            global_pool="",
+            **(backbone_kwargs or {}),
+        )
         if last_stride_one:
             set_last_stride_one(self.cnn)
         with torch.no_grad():

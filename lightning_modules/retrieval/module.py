@@ -134,7 +134,11 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         self.save_hyperparameters()
         check_backbone_name(image_encoder)
         self.image_encoder = create_backbone(
-            image_encoder, pretrained=image_pretrained, num_classes=0, **(image_encoder_kwargs or {})
+            image_encoder,
+            pretrained=image_pretrained,
+            weights_key="model.init_args.image_pretrained",
+            num_classes=0,
+            **(image_encoder_kwargs or {}),
         )
         self.text_encoder, tokenizer = load_text_encoder(text_encoder)
         self.tokenize = CaptionTokenizer(tokenizer, max_text_length)

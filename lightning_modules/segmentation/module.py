@@ -97,7 +97,13 @@ class SegmentationModule(SuiteModule):
     ) -> None:
         super().__init__(optim)
         self.save_hyperparameters()
-        self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(
+            backbone,
+            pretrained=pretrained,
+            weights_key="model.init_args.pretrained",
+            num_classes=0,
+            **(backbone_kwargs or {}),
+        )
         self.features = MultiScaleFeatures(self.backbone, backbone, vit_out_indices=vit_out_indices)
         self.neck = ViTMultiLevelNeck(self.features.out_channels[0]) if self.features.kind == "vit" else None
         self.num_classes, self.ignore_index = num_classes, ignore_index

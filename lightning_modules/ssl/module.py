@@ -81,7 +81,13 @@ class BYOLModule(SuiteModule):
         self.save_hyperparameters()
         if not 0 <= base_momentum <= 1:
             raise ConfigError(f"model.init_args.base_momentum must be in [0, 1], got {base_momentum!r}")
-        self.backbone = create_backbone(backbone, pretrained=pretrained, num_classes=0, **(backbone_kwargs or {}))
+        self.backbone = create_backbone(
+            backbone,
+            pretrained=pretrained,
+            weights_key="model.init_args.pretrained",
+            num_classes=0,
+            **(backbone_kwargs or {}),
+        )
         self.feature_dim = self.backbone.num_features
         self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_dim)
         self.predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
