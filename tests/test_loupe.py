@@ -138,6 +138,24 @@ def test_estimator_replaces_sampling_only_where_confident():
     assert calls == [list(range(6))] and share == 1.0 and (values == 7).all()
 
 
+def test_dropped_coalitions_get_no_value_whatever_their_estimate():
+    estimator = NeuralShapleyEstimator(4, hidden_dim=8, max_std=0.1, budget=0.25, warmup=0)
+    features = torch.randn(8, 4)
+    std = torch.tensor([0.5, 0.4, 0.3, 0.2, 0.01, 0.01, 0.01, 0.01])  # 4 untrusted, cap 2: coalitions 2 and 3 dropped
+
+    def sample(index):
+        return torch.full((index.numel(),), 7.0), torch.zeros(index.numel())
+
+    runs = []
+    for shift in (0.0, 5.0):  # the would-be estimates of the dropped coalitions change; nothing else does
+        mean = torch.arange(8.0) + torch.tensor([0, 0, shift, shift, 0, 0, 0, 0])
+        estimator.forward = lambda f, mean=mean: (mean, std**2)
+        runs.append(estimate_interactions(features, sample, estimator, refresh_fraction=0.0)[0])
+    nan = float("nan")
+    torch.testing.assert_close(runs[0], torch.tensor([7.0, 7.0, nan, nan, 4.0, 5.0, 6.0, 7.0]), equal_nan=True)
+    torch.testing.assert_close(runs[1], runs[0], equal_nan=True)
+
+
 def test_phrase_tokens_decode_to_the_phrases():
     _, tokenizer = load_text_encoder("minilm-offline")
     captions = ["A small red circle left of a blue square.", "there is a green star"]
@@ -171,27 +189,80 @@ def test_encoder_payoff_keeps_the_global_similarity_and_masks_pixels():
     torch.testing.assert_close(v(left)[:, 0], (half_emb * text).sum(-1))
 
 
-def test_tsa_pulls_each_box_to_its_best_candidate():
-    model = small_loupe(use_estimator=False)
+def tsa_with_scores(model, fill):
+    """L_TSA of three boxes whose candidate scores ``[1, 3, 3]`` (zeros) ``fill`` sets; also the boxes and the
+    candidates."""
     boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.4, 0.4], [0.5, 0.5, 0.5, 0.5]]], requires_grad=True)
-    reg = {"boxes": boxes, "grid": (4, 4)}
+    seen = {}
 
     def scores(reg_, text, candidates, images=None):
-        scores.candidates = candidates
+        seen["candidates"] = candidates
         out = torch.zeros(candidates.shape[:3])
-        out[0, 0, 0] = 1.0  # region 0: the box itself is best
-        out[0, 1, 2] = 1.0  # region 1: the second jittered candidate
-        out[0, 2, 1] = 1.0
+        fill(out)
         return out, torch.zeros(()), torch.ones(())
 
     model.token_interactions = scores
-    loss, *_ = model.tsa_loss(reg, torch.zeros(1, 16))
+    loss, *_ = model.tsa_loss({"boxes": boxes, "grid": (4, 4)}, torch.zeros(1, 16))
+    return loss, boxes, seen["candidates"]
+
+
+def test_tsa_pulls_each_box_to_its_best_candidate():
+    def fill(out):
+        out[0, 0, 0] = 1.0  # region 0: the box itself is best
+        out[0, 1, 2] = 1.0  # region 1: the second jittered candidate
+        out[0, 2, 1] = 1.0
+
+    loss, boxes, candidates = tsa_with_scores(small_loupe(use_estimator=False), fill)
     loss.backward()
     assert boxes.grad[0, 0].abs().sum() < 1e-4  # already at its target (GIoU has an eps)
-    cand = scores.candidates[0]
+    cand = candidates[0]
     for r, c in ((1, 2), (2, 1)):  # a gradient step moves the box towards the chosen candidate
         moved = boxes[0, r] - 0.01 * boxes.grad[0, r]
         assert (moved - cand[r, c]).abs().sum() < (boxes[0, r] - cand[r, c]).abs().sum()
+
+
+def test_tsa_leaves_out_regions_the_budget_dropped():
+    from torchvision.ops import box_convert, generalized_box_iou_loss
+
+    def fill(out):
+        out[0, 0, 1] = out[0, 1, 2] = 1.0
+        out[0, 2] = float("nan")  # region 2 dropped by the budget: no scores
+
+    model = small_loupe(use_estimator=False)
+    loss, boxes, candidates = tsa_with_scores(model, fill)
+    # the mean over regions 0 and 1 alone, as if region 2 did not exist
+    pred, target = boxes[0, :2], candidates[0, [0, 1], [1, 2]]
+    giou = generalized_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"))
+    want = torch.nn.functional.l1_loss(pred, target) + giou.mean()
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert boxes.grad[0, 2].abs().sum() == 0 and boxes.grad[0, :2].abs().sum() > 0
+    assert tsa_with_scores(model, lambda out: out.fill_(float("nan")))[0].item() == 0.0  # all dropped: no L_TSA
+
+
+def test_fsa_leaves_out_pairs_the_budget_dropped():
+    model = small_loupe(use_estimator=False, fsa_temperature=0.1)
+    torch.manual_seed(1)
+    regions = torch.nn.functional.normalize(torch.randn(1, 3, 16), dim=-1).requires_grad_(True)
+    phrases = torch.nn.functional.normalize(torch.randn(1, 2, 16), dim=-1)
+    inter = torch.randn(1, 3, 2)
+    inter[0, 0, 0] = float("nan")  # pair (region 0, phrase 0) dropped
+    model.semantic_interactions = lambda r, p, v: (inter, torch.zeros(()), torch.ones(()), None)
+    loss, *_ = model.fsa_loss(regions, phrases, torch.tensor([[True, True]]))
+    logits = model.scale() * regions @ phrases.transpose(1, 2)
+
+    def kl(i, j):  # phrase j over regions i only
+        target = torch.softmax(inter[0, i, j] / 0.1, 0)
+        return (target * (target.log() - torch.log_softmax(logits[0, i, j], 0))).sum()
+
+    want = (kl([1, 2], 0) + kl([0, 1, 2], 1)) / 2
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert torch.isfinite(regions.grad).all()
+    inter[0, :, 1] = float("nan")  # every pair of phrase 1 dropped: only phrase 0 is left to average
+    torch.testing.assert_close(model.fsa_loss(regions, phrases, torch.tensor([[True, True]]))[0], kl([1, 2], 0))
+    inter[0, :, 0] = float("nan")
+    assert model.fsa_loss(regions, phrases, torch.tensor([[True, True]]))[0].item() == 0.0
 
 
 def test_fsa_is_zero_when_alignment_matches_the_interactions():
@@ -294,4 +365,7 @@ def test_estimator_budget_and_replay_in_a_training_step():
     assert calls[-1] == sorted(var.topk(2).indices.tolist()) and share.item() == 0.25  # warm: 2 of 8, least sure
     sampled = torch.tensor(calls[-1])
     torch.testing.assert_close(values[sampled], features[sampled, 0] * 2)  # sampled values are the samples
+    others = torch.ones(8, dtype=torch.bool)
+    others[sampled] = False  # untrusted beyond the cap: dropped (no value), not their untrusted estimate
+    assert values[others].isnan().all() and estimator.last_dropped.item() == 0.75
     assert estimator._memory[0].shape[0] == 10 and nll.requires_grad  # fresh + replayed samples in one NLL

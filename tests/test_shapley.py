@@ -230,6 +230,33 @@ def test_budget_caps_the_sampled_share_least_confident_first():
         NeuralShapleyEstimator(3, budget=1.5)
 
 
+def test_budget_drops_untrusted_groups_beyond_the_cap_instead_of_estimating_them():
+    estimator = NeuralShapleyEstimator(3, max_std=0.05, budget=0.2, warmup=0)  # ceil(0.2 * 10) = 2 sampled at most
+    std = torch.tensor([0.1, 0.3, 0.5, 0.2, 0.4] + [0.01] * 5)  # 5 untrusted (std >= 0.05), then 5 trusted
+    sample, estimate = estimator.split(std**2, 0.0)
+    assert sample.nonzero().flatten().tolist() == [2, 4]  # the two largest variances
+    assert estimate.nonzero().flatten().tolist() == [5, 6, 7, 8, 9]  # the trusted ones use the estimate
+    assert (~sample & ~estimate).nonzero().flatten().tolist() == [0, 1, 3]  # untrusted beyond the cap: dropped
+    assert estimator.last_dropped.item() == pytest.approx(0.3)
+    assert estimator.to_sample(std**2, 0.0).tolist() == sample.tolist()
+    # refresh draws still go first: with this seed coalition 5 (trusted) is drawn, so one untrusted slot is left
+    sample, estimate = estimator.split(std**2, 0.15, torch.Generator().manual_seed(12))
+    assert sample.nonzero().flatten().tolist() == [2, 5]
+    assert estimate.nonzero().flatten().tolist() == [6, 7, 8, 9]
+    assert (~sample & ~estimate).nonzero().flatten().tolist() == [0, 1, 3, 4]
+
+
+def test_under_the_cap_nothing_is_dropped_and_sampling_is_unchanged():
+    std = torch.tensor([0.1, 0.3, 0.5, 0.2, 0.4] + [0.01] * 5)
+    capped = NeuralShapleyEstimator(3, max_std=0.05, budget=0.5, warmup=0)  # cap 5: all 5 untrusted fit
+    uncapped = NeuralShapleyEstimator(3, max_std=0.05)
+    sample, estimate = capped.split(std**2, 0.0)
+    assert sample.tolist() == uncapped.to_sample(std**2, 0.0).tolist() == [True] * 5 + [False] * 5
+    assert estimate.tolist() == (~sample).tolist() and capped.last_dropped.item() == 0.0
+    cold = NeuralShapleyEstimator(3, max_std=0.05, budget=0.2, warmup=1)  # before warmup the cap does not apply
+    assert cold.split(std**2, 0.0)[0].tolist() == sample.tolist() and cold.last_dropped.item() == 0.0
+
+
 def test_replay_memory_refits_earlier_samples():
     torch.manual_seed(0)
     estimator = NeuralShapleyEstimator(2, hidden_dim=16, replay=5, replay_batch=64)
@@ -279,6 +306,8 @@ def test_groups_are_sampled_or_estimated_whole():
     # four groups of two: std (.01, .01) trusted; (.01, .2) not (one member unsure); (.1, .1) and (.3, .01) not
     var = torch.tensor([0.01, 0.01, 0.01, 0.2, 0.1, 0.1, 0.3, 0.01]) ** 2
     assert estimator.to_sample(var, 0.0, group_size=2).tolist() == [False, False, True, True, False, False, True, True]
+    sample, estimate = estimator.split(var, 0.0, group_size=2)  # the (.1, .1) group is beyond the cap: dropped whole
+    assert estimate.tolist() == [True, True] + [False] * 6 and estimator.last_dropped.item() == 0.25
     estimator.budget = None  # no cap: every untrusted group
     assert estimator.to_sample(var, 0.0, group_size=2).tolist() == [False, False] + [True] * 6
     with pytest.raises(ValueError, match="groups of 3"):

@@ -19,6 +19,8 @@ The total objective (the paper's overall loss; the weights are unverified and se
 
       L_TSA = mean_r ( |b_r - b*_r|_1 + L_GIoU(b_r, b*_r) ),   b*_r = argmax_{c in {b_r, jitters}} score(S_c)
 
+  (the mean over the regions whose candidates have scores: a region the estimator's budget drops has none).
+
   ``score`` is the Shapley interaction ``I([S])`` of the region (``tsa_score: interaction``, the paper's term) or the
   region's Shapley value as one player beyond the even share of its area (``tsa_score: excess``)::
 
@@ -35,12 +37,16 @@ The total objective (the paper's overall loss; the weights are unverified and se
 
       L_FSA = mean_j KL( softmax_i(I_ij / tau_I) || softmax_i(s * <h_i, p_j>) )
 
+  (both softmaxes over the regions ``i`` whose pair with phrase ``j`` has a value, the mean over the phrases with at
+  least one such region: pairs the estimator's budget drops are left out).
+
 * Uncertainty-aware neural Shapley interaction learning: one :class:`NeuralShapleyEstimator` per level predicts the
   score and its variance from features of the coalition. Where its predicted standard deviation is below a fraction of
   the spread of the sampled values (or an absolute ``max_std``) its mean replaces Monte-Carlo sampling; the rest,
   plus a random ``refresh_fraction`` that keeps it calibrated, is sampled, and the samples train it with a Gaussian
   NLL (``L_NSE``) whose variance is the predicted one plus each sample's squared standard error, so the predicted
-  variance measures the estimator's own error, not the Monte-Carlo noise of its targets.
+  variance measures the estimator's own error, not the Monte-Carlo noise of its targets. With a budget, untrusted
+  coalitions beyond the cap are dropped: they get no value (NaN) and L_TSA / L_FSA leave them out.
 
 The paper's text was not available to us: the payoffs, the box head (boxes from the moments of a query's attention
 over the patch grid), the jittered candidates, the excess score, the L1 + GIoU pseudo-box loss, the KL form of L_FSA
@@ -220,7 +226,9 @@ def estimate_interactions(
         generator: the random generator of the refresh draws.
         group_size: consecutive coalitions sampled or estimated together (:meth:`NeuralShapleyEstimator.to_sample`).
 
-    Returns ``(interactions [Q], estimator NLL on the sampled ones (0 without), sampled share)``.
+    Returns ``(interactions [Q], estimator NLL on the sampled ones (0 without), sampled share)``. Interactions are
+    NaN for the coalitions the estimator's budget drops (untrusted and beyond the cap; see
+    :meth:`NeuralShapleyEstimator.split`): the losses must leave them out, never use an untrusted estimate.
     """
     Q = features.shape[0]
     if estimator is None:
@@ -229,9 +237,9 @@ def estimate_interactions(
         return values, features.new_zeros(()), features.new_ones(())
     features = features.detach()
     mean, var = estimator(features)
-    todo = estimator.to_sample(var, refresh_fraction, generator, group_size)
+    todo, usable = estimator.split(var, refresh_fraction, generator, group_size)
     index = todo.nonzero().squeeze(1)
-    values = mean.detach().clone()
+    values = mean.detach().clone().masked_fill(~(todo | usable), float("nan"))  # dropped: no value
     replay = estimator.replay_loss(generator)  # earlier samples, drawn before this step's join the memory
     if index.numel() == 0:
         return values, mean.sum() * 0 + (replay if replay is not None else 0), features.new_zeros(())
@@ -310,7 +318,9 @@ class LoupeRetrieval(DualEncoderRetrieval):
             coalitions, when it has at most this many players (regions + phrases); it is then cheaper than sampling
             and noise-free, and the semantics-level estimator is not built. 0: always sample (and estimate).
         estimator_budget: once warm, sample at most this share of the coalitions, the least confident first
-            (``None``: the trust rule alone decides; see :meth:`NeuralShapleyEstimator.to_sample`).
+            (``None``: the trust rule alone decides). It only caps the sampling: untrusted coalitions beyond the cap
+            are dropped from L_TSA / L_FSA, never replaced by their estimate (see
+            :meth:`NeuralShapleyEstimator.split`; logged as ``train/dropped_token`` / ``train/dropped_semantic``).
         estimator_warmup: sampled batches before the budget applies.
         estimator_replay: samples each estimator remembers and refits on (0: only the current step's).
         refresh_fraction: share of trusted coalitions sampled anyway (keeps the estimators calibrated).
@@ -459,7 +469,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
         """Token-level scores ``[B, R, C]`` of candidate boxes ``[B, R, C, 4]`` for the caption ``text``: the
         interaction ``I([S])`` (``tsa_score: interaction``) or the region's excess value
         ``phi([S]) - |S|/n (v(N) - v(0))`` (``tsa_score: excess``), with the payoff ``token_payoff`` (``encoder``
-        needs ``images``)."""
+        needs ``images``). A region's scores are NaN where the estimator's budget dropped it."""
         B, R, C, _ = candidates.shape
         n = reg["projected"].shape[1]
         tokens, text = reg["projected"].detach(), text.detach()
@@ -504,7 +514,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
         return values.reshape(B, R, C), nll, share
 
     def tsa_loss(self, reg: dict, text: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(L_TSA, estimator NLL, sampled share, scores [B, R, 1 + J])``."""
+        """``(L_TSA, estimator NLL, sampled share, scores [B, R, 1 + J])``. L_TSA is the mean over the regions
+        that have scores: a region the estimator's budget dropped (NaN scores) adds nothing and is not counted."""
         boxes = reg["boxes"]
         min_size = 1 / max(reg["grid"])
         candidates = torch.cat(
@@ -515,9 +526,12 @@ class LoupeRetrieval(DualEncoderRetrieval):
             dim=2,
         )
         scores, nll, share = self.token_interactions(reg, text, candidates, images)
-        best = scores.argmax(-1)  # [B, R]
+        kept = ~scores.isnan().any(-1)  # [B, R]: regions dropped by the budget have no scores
+        best = scores.nan_to_num(0.0).argmax(-1)  # [B, R]
         target = torch.gather(candidates, 2, best[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
-        pred, target = boxes.reshape(-1, 4), target.reshape(-1, 4)
+        if not kept.any():
+            return boxes.sum() * 0, nll, share, scores
+        pred, target = boxes[kept], target[kept]
         giou = generalized_box_iou_loss(
             box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"), reduction="mean"
         )
@@ -528,7 +542,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
         self, regions: Tensor, phrases: Tensor, valid: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Region-phrase interactions ``[B, R, P]`` (0 for padded phrases), the estimator NLL, sampled share, and the
-        valid-pair mask."""
+        valid-pair mask. Interactions are NaN for the pairs the estimator's budget dropped."""
         B, R, _ = regions.shape
         P = phrases.shape[1]
         scores = (regions @ phrases.transpose(1, 2)).detach()  # [B, R, P]
@@ -575,14 +589,19 @@ class LoupeRetrieval(DualEncoderRetrieval):
 
     def fsa_loss(self, regions: Tensor, phrases: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(L_FSA, estimator NLL, sampled share)``: per phrase, KL from the interaction distribution over regions to
-        the alignment distribution."""
+        the alignment distribution. Pairs the estimator's budget dropped (NaN) are left out of both distributions; a
+        phrase with no region left adds nothing, and the mean is over the phrases that have one."""
         inter, nll, share, _ = self.semantic_interactions(regions, phrases, valid)
-        if not valid.any():
+        dropped = inter.isnan()  # [B, R, P]
+        keep = valid & ~dropped.all(1)  # [B, P]: phrases with at least one region to compare
+        if not keep.any():
             return regions.sum() * 0, nll, share
-        logits = self.scale() * regions @ phrases.transpose(1, 2)  # [B, R, P]
-        target = torch.softmax(inter / self.cfg["tau"], dim=1)
-        kl = (target * (torch.log(target.clamp(min=1e-12)) - torch.log_softmax(logits, dim=1))).sum(1)  # [B, P]
-        return (kl * valid).sum() / valid.sum(), nll, share
+        out = dropped & keep.unsqueeze(1)  # left out of a kept phrase's softmaxes
+        logits = (self.scale() * regions @ phrases.transpose(1, 2)).masked_fill(out, -math.inf)  # [B, R, P]
+        target = torch.softmax((inter.nan_to_num(0.0) / self.cfg["tau"]).masked_fill(out, -math.inf), dim=1).detach()
+        terms = target * (torch.log(target.clamp(min=1e-12)) - torch.log_softmax(logits, dim=1))
+        kl = terms.masked_fill(out, 0.0).sum(1)  # [B, P]
+        return (kl * keep).sum() / keep.sum(), nll, share
 
     # ---- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -607,6 +626,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
                     continue
                 logs[f"estimator_std_{name}"], logs[f"trust_below_{name}"] = est.last_std, est.threshold()
                 logs[f"sampling_stderr_{name}"] = est.noise_std
+                logs[f"dropped_{name}"] = est.last_dropped  # untrusted beyond the budget: left out of the losses
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=B)
         return loss
 

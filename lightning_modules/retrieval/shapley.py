@@ -245,7 +245,9 @@ class NeuralShapleyEstimator(nn.Module):
       next to the differences between coalitions that the losses act on;
     * budget (optional): once the estimator has been updated on ``warmup`` sampled batches, at most ``budget`` of the
       coalitions are sampled: the random refresh draws first, then the least confident ones (largest predicted
-      standard deviation). The cost of the Shapley terms is then bounded whatever the trust rule says.
+      standard deviation). The cost of the Shapley terms is then bounded whatever the trust rule says, but the budget
+      never overrides the trust rule: untrusted coalitions beyond the cap are dropped (neither sampled nor estimated)
+      and the caller leaves them out of the losses their values would feed (:meth:`split`).
 
     ``replay`` keeps the last sampled (features, value, noise) triples so that each update also fits a random draw of
     earlier samples (:meth:`replay_loss`): the few samples a training step yields are reused across steps. The running
@@ -287,6 +289,7 @@ class NeuralShapleyEstimator(nn.Module):
         self.register_buffer("target_std", torch.tensor(float("nan")))  # running spread of the sampled values
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))  # sampled batches observed
         self.last_std = torch.tensor(float("nan"))
+        self.last_dropped = torch.tensor(0.0)  # for logging: the share of coalitions the last split dropped
         self._memory: tuple[Tensor, Tensor, Tensor] | None = None  # replay memory (not checkpointed)
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -327,6 +330,42 @@ class NeuralShapleyEstimator(nn.Module):
         """Bool mask of the predictions to use instead of sampling (comparisons with NaN are False)."""
         return variance.sqrt() < self.threshold().to(variance.device)
 
+    def split(
+        self,
+        variance: Tensor,
+        refresh_fraction: float,
+        generator: torch.Generator | None = None,
+        group_size: int = 1,
+    ) -> tuple[Tensor, Tensor]:
+        """Bool masks ``(sample, estimate)`` of the coalitions to sample and of those whose estimate may be used.
+
+        Sampled: the untrusted ones and a random ``refresh_fraction`` of all (which keep the estimator calibrated),
+        capped at ``budget`` of them once warm (refresh draws first, then the largest predicted variance). Estimated:
+        the trusted ones not sampled. The rest, untrusted coalitions beyond the cap, are dropped (both masks False):
+        the budget caps the sampling but never makes an untrusted estimate usable. Below the cap (or without a budget,
+        or before ``warmup``) nothing is dropped. ``last_dropped`` keeps the dropped share.
+
+        ``group_size``: the coalitions come in consecutive groups whose values are compared with each other (e.g.
+        the candidate boxes of one region, whose best becomes the L_TSA target); a group is sampled, estimated or
+        dropped as a whole, so that a comparison never sets a sample against an estimate (the estimate shrinks towards
+        the mean, a sample does not, so the sampled member would win by its noise). A group is trusted when all its
+        members are, and ranked by its largest predicted variance."""
+        Q = variance.shape[0]
+        if Q % group_size:
+            raise ValueError(f"{Q} coalitions do not split into groups of {group_size}")
+        grouped = variance.detach().float().reshape(-1, group_size)
+        refresh = torch.rand(grouped.shape[0], device=variance.device, generator=generator) < refresh_fraction
+        trusted = self.confident(grouped).all(-1)
+        todo = ~trusted | refresh
+        cap = math.ceil(self.budget * grouped.shape[0]) if self.budget is not None else None
+        if cap is not None and int(self.updates) >= self.warmup and int(todo.sum()) > cap:
+            priority = grouped.amax(-1).masked_fill(refresh, float("inf")).masked_fill(~todo, -float("inf"))
+            todo = torch.zeros_like(todo)
+            todo[priority.topk(cap).indices] = True
+        estimate = trusted & ~todo
+        self.last_dropped = (~todo & ~trusted).float().mean() if Q else torch.tensor(0.0)
+        return todo.repeat_interleave(group_size), estimate.repeat_interleave(group_size)
+
     def to_sample(
         self,
         variance: Tensor,
@@ -334,27 +373,8 @@ class NeuralShapleyEstimator(nn.Module):
         generator: torch.Generator | None = None,
         group_size: int = 1,
     ) -> Tensor:
-        """Bool mask of the coalitions to sample: the untrusted ones and a random ``refresh_fraction`` of all (which
-        keep the estimator calibrated), capped at ``budget`` of them once warm (refresh draws first, then the largest
-        predicted variance).
-
-        ``group_size``: the coalitions come in consecutive groups whose values are compared with each other (e.g.
-        the candidate boxes of one region, whose best becomes the L_TSA target); a group is sampled or estimated as a
-        whole, so that a comparison never sets a sample against an estimate (the estimate shrinks towards the mean,
-        a sample does not, so the sampled member would win by its noise). A group is trusted when all its members
-        are, and ranked by its largest predicted variance."""
-        Q = variance.shape[0]
-        if Q % group_size:
-            raise ValueError(f"{Q} coalitions do not split into groups of {group_size}")
-        grouped = variance.detach().float().reshape(-1, group_size)
-        refresh = torch.rand(grouped.shape[0], device=variance.device, generator=generator) < refresh_fraction
-        todo = ~self.confident(grouped).all(-1) | refresh
-        cap = math.ceil(self.budget * grouped.shape[0]) if self.budget is not None else None
-        if cap is not None and int(self.updates) >= self.warmup and int(todo.sum()) > cap:
-            priority = grouped.amax(-1).masked_fill(refresh, float("inf")).masked_fill(~todo, -float("inf"))
-            todo = torch.zeros_like(todo)
-            todo[priority.topk(cap).indices] = True
-        return todo.repeat_interleave(group_size)
+        """Bool mask of the coalitions to sample (the first mask of :meth:`split`)."""
+        return self.split(variance, refresh_fraction, generator, group_size)[0]
 
     @torch.no_grad()
     def remember(self, features: Tensor, targets: Tensor, noise_var: Tensor) -> None:
