@@ -189,11 +189,17 @@ def errors(model: LoupeRetrieval, batches: list[dict], reference_samples: int) -
         ref = cat[f"{level}_ref"]
         result[level] = {"scale": float(ref.std()), "count": int(ref.numel())}
         for name in names[1:]:
+            # as trained, coalitions beyond the estimator's budget that it does not trust are dropped (NaN): neither
+            # sampled nor estimated, left out of the losses; the errors are over the values the losses use
             got = cat[f"{level}_{name}"]
-            result[level][f"{name}_mae"] = float((got - ref).abs().mean())
-            result[level][f"{name}_r"] = pearson(got.flatten(), ref.flatten())
+            keep = torch.isfinite(got)
+            result[level][f"{name}_kept"] = float(keep.float().mean())
+            result[level][f"{name}_mae"] = float((got - ref).abs()[keep].mean()) if keep.any() else float("nan")
+            result[level][f"{name}_r"] = pearson(got[keep], ref[keep])
             if level == "tok":
-                result[level][f"{name}_best"] = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+                rows = keep.all(-1)  # regions whose candidate boxes were all sampled or estimated
+                agree = (got[rows].argmax(-1) == ref[rows].argmax(-1)).float()
+                result[level][f"{name}_best"] = float(agree.mean()) if rows.any() else float("nan")
     return result
 
 
@@ -250,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({share_est['token']:.0%} / {share_est['semantic']:.0%} sampled) | {t_mc / t_est:.1f}x | "
         f"{t_cold * 1e3:.0f} ms | MC {tok['mc_mae']:.4f} (r {tok['mc_r']:.2f}, best {tok['mc_best']:.0%}); "
         f"estimator {tok['est_mae']:.4f} (r {tok['est_r']:.2f}, best {tok['est_best']:.0%}); as trained "
-        f"{tok['mix_mae']:.4f} (r {tok['mix_r']:.2f}, best {tok['mix_best']:.0%}); scale {tok['scale']:.4f} | "
+        f"{tok['mix_mae']:.4f} (r {tok['mix_r']:.2f}, best {tok['mix_best']:.0%}, kept {tok['mix_kept']:.0%}); "
+        f"scale {tok['scale']:.4f} | "
         + (
             f"exact, all 2^{c['R'] + c['P']} coalitions; scale {sem['scale']:.4f} |" if c["exact"] else
             f"MC {sem['mc_mae']:.4f} (r {sem['mc_r']:.2f}); estimator {sem['est_mae']:.4f} (r {sem['est_r']:.2f}); "
