@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -34,3 +35,31 @@ def test_a_local_file_in_timms_layout_loads_into_the_backbone(tmp_path):
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, source.state_dict()[key]), key
     assert not torch.equal(fresh.conv1.weight, source.conv1.weight)  # so the equality above is the loading's doing
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def paper_configs() -> list[Path]:
+    """Every non-toy run config under configs/ (sweep search spaces are not run configs)."""
+    return sorted(p for p in CONFIGS.rglob("*.yaml") if "toy" not in p.stem and p.parent.name != "sweeps")
+
+
+def header(path: Path) -> str:
+    """The leading comment block of a config, joined (the text before its first YAML line)."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# ").rstrip())
+    return " ".join(lines)
+
+
+@pytest.mark.parametrize("path", paper_configs(), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_paper_config_names_its_starting_weights(path):
+    text = header(path)
+    assert "Starting weights: " in text, f"{path}: its header has no '# Starting weights: ...' line"
+    statement = text.split("Starting weights: ", 1)[1]
+    assert len(statement.split()) >= 6, f"{path}: say what the run starts from and the key that sets it"
+    if statement.lower().startswith("none"):
+        assert "from scratch" in statement, f"{path}: 'none' must say that the paper trains from scratch"
