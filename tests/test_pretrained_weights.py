@@ -63,3 +63,24 @@ def test_every_paper_config_names_its_starting_weights(path):
     assert len(statement.split()) >= 6, f"{path}: say what the run starts from and the key that sets it"
     if statement.lower().startswith("none"):
         assert "from scratch" in statement, f"{path}: 'none' must say that the paper trains from scratch"
+
+
+def test_a_paper_config_naming_a_hub_id_fails_offline_with_one_line(monkeypatch, capfd, tmp_path):
+    """STT's synthetic pre-training starts from ImageNet ResNet-50 weights named by hub id: offline and not cached,
+    ``fit`` stops before any data is touched, with the one-line message (exit code 2)."""
+    from experiments.__main__ import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(CONFIGS.parent)
+    start = time.perf_counter()
+    try:
+        code = main(["fit", "--config", "configs/stt/synthetic_pretrain.yaml", "--runs_dir", str(tmp_path)])
+    except SystemExit as exit_:
+        code = exit_.code
+    elapsed = time.perf_counter() - start
+    err = capfd.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "model.init_args.pretrained is the hub id 'timm/resnet50.tv_in1k'" in lines[0]
+    assert "Traceback" not in err
+    assert elapsed < 10  # Lightning is already imported in this process: the check itself is immediate
