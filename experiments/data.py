@@ -54,13 +54,13 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     import time
 
     import numpy as np
-    import timm
     import torch
     import yaml
     from tqdm import tqdm
 
     from datamodules.video_subtitles import FEATURES_META, decode_clip
     from experiments.io import atomic_write_bytes, atomic_write_json
+    from lightning_modules.backbones import create_backbone
 
     datamodule = build_datamodule(config, overrides)
     if not hasattr(datamodule, "features_root"):
@@ -70,8 +70,11 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     name = backbone or model_args.get("visual_backbone")
     if not name:
         raise ConfigError("no backbone: pass --backbone NAME or set model.init_args.visual_backbone in the config")
+    # the config's weights belong to the config's backbone; another --backbone starts random
+    pretrained = model_args.get("visual_pretrained") if backbone in (None, model_args.get("visual_backbone")) else None
     torch.manual_seed(0)  # a backbone without pretrained weights is then the same in every extraction
-    net = timm.create_model(name, num_classes=0, **(model_args.get("visual_backbone_kwargs") or {}))
+    net = create_backbone(name, pretrained, weights_key="model.init_args.visual_pretrained", num_classes=0,
+                          **(model_args.get("visual_backbone_kwargs") or {}))  # fmt: skip
     net = net.requires_grad_(False).eval().to(device)
     cfg = net.pretrained_cfg
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)

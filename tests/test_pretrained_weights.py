@@ -84,3 +84,12 @@ def test_a_paper_config_naming_a_hub_id_fails_offline_with_one_line(monkeypatch,
     assert len(lines) == 1 and "model.init_args.pretrained is the hub id 'timm/resnet50.tv_in1k'" in lines[0]
     assert "Traceback" not in err
     assert elapsed < 10  # Lightning is already imported in this process: the check itself is immediate
+
+
+def test_tel_frame_backbone_weights_name_their_key_offline(monkeypatch):
+    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.visual_pretrained is the hub id 'timm/not-cached\.x'"):
+        TemporalEmotionLocalizer(num_classes=4, modalities="video", visual_backbone="resnet10t",
+                                 visual_pretrained="timm/not-cached.x")  # fmt: skip

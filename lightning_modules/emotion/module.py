@@ -186,6 +186,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         visual_dim: width of the frame features (``visual: features`` data); ignored with ``visual_backbone``.
         visual_backbone: timm model that embeds decoded frames (``visual: frames`` data), frozen.
         visual_backbone_kwargs: its keyword arguments (e.g. ``pretrained_cfg_overlay`` with a local file).
+        visual_pretrained: weights of ``visual_backbone``: a local file in timm's layout or a hub id (e.g.
+            ``timm/resnet50.tv_in1k``; offline and not cached, the run stops at once naming this key); None: random.
         dim: stream width.
         rates: dilation rates of the coarse stream (one context per rate).
         heads: attention heads of the fine stream.
@@ -221,6 +223,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         visual_dim: int | None = None,
         visual_backbone: str | None = None,
         visual_backbone_kwargs: dict | None = None,
+        visual_pretrained: str | None = None,
         dim: int = 256,
         rates: Sequence[int] = (1, 2, 4, 8),
         heads: int = 4,
@@ -255,9 +258,11 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
             self.text_stream = Stream(self.subtitle_encoder.dim, dim, num_classes, rates, heads, dropout)
         if modalities != "subtitles":
             if visual_backbone is not None:
-                import timm
+                from lightning_modules.backbones import create_backbone
 
-                self.backbone = timm.create_model(visual_backbone, num_classes=0, **(visual_backbone_kwargs or {}))
+                self.backbone = create_backbone(visual_backbone, visual_pretrained, num_classes=0,
+                                                weights_key="model.init_args.visual_pretrained",
+                                                **(visual_backbone_kwargs or {}))  # fmt: skip
                 self.backbone.requires_grad_(False).eval()
                 visual_dim = self.backbone.num_features
             if visual_dim is None:
