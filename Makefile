@@ -7,6 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 PYTEST_WORKERS ?= 2
 SCALE ?= toy
+ARGS ?=
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
@@ -35,9 +36,10 @@ lint: setup
 	$(BIN)/ruff check experiments lightning_modules datamodules tests benchmarks
 	$(BIN)/ruff format --check experiments lightning_modules datamodules tests benchmarks
 
-# Run every row of a paper's table (SCALE=toy on the CPU, SCALE=full needs the data and GPUs), then print it.
+# Run every row of a paper's table (SCALE=toy on the CPU, SCALE=full needs the data and GPUs), then print it; ARGS
+# go to every row (e.g. make reproduce-tel SCALE=full ARGS="--data.init_args.root /data/tel").
 reproduce-%: setup
-	$(BIN)/python -m experiments reproduce $* --scale $(SCALE)
+	$(BIN)/python -m experiments reproduce $* --scale $(SCALE) $(ARGS)
 
 # Step time, samples/s, memory, FLOPs (and MFU on a GPU) for every registered paper config at batch 8; rows are
 # appended to docs/benchmarks.md with the device named. On a GPU: make bench BENCH_ARGS=--compile for the compiled run.
