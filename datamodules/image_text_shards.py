@@ -14,6 +14,11 @@ Shards are read with :mod:`tarfile` as streams (``mode="r|*"``, also gzip-compre
 DDP ranks, then across DataLoader workers, so each rank and worker reads its own shards; each worker shuffles its
 shards and its samples through a buffer, seeded from ``seed`` and torch's generator (``seed_everything`` fixes it).
 
+An epoch is ``samples_per_epoch`` samples (default: the corpus size, from img2dataset's ``<shard>_stats.json``
+``successes`` when every shard has one, else counted from the tar headers). Each worker yields its equal share,
+cycling through its shards as webdataset's ``.repeat().with_epoch(n)`` does, so every DDP rank takes the same number
+of steps and the learning-rate schedule knows the epoch length.
+
 Batches are exactly :class:`datamodules.captions.CaptionsDataModule`'s training batches (its transforms and
 :func:`~datamodules.captions.collate_pairs`): ``image``, ``captions`` (strings; the model tokenizes them),
 ``image_ids``, ``text_image_ids``, ``text_ids``. A sample's id is ``shard index * 1,000,000 + position in the shard``,
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import logging
 import random
 import re
@@ -96,11 +102,34 @@ def split_shards(shards: list, rank: int, world_size: int, worker: int, num_work
     return shards[rank * num_workers + worker :: world_size * num_workers]
 
 
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of torch.distributed, ``(0, 1)`` when it is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def split_key(name: str) -> tuple[str, str]:
     """``(key, extension)`` of a member name: webdataset's rule, the key ends at the first dot of the base name."""
     folder, _, base = name.rpartition("/")
     stem, _, ext = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def count_samples(shard: Path) -> int:
+    """Samples of one shard: img2dataset's ``<shard>_stats.json`` ``successes`` if present, else the distinct keys
+    holding an image, read from the tar headers."""
+    stats = shard.with_name(shard.name.split(".")[0] + "_stats.json")
+    if stats.is_file():
+        try:
+            return int(json.loads(stats.read_text())["successes"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{stats}: no integer 'successes' ({err}); delete the file or fix it") from err
+    try:
+        with tarfile.open(shard, mode="r|*") as tar:
+            return len({split_key(m.name)[0] for m in tar if m.isfile() and split_key(m.name)[1] in IMAGE_EXTS})
+    except (tarfile.ReadError, EOFError, OSError) as err:
+        raise DataError(f"{shard}: not a readable tar shard ({err}). Expected layout: {LAYOUT}") from err
 
 
 def read_samples(shard: Path) -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
@@ -147,16 +176,28 @@ class ImageTextShards(IterableDataset):
     ``skipped`` counts, in the process that iterates, the samples lacking an image or a caption and (with
     ``on_corrupt: skip``) the undecodable images; each shard's count is logged at INFO."""
 
-    def __init__(self, shards: list[Path], transform, shuffle: int, seed: int, on_corrupt: str = "skip") -> None:
+    def __init__(self, shards: list[Path], transform, shuffle: int, seed: int, on_corrupt: str = "skip",
+                 epoch_samples: int | None = None) -> None:  # fmt: skip
         self.shards, self.transform = list(shards), transform
         self.shuffle, self.seed, self.on_corrupt = shuffle, seed, on_corrupt
+        self.epoch_samples = epoch_samples
         self.index = {shard: i for i, shard in enumerate(self.shards)}
         self.skipped = {"missing image": 0, "missing caption": 0, "undecodable": 0}
 
-    def my_shards(self) -> list[Path]:
-        rank, world_size = 0, 1
-        if dist.is_available() and dist.is_initialized():
-            rank, world_size = dist.get_rank(), dist.get_world_size()
+    def __len__(self) -> int:
+        """Samples per epoch on this rank (with ``epoch_samples``; without, the length is unknown)."""
+        if self.epoch_samples is None:
+            raise TypeError("ImageTextShards without epoch_samples has no length")
+        return self.epoch_samples // world()[1]
+
+    def quota(self, worker: int, num_workers: int) -> int | None:
+        """This worker's share of the rank's epoch (the first ``len % num_workers`` workers take one more)."""
+        if self.epoch_samples is None:
+            return None
+        return len(self) // num_workers + (worker < len(self) % num_workers)
+
+    def my_shards(self) -> tuple[list[Path], int | None]:
+        rank, world_size = world()
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         mine = split_shards(self.shards, rank, world_size, worker, num_workers)
@@ -166,7 +207,7 @@ class ImageTextShards(IterableDataset):
                 "workers",
                 rank, worker, len(self.shards), world_size, num_workers,
             )  # fmt: skip
-        return mine
+        return mine, self.quota(worker, num_workers)
 
     def samples(self, shard: Path) -> Iterator[dict]:
         skipped = dict.fromkeys(self.skipped, 0)
@@ -191,23 +232,36 @@ class ImageTextShards(IterableDataset):
         for k, n in skipped.items():
             self.skipped[k] += n
 
-    def __iter__(self) -> Iterator[dict]:
-        shards = self.my_shards()
-        if not self.shuffle:
+    def stream(self, shards: list[Path], quota: int | None, rng: random.Random) -> Iterator[dict]:
+        """The samples of ``shards`` in order; with a ``quota``, exactly that many, cycling (reshuffled) if short."""
+        produced = 0
+        while True:
             for shard in shards:
-                yield from self.samples(shard)
-            return
+                for item in self.samples(shard):
+                    if quota is not None and produced >= quota:
+                        return
+                    produced += 1
+                    yield item
+            if quota is None or produced >= quota or produced == 0:
+                return
+            if self.shuffle:
+                rng.shuffle(shards)
+
+    def __iter__(self) -> Iterator[dict]:
+        shards, quota = self.my_shards()
         rng = random.Random(self.seed * 1_000_003 + int(torch.randint(2**62, (1,))))
+        if not self.shuffle:
+            yield from self.stream(shards, quota, rng)
+            return
         rng.shuffle(shards)
         buffer: list[dict] = []
-        for shard in shards:
-            for item in self.samples(shard):
-                if len(buffer) < self.shuffle:
-                    buffer.append(item)
-                    continue
-                k = rng.randrange(len(buffer))
-                buffer[k], item = item, buffer[k]
-                yield item
+        for item in self.stream(shards, quota, rng):
+            if len(buffer) < self.shuffle:
+                buffer.append(item)
+                continue
+            k = rng.randrange(len(buffer))
+            buffer[k], item = item, buffer[k]
+            yield item
         rng.shuffle(buffer)
         yield from buffer
 
@@ -225,6 +279,7 @@ class ImageTextShardsDataModule(SuiteDataModule):
         image_size: image resolution.
         scale, hflip, mean, std: the training augmentation and normalisation, as in CaptionsDataModule.
         shuffle_buffer: samples held by each worker's shuffle buffer (0: shard order, no shuffle).
+        samples_per_epoch: training samples per epoch over all ranks (default: the training shards' sample count).
         on_corrupt: ``skip`` (default: web corpora hold some bad images) counts undecodable images; ``raise`` stops.
         pin_memory, persistent_workers, seed: loader settings (``seed`` also seeds the shuffle and the toy).
         toy_shards, toy_per_shard, toy_img_size: the toy's shards, samples per shard and image side.
@@ -244,6 +299,7 @@ class ImageTextShardsDataModule(SuiteDataModule):
         mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN,
         std: tuple[float, float, float] = IMAGENET_DEFAULT_STD,
         shuffle_buffer: int = 5000,
+        samples_per_epoch: int | None = None,
         on_corrupt: Literal["skip", "raise"] = "skip",
         pin_memory: bool = True,
         persistent_workers: bool = True,
@@ -256,7 +312,7 @@ class ImageTextShardsDataModule(SuiteDataModule):
         if dataset not in ("shards", "toy"):
             raise ConfigError(f"data.dataset is '{dataset}'; use 'shards' (a shard folder) or 'toy'")
         self.train_shards, self.val_shards = train_shards, val_shards
-        self.image_size, self.shuffle_buffer = image_size, shuffle_buffer
+        self.image_size, self.shuffle_buffer, self.samples_per_epoch = image_size, shuffle_buffer, samples_per_epoch
         # the retrieval DataModule's own transforms, so that pre-training and fine-tuning images match exactly
         captions = CaptionsDataModule(root=root, img_size=image_size, scale=scale, hflip=hflip, mean=mean, std=std)
         self.train_transform, self.eval_transform = captions.train_transform, captions.eval_transform
@@ -309,10 +365,12 @@ class ImageTextShardsDataModule(SuiteDataModule):
         return summary, problems
 
     def dataset_for(self, split: str) -> ImageTextShards:
-        train = split == "train"
+        """Training: ``samples_per_epoch`` (or every sample once) per epoch, shuffled; validation: every sample once."""
+        train, shards = split == "train", self.shards(split)
+        epoch = (self.samples_per_epoch or sum(count_samples(s) for s in shards)) if train else None
         return ImageTextShards(
-            self.shards(split), self.train_transform if train else self.eval_transform,
-            self.shuffle_buffer if train else 0, self.seed, self.on_corrupt,
+            shards, self.train_transform if train else self.eval_transform,
+            self.shuffle_buffer if train else 0, self.seed, self.on_corrupt, epoch,
         )  # fmt: skip
 
     def setup(self, stage: str) -> None:

@@ -13,6 +13,7 @@ from datamodules.captions import CaptionsDataModule
 from datamodules.image_text_shards import (
     ImageTextShards,
     ImageTextShardsDataModule,
+    count_samples,
     read_samples,
     resolve_shards,
     split_shards,
@@ -90,6 +91,19 @@ def test_workers_and_ranks_read_disjoint_shards_covering_all(toy_root):
     )  # fmt: skip
     ids = [item["image_id"] for item in loader]
     assert sorted(ids) == [s * 1_000_000 + i for s in range(2) for i in range(6)]
+
+
+def test_an_epoch_is_the_sample_count_split_evenly_over_workers(toy_root, tmp_path):
+    root, dm = toy_root
+    shutil.copy(root / "00000.tar", tmp_path / "00000.tar")  # no _stats.json: counted from the tar headers
+    assert count_samples(root / "00000.tar") == count_samples(tmp_path / "00000.tar") == 6
+    dm.setup("fit")
+    assert len(dm.train_set) == 12 and len(dm.train_dataloader()) == 3
+    data = ImageTextShards(dm.shards("train"), dm.eval_transform, shuffle=4, seed=0, epoch_samples=21)
+    assert [data.quota(w, 2) for w in range(2)] == [11, 10]
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
+    ids = [item["image_id"] for item in loader]
+    assert len(ids) == 21 and set(ids) == {s * 1_000_000 + i for s in range(2) for i in range(6)}  # cycles
 
 
 def test_samples_without_a_caption_are_skipped_and_counted(tmp_path):

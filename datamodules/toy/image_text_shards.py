@@ -3,8 +3,9 @@
 img2dataset (``--output_format webdataset``) writes CC3M, CC12M and LAION as numbered tar shards ``00000.tar``,
 ``00001.tar``, ... Each sample is a run of consecutive tar members sharing one key (the member name up to its first
 dot, the webdataset convention): ``<key>.jpg`` (the image), ``<key>.txt`` (the caption, UTF-8) and ``<key>.json``
-(metadata: ``key``, ``caption``, ``width``, ``height``, ``status``). img2dataset's keys are the shard number (5
-digits) followed by the index in the shard (4 digits), e.g. ``000030012``.
+(metadata: ``key``, ``caption``, ``width``, ``height``, ``status``); next to each shard, ``<shard>_stats.json``
+(``count``, ``successes``, ...). img2dataset's keys are the shard number (5 digits) followed by the index in the
+shard (4 digits), e.g. ``000030012``.
 
 The images and captions are the toy captioned scenes of :mod:`datamodules.toy.scenes` (one caption per image, as
 web corpora have), rendered by the same generator. Each shard is built in memory and written atomically (a
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.toy.scenes import captions, render_scene
-from experiments.io import atomic_write_bytes
+from experiments.io import atomic_write_bytes, atomic_write_json
 
 SHARD_SEED_STRIDE = 1_000_003
 
@@ -63,3 +64,5 @@ def write_toy_shards(root: Path, shards: int = 4, per_shard: int = 32, img_size:
             jpeg, caption = toy_sample(seed * 10_000_019 + shard * SHARD_SEED_STRIDE + index, img_size)
             samples.append((f"{shard:05d}{index:04d}", jpeg, caption))
         atomic_write_bytes(root / f"{shard:05d}.tar", shard_bytes(samples, img_size))
+        stats = {"count": per_shard, "successes": per_shard, "failed_to_download": 0, "failed_to_resize": 0}
+        atomic_write_json(root / f"{shard:05d}_stats.json", stats)
