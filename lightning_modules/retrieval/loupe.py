@@ -330,6 +330,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
         shapley_seed: seed of the Shapley terms' own random generator (jitter, orders, refresh draws), so that they
             leave the global RNG, and with it the data order and augmentation, exactly as the ITC-only baseline has
             them: LOUPE and ITC runs with the same seed see the same batches.
+        init_from: a LOUPE run's checkpoint to start from (the pre-training of ``pretrain_webdataset.yaml``; a glob
+            takes the newest match): every tensor whose name and shape match; the image and text towers must be there.
     """
 
     def __init__(
@@ -362,6 +364,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
         estimator_lr_scale: float = 10.0,
         pictures: int = 6,
         shapley_seed: int = 0,
+        init_from: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -392,6 +395,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
             tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
             estimator_lr_scale=estimator_lr_scale, seed=shapley_seed, exact=exact,
         )  # fmt: skip
+        if init_from:
+            load_loupe_run(self, init_from)
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The Shapley terms' random generator on ``device`` (seeded with ``shapley_seed`` plus the global rank)."""
@@ -692,3 +697,21 @@ def draw_phrase_boxes(
             draw.text((2, size + 1 + 14 * (k + 1)), phrase, fill=colour)
         panels.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
     return torch.stack(panels)
+
+
+def load_loupe_run(module: nn.Module, path: str) -> None:
+    """Start ``module`` from a LOUPE run's Lightning checkpoint: load every tensor whose name and shape match (an
+    estimator the other run did not build keeps its initialisation); a checkpoint without the image and text towers
+    (another model, or not a run of this suite) is a :class:`ConfigError` naming the file."""
+    from lightning_modules.backbones import read_torch_checkpoint
+
+    file, state = read_torch_checkpoint(path)
+    weights = state.get("state_dict", state) if isinstance(state, dict) else {}
+    target = module.state_dict()
+    matched = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
+    towers = [k for k in target if k.startswith(("image_encoder.", "text_encoder."))]
+    absent = [k for k in towers if k not in matched]
+    if absent:
+        raise ConfigError(f"init_from {file}: {len(absent)} tower tensors missing or of other shapes (e.g. "
+                          f"{absent[:3]}); give a checkpoint of a LOUPE run with the same encoders")  # fmt: skip
+    module.load_state_dict(matched, strict=False)
