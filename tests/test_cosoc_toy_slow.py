@@ -1,10 +1,14 @@
-"""COSOC's toy claim at the full toy configs (make test-slow, about 12 minutes on 2 cores): Exemplar -> COS ->
-COSOC (fusion sampling, SOC) beats the cosine-classifier baseline (plain crops, prototypes) on the toy test split,
-where backgrounds carry no class information. docs/cosoc.md records the numbers (40.2 +- 1.9 against 35.9 +- 1.6)."""
+"""COSOC against the cosine-classifier baseline at the full toy configs, over seeds 0, 1, 2 (make test-slow, about
+16 minutes on 2 cores). Both start from the same Exemplar checkpoint of their seed and train the same 12 epochs:
+COSOC with fusion sampling from the COS file and SOC at test time (configs/cosoc/toy_cosoc.yaml), the baseline with
+plain crops and centre-view prototypes (configs/cosoc/toy_cc.yaml with --model.init_args.pretrained). Toy test
+split: backgrounds carry no class information. docs/cosoc.md ("Toy results") records the per-seed numbers; the
+assertion is on the seed means with the margin those numbers support."""
 
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -12,26 +16,46 @@ import torch
 from datamodules.toy.fewshot_scenes import cos_object_share
 from experiments.cli import main as cli_main
 
+SEEDS = (0, 1, 2)
 
-@pytest.mark.slow
-def test_toy_cosoc_beats_cosine_classifier(tmp_path):
-    root, runs, cos_file = tmp_path / "data", tmp_path / "runs", tmp_path / "cos.pt"
-    common = ["--runs_dir", str(runs), "--data.init_args.root", str(root), "--trainer.enable_progress_bar", "false"]
+
+def chain(tmp_path, seed: int) -> dict[str, float]:
+    """Exemplar -> COS -> COSOC, and the baseline from the same Exemplar checkpoint; returns the test accuracies
+    and COS's object share."""
+    root, runs, cos_file = tmp_path / "data", tmp_path / f"runs{seed}", tmp_path / f"cos{seed}.pt"
+    common = ["--runs_dir", str(runs), "--data.init_args.root", str(root), "--trainer.enable_progress_bar", "false",
+              "--seed_everything", str(seed)]  # fmt: skip
     exemplar = str(runs / "ex" / "version_*" / "checkpoints" / "last.ckpt")
     cli_main(["fit", "--config", "configs/cosoc/toy_exemplar.yaml", *common, "--run_name", "ex"])
     cli_main(["predict", "--config", "configs/cosoc/toy_cos.yaml", *common, "--run_name", "cos",
               "--model.init_args.pretrained", exemplar, "--model.init_args.output", str(cos_file)])  # fmt: skip
     share = cos_object_share(torch.load(cos_file, weights_only=True), root, size=48)
-    assert share["top1"] > share["random"] + 0.1, share  # measured: 0.78 against 0.57
     cli_main(["fit", "--config", "configs/cosoc/toy_cosoc.yaml", *common, "--run_name", "cosoc",
               "--model.init_args.pretrained", exemplar, "--data.init_args.cos_file", str(cos_file),
               "--test_after_fit", "true"])  # fmt: skip
-    cli_main(["fit", "--config", "configs/cosoc/toy_cc.yaml", *common, "--run_name", "cc", "--test_after_fit", "true"])
+    cli_main(["fit", "--config", "configs/cosoc/toy_cc.yaml", *common, "--run_name", "cc",
+              "--model.init_args.pretrained", exemplar, "--test_after_fit", "true"])  # fmt: skip
 
-    def test_metrics(name: str) -> dict:
-        return json.loads(next((runs / name).glob("version_*/metrics.json")).read_text())["test"]
+    def test_acc(name: str) -> float:
+        return json.loads(next((runs / name).glob("version_*/metrics.json")).read_text())["test"]["test/acc"]
 
-    cosoc, cc = test_metrics("cosoc"), test_metrics("cc")
-    print(f"COSOC {cosoc['test/acc']:.2f} +- {cosoc['test/ci95_episodes']:.2f}, "
-          f"cosine classifier {cc['test/acc']:.2f} +- {cc['test/ci95_episodes']:.2f}")  # fmt: skip
-    assert cosoc["test/acc"] > cc["test/acc"] + 2.0
+    return {"cosoc": test_acc("cosoc"), "cc": test_acc("cc"), "cos_top1": share["top1"], "random": share["random"]}
+
+
+@pytest.mark.slow
+def test_toy_cosoc_against_cosine_classifier_over_seeds(tmp_path):
+    rows = [chain(tmp_path, seed) for seed in SEEDS]
+    for seed, row in zip(SEEDS, rows, strict=True):
+        print(f"seed {seed}: COSOC {row['cosoc']:.2f}, cosine classifier {row['cc']:.2f}, "
+              f"COS top-1 object share {row['cos_top1']:.2f} (random crops {row['random']:.2f})")  # fmt: skip
+    cosoc, cc = [r["cosoc"] for r in rows], [r["cc"] for r in rows]
+    diff = [a - b for a, b in zip(cosoc, cc, strict=True)]
+    print(f"means: COSOC {statistics.mean(cosoc):.2f} +- {statistics.stdev(cosoc):.2f}, cosine classifier "
+          f"{statistics.mean(cc):.2f} +- {statistics.stdev(cc):.2f}, difference {statistics.mean(diff):.2f} +- "
+          f"{statistics.stdev(diff):.2f}")  # fmt: skip
+    assert all(r["cos_top1"] > r["random"] + 0.1 for r in rows), rows  # measured at seed 0: 0.78 against 0.57
+    assert min(cosoc + cc) > 20.0 + 5.0, (cosoc, cc)  # chance is 20 % (5-way)
+    # measured 2026-12-02 (docs/cosoc.md): COSOC 43.79 +- 2.44, baseline 38.92 +- 4.11, paired difference +4.87 +- 3.45,
+    # positive on every seed but only about 2.4 standard errors from zero with 3 seeds: the seeds support the sign of
+    # the mean difference, not a margin
+    assert statistics.mean(diff) > 0.0, (cosoc, cc)
