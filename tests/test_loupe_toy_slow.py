@@ -1,8 +1,8 @@
 """LOUPE vs its ITC-only baseline on the toy scenes with the same budget, paired over seeds (``make test-slow``, about
-half an hour on 2 cores): both far above chance, and the Shapley terms do not cost retrieval accuracy. The Shapley
-terms draw from their own generator, so a LOUPE run and the ITC run of the same seed see the same batches; the seeds
-differ in initialisation and data order, which alone moves test RSUM by about 30 points at this budget. Numbers and
-the full 6-epoch runs: docs/loupe.md."""
+20 minutes on 2 cores): both far above chance, and the Shapley terms do not cost retrieval accuracy beyond the seeds'
+noise. The Shapley terms draw from their own generator, so a LOUPE run and the ITC run of the same seed see the same
+batches; the seeds differ in initialisation and data order, which alone moves test RSUM by about 30 points at this
+budget. Numbers and the full 6-epoch runs: docs/loupe.md."""
 
 from __future__ import annotations
 
@@ -42,5 +42,8 @@ def test_loupe_is_not_worse_than_itc_on_the_same_budget(tmp_path):
     print(f"toy, 250 steps, frozen text encoder, seeds {SEEDS}: LOUPE RSUM {loupe}, ITC-only {itc} "
           f"(chance {chance:.1f}); means {statistics.mean(loupe):.1f} vs {statistics.mean(itc):.1f}")  # fmt: skip
     assert min(loupe + itc) > 3 * chance, (loupe, itc)
-    # same budget and batches: not worse beyond the run-to-run noise of the mean over the seeds
-    assert statistics.mean(loupe) >= statistics.mean(itc) - 10, (loupe, itc)
+    # same budget and batches; measured 2026-12-02 (docs/loupe.md): paired difference +1.5 +- 16.0, inside the noise.
+    # Asserted: not worse than minus two standard errors of this run's paired differences (there -18.5)
+    diff = [a - b for a, b in zip(loupe, itc, strict=True)]
+    margin = 2 * statistics.stdev(diff) / len(diff) ** 0.5
+    assert statistics.mean(diff) >= -margin, (loupe, itc, margin)
