@@ -39,6 +39,9 @@ def ensure_written(root: str | os.PathLike, write: Callable[..., None], **option
         )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    umask = os.umask(0o022)  # read it (set and restore): mkdtemp gives 0700, os.mkdir would give 0777 & ~umask
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         write(tmp, **options)
         (tmp / MARKER).write_text(json.dumps(record, indent=1))
