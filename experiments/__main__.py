@@ -104,6 +104,7 @@ def check_overrides(extra: list[str], seeded: bool) -> list[str]:
 
 def reproduce(args: list[str]) -> int:
     import argparse
+    import shlex
 
     from experiments.table import finished_run, load_table, planned_steps, render_table
 
@@ -116,6 +117,7 @@ def reproduce(args: list[str]) -> int:
     parser.add_argument("--scale", choices=["toy", "full"], default="toy")
     parser.add_argument("--runs", default="runs")
     parser.add_argument("--force", action="store_true", help="rerun steps whose run already finished")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands (overrides included), run nothing")
     opts, extra = parser.parse_known_args(args)
     _, rows = load_table(opts.paper)
     overrides = check_overrides(extra, any(row.seeds for row in rows))
@@ -138,6 +140,9 @@ def reproduce(args: list[str]) -> int:
             print(f"done: {row.label}: {done} already ran python -m experiments {' '.join(command)} (--force reruns)",
                   file=sys.stderr)  # fmt: skip
             continue
+        if opts.dry_run:
+            print(f"python -m experiments {shlex.join([*command, '--runs_dir', opts.runs])}  # {row.label}")
+            continue
         print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
         try:
             run_command(command, opts.runs)
@@ -145,6 +150,8 @@ def reproduce(args: list[str]) -> int:
             message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             failures.append(f"{row.label}: {type(err).__name__}: {message}")
             print(f"failed: {failures[-1]}", file=sys.stderr)
+    if opts.dry_run:
+        return 0
     print(render_table(opts.paper, opts.runs, opts.scale))
     if failures:
         print(f"{len(failures)} step(s) failed:", *failures, sep="\n  ", file=sys.stderr)

@@ -167,3 +167,16 @@ def test_a_failing_step_does_not_stop_the_others_and_is_summarised(fake_table, m
     err = capsys.readouterr().err
     assert "2 step(s) failed:" in err
     assert "first: RuntimeError: No supported gpu backend found!" in err and "second: SystemExit: 2" in err
+
+
+def test_dry_run_prints_every_command_with_the_overrides_and_runs_nothing(fake_table, ran, tmp_path, capsys):
+    runs = str(tmp_path / "runs")
+    args = ["reproduce", "fake", "--scale", "full", "--runs", runs, "--dry-run", "--trainer.max_epochs", "3"]
+    assert experiments_main.main(args) == 0
+    assert ran == [] and not (tmp_path / "runs").exists()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9  # the same 9 steps as the real run above
+    assert lines[0] == ("python -m experiments fit --config configs/fake/plain.yaml --test_after_fit true "
+                        f"--trainer.max_epochs 3 --runs_dir {runs}  # plain")  # fmt: skip
+    assert all(line.startswith("python -m experiments ") for line in lines)
+    assert sum("--trainer.max_epochs 3" in line for line in lines) == 7  # every step but the 2 evaluate steps
