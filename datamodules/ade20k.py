@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import functional as TF
 
 from datamodules.base import SuiteDataModule, require_root
-from datamodules.images import IMAGE_EXTENSIONS, collate_skipping_corrupt, load_rgb
+from datamodules.images import IMAGE_EXTENSIONS, collate_skipping_corrupt, load_rgb, log_skipped
 from datamodules.toy.ade_scenes import ensure_toy_ade
 from experiments.errors import ConfigError, CorruptFileError, DataError
 
@@ -345,9 +345,10 @@ class ADE20KSegmentation(Dataset):
     def __getitem__(self, index: int) -> dict | None:
         try:
             image, mask = self.load(index)
-        except CorruptFileError:
+        except CorruptFileError as err:
             if self.on_corrupt == "raise":
                 raise
+            log_skipped(err)
             return None
         image, mask = self.transform(image, mask)
         return {"image": image, "mask": mask, "name": self.stems[index]}

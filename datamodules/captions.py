@@ -169,14 +169,18 @@ def _decode_all(entries: list[dict]) -> list[str]:
 
 
 def collate_pairs(items: list[dict]) -> dict:
-    """Stack images and ids; captions stay a list of strings."""
-    return {
+    """Stack images and ids; captions stay a list of strings. Items that count the samples skipped before them
+    (tar shards) give the batch's ``skipped``."""
+    batch = {
         "image": default_collate([it["image"] for it in items]),
         "captions": [it["caption"] for it in items],
         "image_ids": torch.tensor([it["image_id"] for it in items]),
         "text_image_ids": torch.tensor([it["image_id"] for it in items]),
         "text_ids": torch.tensor([it["text_id"] for it in items]),
     }
+    if "skipped" in items[0]:
+        batch["skipped"] = torch.tensor(sum(it["skipped"] for it in items))
+    return batch
 
 
 def collate_images(items: list[dict]) -> dict:

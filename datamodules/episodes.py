@@ -49,7 +49,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from datamodules.base import SuiteDataModule
-from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb
+from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb, log_skipped
 from datamodules.toy import ensure_written
 from datamodules.toy.fewshot_scenes import OBJECT_SIZE, write_fewshot_scenes
 from experiments.errors import ConfigError, CorruptFileError, DataError
@@ -343,7 +343,7 @@ class FewShotImages(Dataset):
         except CorruptFileError as err:
             if self.on_corrupt == "raise":
                 raise
-            log.warning("skipping %s", err)
+            log_skipped(err)
             return None
         if self.mode == "cos":
             out = self.transform(image, index)

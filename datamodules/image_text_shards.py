@@ -210,12 +210,17 @@ class ImageTextShards(IterableDataset):
         return mine, self.quota(worker, num_workers)
 
     def samples(self, shard: Path) -> Iterator[dict]:
+        """The shard's usable samples; each carries ``skipped``, the samples this process left out since the one
+        it yielded before (the collate sums them into the batch's count, which reaches ``metrics.json``; those after
+        a worker's last sample of an epoch count with its first of the next)."""
         skipped = dict.fromkeys(self.skipped, 0)
+        since, self.carried = getattr(self, "carried", 0), 0
         for position, (_key, group) in enumerate(read_samples(shard)):
             image = image_member(group)
             missing = "missing image" if image is None else "missing caption" if "txt" not in group else None
             if missing is not None:
                 skipped[missing] += 1
+                since += 1
                 continue
             try:
                 img = decode_image(shard, *image)
@@ -223,10 +228,14 @@ class ImageTextShards(IterableDataset):
                 if self.on_corrupt == "raise":
                     raise
                 skipped["undecodable"] += 1
+                since += 1
                 continue
             sample_id = self.index[shard] * SAMPLE_STRIDE + position
             caption = group["txt"][1].decode("utf-8", errors="replace").strip()
-            yield {"image": self.transform(img), "caption": caption, "image_id": sample_id, "text_id": sample_id}
+            yield {"image": self.transform(img), "caption": caption, "image_id": sample_id, "text_id": sample_id,
+                   "skipped": since}  # fmt: skip
+            since = 0
+        self.carried = since
         if any(skipped.values()):
             log.info("%s: skipped %s", shard, ", ".join(f"{n} samples with {k}" for k, n in skipped.items() if n))
         for k, n in skipped.items():

@@ -27,10 +27,23 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise CorruptFileError(
-            f"{path}: cannot decode image ({err}). Replace or delete the file, or set data.on_corrupt: skip "
-            "to skip such files and count them."
-        ) from err
+        problem = f"{path}: cannot decode image ({err})"
+        error = CorruptFileError(
+            f"{problem}. Replace or delete the file, or set data.on_corrupt: skip to skip such files and count them."
+        )
+        error.problem = problem
+        raise error from err
+
+
+def corrupt_problem(err: CorruptFileError) -> str:
+    """What is wrong with the file, without the advice to skip it: the line logged when ``on_corrupt: skip``
+    already skips it."""
+    return getattr(err, "problem", str(err))
+
+
+def log_skipped(err: CorruptFileError) -> None:
+    """The warning an ``on_corrupt: skip`` dataset logs for each file it skips."""
+    log.warning("skipping %s (data.on_corrupt: skip; per-split counts in metrics.json)", corrupt_problem(err))
 
 
 def list_classes(split_dir: Path, layout_hint: str) -> list[str]:
@@ -119,7 +132,7 @@ class ImageFolderDataset(Dataset):
         except CorruptFileError as err:
             if self.on_corrupt == "raise":
                 raise
-            log.warning("skipping %s", err)
+            log_skipped(err)
             return None
         if self.transform is not None:
             image = self.transform(image)

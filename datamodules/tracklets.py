@@ -77,7 +77,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from datamodules.base import SuiteDataModule
-from datamodules.images import IMAGE_EXTENSIONS, load_rgb
+from datamodules.images import IMAGE_EXTENSIONS, load_rgb, log_skipped
 from datamodules.toy import ensure_written
 from experiments.errors import ConfigError, CorruptFileError, DataError
 
@@ -665,7 +665,7 @@ def load_frames(frames: Sequence[str], indices: Sequence[int], on_corrupt: str) 
             except CorruptFileError as err:
                 if on_corrupt == "raise":
                     raise
-                log.warning("skipping %s", err)
+                log_skipped(err)
                 cache[i] = None
         return cache[i]
 

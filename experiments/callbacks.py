@@ -31,9 +31,13 @@ def _scalars(metrics: dict, prefix: str) -> dict[str, float]:
 class MetricsJSON(L.Callback):
     """Writes ``<run_dir>/metrics.json`` atomically: final validation and test metrics of the run.
 
-    Layout: ``{"val": {...}, "test": {...}, "best": {"metric", "score", "ckpt"}, "epoch", "global_step",
-    "ckpt_path", "config", "scale", "finished"}``; rewritten after every validation and at test end, so a run
-    that stops early still leaves its latest numbers.
+    Layout: ``{"val": {...}, "test": {...}, "best": {"metric", "score", "ckpt"}, "skipped": {"train", "val",
+    "test"}, "epoch", "global_step", "ckpt_path", "config", "scale", "finished"}``; rewritten after every
+    validation, training epoch and at test end, so a run that stops early still leaves its latest numbers.
+
+    ``skipped`` counts, per split, the samples the data left out of its latest pass over that split (summed over
+    all processes): undecodable files under ``data.on_corrupt: skip``, shard samples without an image or a
+    caption. It is read from the batches' ``skipped`` entry, which the suite's collates fill in.
     """
 
     def __init__(self, run_dir: str, config_path: str | None = None, scale: str | None = None) -> None:
@@ -41,7 +45,49 @@ class MetricsJSON(L.Callback):
         self.record: dict = {"config": config_path, "scale": scale, "val": {}, "test": {}, "finished": False}
         if self.path.is_file():  # a resumed run keeps what it had written
             self.record.update(json.loads(self.path.read_text()), finished=False)
+        self.record.setdefault("skipped", {})
         self.started = time.time()
+        self.counting: dict[str, int] = {}
+
+    # -- samples the data skipped, per split --------------------------------------------------------------------
+    def _start(self, trainer: L.Trainer, split: str) -> None:
+        if not trainer.sanity_checking:
+            self.counting[split] = 0
+
+    def _count(self, trainer: L.Trainer, split: str, batch) -> None:
+        if not trainer.sanity_checking and isinstance(batch, dict) and "skipped" in batch:
+            self.counting[split] = self.counting.get(split, 0) + int(batch["skipped"])
+
+    def _close(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
+        """Sum the split's count over processes (every rank calls this: it is a collective) into the record."""
+        if trainer.sanity_checking or split not in self.counting:
+            return
+        total = trainer.strategy.reduce(
+            torch.tensor(float(self.counting.pop(split)), device=pl_module.device), reduce_op="sum"
+        )
+        self.record["skipped"][split] = int(total.item())
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, "train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._count(trainer, "train", batch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._close(trainer, pl_module, "train")
+        self._write(trainer)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, "val")
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, "val", batch)
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self._start(trainer, "test")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, "test", batch)
 
     def _write(self, trainer: L.Trainer) -> None:
         if not trainer.is_global_zero:
@@ -65,10 +111,12 @@ class MetricsJSON(L.Callback):
         if trainer.sanity_checking:
             return
         self.record["val"] = _scalars(trainer.callback_metrics, "val/")
+        self._close(trainer, pl_module, "val")
         self._write(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["test"] = _scalars(trainer.callback_metrics, "test/")
+        self._close(trainer, pl_module, "test")
         self.record["ckpt_path"] = trainer.ckpt_path
         self.record["finished"] = True
         self._write(trainer)

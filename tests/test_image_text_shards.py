@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import torch
 
-from datamodules.captions import CaptionsDataModule
+from datamodules.captions import CaptionsDataModule, collate_pairs
 from datamodules.image_text_shards import (
     ImageTextShards,
     ImageTextShardsDataModule,
@@ -61,7 +61,8 @@ def test_shards_read_back_with_captions_images_and_batch_keys(toy_root):
     assert items[6]["image_id"] == 1_000_000  # shard 1, position 0
     batch = next(iter(dm.train_dataloader()))
     captions_dm = CaptionsDataModule(root=str(root), img_size=48)
-    assert set(batch) == set(captions_dm.synthetic_batch(4))
+    # the retrieval module's keys, plus the count of samples the shards left out (for metrics.json)
+    assert set(batch) == set(captions_dm.synthetic_batch(4)) | {"skipped"} and int(batch["skipped"]) == 0
     assert batch["image"].shape == (4, 3, 48, 48) and len(batch["captions"]) == 4
     assert torch.equal(batch["image_ids"], batch["text_image_ids"])
     ids = [i for b in dm.train_dataloader() for i in b["image_ids"].tolist()]
@@ -113,10 +114,15 @@ def test_samples_without_a_caption_are_skipped_and_counted(tmp_path):
         add_member(tar, "a.txt", caption.encode())
         add_member(tar, "b.jpg", jpeg)  # no b.txt
         add_member(tar, "c.txt", b"no image")
+        add_member(tar, "d.jpg", jpeg)
+        add_member(tar, "d.txt", caption.encode())
     data = ImageTextShards([tmp_path / "00000.tar"], lambda img: img.size, shuffle=0, seed=0)
     items = list(data)
-    assert [it["caption"] for it in items] == [caption] and items[0]["image"] == (32, 32)
+    assert [it["caption"] for it in items] == [caption, caption] and items[0]["image"] == (32, 32)
     assert data.skipped == {"missing image": 1, "missing caption": 1, "undecodable": 0}
+    # d carries the two samples left out before it; the batch's count (what reaches metrics.json) sums them
+    assert [it["skipped"] for it in items] == [0, 2]
+    assert int(collate_pairs(items)["skipped"]) == 2
 
 
 def test_check_dataset_names_a_corrupt_image_and_a_non_tar_shard(toy_root, tmp_path):

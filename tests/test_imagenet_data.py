@@ -1,12 +1,16 @@
 """ImageNet DataModule: layout checks, bad input, limited-data subsets and the repeated-augmentation sampler."""
 
+import json
+import logging
 import shutil
 
+import lightning as L
 import pytest
 import torch
 
 from datamodules.imagenet import DistributedRepeatAugSampler, ImageNetDataModule
 from datamodules.images import ImageFolderDataset, collate_skipping_corrupt, select_classes
+from experiments.callbacks import MetricsJSON
 from experiments.errors import CorruptFileError, DataError
 
 
@@ -120,3 +124,43 @@ def test_repeated_augmentation_shards_are_disjoint_and_repeat_each_image():
     both = shards[0] + shards[1]
     counts = torch.bincount(torch.tensor(both), minlength=512)
     assert counts.max() <= 3 and (counts == 3).sum() > 100
+
+
+class _TinyClassifier(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["target"])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["target"]))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/loss", torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["target"]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_skipped_counts_per_split_reach_metrics_json(toy_imagenet, tmp_path, caplog):
+    root = tmp_path / "corrupt"
+    shutil.copytree(toy_imagenet, root)
+    bad = sorted((root / "train").rglob("*.JPEG"))[:2] + sorted((root / "val").rglob("*.JPEG"))[:1]
+    for path in bad:
+        path.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    dm = make_dm(root, on_corrupt="skip")
+    run = tmp_path / "run"
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(max_epochs=2, callbacks=[MetricsJSON(str(run))], default_root_dir=str(run), **quiet)
+    with caplog.at_level(logging.WARNING, logger="datamodules.images"):
+        trainer.fit(_TinyClassifier(), datamodule=dm)
+    # the latest pass over each split: 2 training files, 1 validation file (not the sanity check's extra pass)
+    assert json.loads((run / "metrics.json").read_text())["skipped"] == {"train": 2, "val": 1}
+    trainer.test(_TinyClassifier(), dataloaders=dm.val_dataloader())
+    assert json.loads((run / "metrics.json").read_text())["skipped"] == {"train": 2, "val": 1, "test": 1}
+    skips = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert skips and all(str(p) in " ".join(skips) for p in bad)
+    # the file is already being skipped: the line does not advise setting on_corrupt: skip
+    assert not any("set data.on_corrupt" in line for line in skips)
