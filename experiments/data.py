@@ -1,10 +1,10 @@
 """``python -m experiments data check|extract --config C.yaml [--data.key value ...]``.
 
-``check [--no-decode]`` builds only the config's DataModule (no model, no trainer, no GPU) and asks it to validate its
+``check [--no_decode]`` builds only the config's DataModule (no model, no trainer, no GPU) and asks it to validate its
 dataset: layout, counts per split, unreadable files. Every problem is printed with its path; the exit code is 1 when
 there is any.
 
-``extract [--backbone NAME] [--batch-size N] [--device cuda]`` (video datasets): decodes every clip of the config's
+``extract [--backbone NAME] [--batch_size N] [--device cuda]`` (video datasets): decodes every clip of the config's
 splits with decord at the data's ``fps``, embeds the frames once with a frozen timm backbone (default: the config's
 ``model.init_args.visual_backbone``) and writes one feature shard per clip, ``<features_root>/<movie>/<clip>.npy``
 (``[frames, dim]`` float16, written atomically; existing shards are kept, so an interrupted run resumes), plus
@@ -14,15 +14,20 @@ splits with decord at the data's ``fps``, embeds the frames once with a frozen t
 from __future__ import annotations
 
 import argparse
-
-import lightning as L
+import time
+from typing import TYPE_CHECKING
 
 from experiments.errors import ConfigError, DataError, find_suite_error
-from experiments.sections import build_sections
+from experiments.flags import canonical_flags
+
+if TYPE_CHECKING:  # torch, Lightning and the suite's packages load after parsing, so --help is quick
+    import lightning as L
 
 
 def build_datamodule(config: str, overrides: list[str]) -> L.LightningDataModule:
     """Instantiate the ``data`` section of ``config`` with ``--data.*`` overrides."""
+    from experiments.sections import build_sections
+
     return build_sections(config, ("data",), overrides)["data"]
 
 
@@ -39,27 +44,29 @@ def check(config: str, overrides: list[str], decode: bool = True) -> int:
         raise ConfigError(f"{type(datamodule).__name__} has no check_dataset(); nothing to validate")
     if getattr(datamodule, "dataset", None) == "toy":
         datamodule.prepare_data()
+    root, name = getattr(datamodule, "root", "?"), type(datamodule).__name__
+    print(f"checking {root} ({name}{', decoding every file' if decode else ', layout only'}) ...", flush=True)
+    start = time.perf_counter()
     summary, problems = datamodule.check_dataset(decode=decode)
-    print(f"dataset: {getattr(datamodule, 'root', '?')} ({type(datamodule).__name__})")
+    print(f"dataset: {root} ({name}, checked in {time.perf_counter() - start:.1f} s)")
     for split, counts in summary.items():
         print(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for problem in problems:
         print(f"problem: {problem}")
-    print(f"{len(problems)} problem(s)")
+    print(f"{len(problems)} problem(s)", flush=True)
     return 1 if problems else 0
 
 
 def extract(config: str, overrides: list[str], backbone: str | None, batch_size: int, device: str) -> int:
     import io
-    import time
 
     import numpy as np
     import torch
     import yaml
-    from tqdm import tqdm
 
     from datamodules.video_subtitles import FEATURES_META, decode_clip
     from experiments.io import atomic_write_bytes, atomic_write_json
+    from experiments.progress import progress_lines
     from lightning_modules.backbones import create_backbone
 
     datamodule = build_datamodule(config, overrides)
@@ -88,7 +95,8 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     splits = [split for split in ("train", "val", "test") if datamodule.paths[split] is not None]
     clips = {c.key: c for split in splits for c in datamodule.clips(split)}
     frames_total, decode_s, embed_s, written = 0, 0.0, 0.0, 0
-    for clip in tqdm(clips.values(), desc=f"extract {name}", unit="clip"):
+    # a tqdm bar on a terminal; in a file (a SLURM .out) about ten plain lines with the rate and the time left
+    for clip in progress_lines(clips.values(), len(clips), f"extract {name}", "clip"):
         out = root / clip.movie / f"{clip.clip}.npy"
         if out.is_file():
             continue
@@ -121,10 +129,11 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("action", choices=["check", "extract"])
     parser.add_argument("--config", required=True)
-    parser.add_argument("--no-decode", action="store_true", help="check: skip decoding every image")
+    parser.add_argument("--no_decode", action="store_true", help="check: skip decoding every image")
     parser.add_argument("--backbone", default=None, help="extract: timm model (default: the config's visual_backbone)")
-    parser.add_argument("--batch-size", type=int, default=64, help="extract: frames per backbone call")
+    parser.add_argument("--batch_size", type=int, default=64, help="extract: frames per backbone call")
     parser.add_argument("--device", default="cpu", help="extract: torch device")
+    argv = canonical_flags(argv, parser._option_string_actions, prog="data")  # --no-decode, --batch-size: old
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--data.")]
     if bad:

@@ -4,9 +4,10 @@ Hyper-parameter search over dotted config keys with Optuna:
 
 * the study lives in SQLite (``--storage``, default ``sqlite:///runs/sweeps.db``), so a killed sweep resumes: trials
   left RUNNING by a dead process are marked FAIL and the sweep runs until ``--trials`` trials have finished;
-* bad trials are pruned from their intermediate validation metric (median pruner, ``--no-prune`` turns it off);
+* bad trials are pruned from their intermediate validation metric (median pruner, ``--no_prune`` turns it off);
 * a trial that raises is recorded as FAIL with its error (``user_attrs["error"]``) and the sweep goes on;
-* at the end: a ranked table, ``<runs>/sweeps/<study>/best.yaml`` (the best trial's full resolved config, which
+* one line per trial as it ends on stdout (its parameters, result, state and the best so far);
+* at the end: a ranked table, ``<runs_dir>/sweeps/<study>/best.yaml`` (the best trial's full resolved config, which
   ``fit --config`` accepts) and ``optimization_history.png``.
 
 Space file: one entry per dotted config key (as ``--print_config`` shows it)::
@@ -25,16 +26,24 @@ import copy
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import optuna
 import yaml
-from optuna.trial import TrialState
 
 from experiments.errors import ConfigError
+from experiments.flags import canonical_flags
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+if TYPE_CHECKING:  # Optuna, torch and Lightning load after parsing, so --help is quick
+    import lightning as L
+    import optuna
+
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def finished_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return tuple(TrialState[name] for name in FINISHED_STATES)
 
 
 def resolved_config(config: str, extra: list[str]) -> dict:
@@ -105,21 +114,57 @@ def as_cli_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
-class OptunaPruning(L.Callback):
-    """Reports the monitored metric after every validation and stops the trial when the pruner says so."""
+def pruning_callback(trial: optuna.Trial, metric: str) -> L.Callback:
+    """A Lightning callback that reports ``metric`` after every validation and stops the trial when the pruner says
+    so."""
+    import lightning as L
+    import optuna
 
-    def __init__(self, trial: optuna.Trial, metric: str) -> None:
-        self.trial, self.metric = trial, metric
+    class OptunaPruning(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking or metric not in trainer.callback_metrics:
+                return
+            trial.report(float(trainer.callback_metrics[metric]), step=trainer.current_epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
 
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or self.metric not in trainer.callback_metrics:
-            return
-        self.trial.report(float(trainer.callback_metrics[self.metric]), step=trainer.current_epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
+    return OptunaPruning()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, metric: str, trials: int) -> str:
+    """One line for a finished trial: ``trial 3/3 (trial_002)  key=value ...  metric=0.5120  COMPLETE  12 s
+    (best 0.5300, trial_001)``; a pruned trial shows its last reported value, a failed one its error."""
+    done = len(study.get_trials(deepcopy=False, states=finished_states()))
+    parts = [f"trial {done}/{trials} (trial_{trial.number:03d})"]
+    parts += [f"{key}={_short(value)}" for key, value in trial.params.items()]
+    if trial.state.name == "PRUNED" and trial.intermediate_values:  # its last report, which the pruner judged
+        step = max(trial.intermediate_values)
+        parts.append(f"{metric}={trial.intermediate_values[step]:.4f} at epoch {step}")
+    elif trial.value is not None:
+        parts.append(f"{metric}={trial.value:.4f}")
+    else:
+        parts.append(f"{metric}=-")
+    parts.append(trial.state.name)
+    if trial.duration is not None:
+        parts.append(f"{trial.duration.total_seconds():.0f} s")
+    error = str(trial.user_attrs.get("error", "")).strip().splitlines()
+    if trial.state.name == "FAIL" and error:
+        parts.append(f"error: {error[0][:150]}")
+    try:
+        best = study.best_trial
+        parts.append(f"(best {best.value:.4f}, trial_{best.number:03d})")
+    except ValueError:  # no complete trial yet
+        parts.append("(no complete trial yet)")
+    return "  ".join(parts)
 
 
 def make_sampler(name: str, space: dict, seed: int) -> optuna.samplers.BaseSampler:
+    import optuna
+
     if name == "grid":
         if any("choices" not in spec for spec in space.values()):
             raise ConfigError("--sampler grid needs choices: [...] for every key of the space")
@@ -134,6 +179,8 @@ def make_sampler(name: str, space: dict, seed: int) -> optuna.samplers.BaseSampl
 
 
 def open_study(storage: str, name: str, sampler, direction: str, prune: bool) -> optuna.Study:
+    import optuna
+
     if storage.startswith("sqlite:///"):
         path = Path(storage.removeprefix("sqlite:///"))
         try:
@@ -152,7 +199,7 @@ def ranked_table(study: optuna.Study, metric: str) -> str:
     rows = sorted(
         study.trials,
         key=lambda t: (
-            t.state != TrialState.COMPLETE,
+            t.state.name != "COMPLETE",
             -(t.value or 0) if study.direction.name == "MAXIMIZE" else (t.value or 0),
         ),
     )
@@ -178,6 +225,9 @@ def run_sweep(
     prune: bool,
     extra: list[str],
 ) -> optuna.Study:
+    import optuna
+    from optuna.trial import TrialState
+
     from experiments.cli import main as cli_main
 
     base_cfg = resolved_config(config, extra)
@@ -196,7 +246,7 @@ def run_sweep(
             cli = cli_main(
                 ["fit", "--config", config, *extra, *overrides, "--runs_dir", str(out_dir),
                  "--run_name", f"trial_{trial.number:03d}", "--trainer.enable_progress_bar", "false"],
-                extra_callbacks=[OptunaPruning(trial, metric)],
+                extra_callbacks=[pruning_callback(trial, metric)],
             )  # fmt: skip
         except optuna.TrialPruned:
             raise
@@ -209,10 +259,13 @@ def run_sweep(
             raise ConfigError(f"the run logged no '{metric}'; pass --metric with a key it logs (e.g. val/top1)")
         return float(value)
 
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        print(trial_line(study, trial, metric, trials), flush=True)
+
+    finished = len(study.get_trials(deepcopy=False, states=finished_states()))
     remaining = max(0, trials - finished)
     if remaining:
-        study.optimize(objective, n_trials=remaining, catch=(Exception,))
+        study.optimize(objective, n_trials=remaining, catch=(Exception,), callbacks=[report])
     print(ranked_table(study, metric))
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,13 +300,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sampler", choices=["grid", "random", "tpe"], default="tpe")
     parser.add_argument("--metric", default="val/top1")
     parser.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
-    parser.add_argument("--runs", default="runs", help="runs root; trials go to <runs>/sweeps/<study>/")
+    parser.add_argument("--runs_dir", default="runs", help="runs root; trials go to <runs_dir>/sweeps/<study>/")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-prune", action="store_true")
+    parser.add_argument("--no_prune", action="store_true")
+    # old spellings: --no-prune, and --runs (the fit commands' flag is --runs_dir)
+    argv = canonical_flags(argv, parser._option_string_actions, aliases={"--runs": "--runs_dir"}, prog="sweep")
     args, extra = parser.parse_known_args(argv)
+    import optuna
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     run_sweep(args.config, args.space, args.trials, args.storage, args.study, args.sampler, args.metric,
-              args.direction, args.runs, args.seed, not args.no_prune, extra)  # fmt: skip
+              args.direction, args.runs_dir, args.seed, not args.no_prune, extra)  # fmt: skip
     return 0
 
 

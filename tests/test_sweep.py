@@ -32,7 +32,7 @@ def write_space(path, space):
     return str(path)
 
 
-def test_sweep_records_failures_and_writes_a_best_config_that_fits(tmp_path, monkeypatch):
+def test_sweep_records_failures_and_writes_a_best_config_that_fits(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # warmup_steps 1000000 is longer than the run: that trial fails with a ConfigError, the sweep goes on
     space = write_space(tmp_path / "space.yaml", {
@@ -43,6 +43,17 @@ def test_sweep_records_failures_and_writes_a_best_config_that_fits(tmp_path, mon
                       tiny(tmp_path / "data"))  # fmt: skip
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    # one line per trial as it ends, in the order they ran, with the best so far
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 3, lines
+    for n, (line, trial) in enumerate(zip(lines, study.trials, strict=True), 1):
+        assert line.startswith(f"trial {n}/3 (trial_{trial.number:03d})  ")
+        assert f"model.init_args.optim.warmup_steps={trial.params['model.init_args.optim.warmup_steps']}" in line
+        assert f"  {trial.state.name}  " in line
+    best = max(t.value for t in study.trials if t.value is not None)
+    assert lines[-1].endswith(f"(best {best:.4f}, trial_{study.best_trial.number:03d})")
+    failed_line = next(line for line in lines if "  FAIL  " in line)
+    assert "val/top1=-" in failed_line and "error: ConfigError" in failed_line and "warm-up" in failed_line
     failed = next(t for t in study.trials if t.state == TrialState.FAIL)
     assert failed.params["model.init_args.optim.warmup_steps"] == 1000000
     assert "warm-up" in failed.user_attrs["error"]
@@ -61,6 +72,25 @@ def test_sweep_records_failures_and_writes_a_best_config_that_fits(tmp_path, mon
     again = run_sweep(TOY, space, 3, storage, "toy", "grid", "val/top1", "maximize", str(tmp_path / "runs"), 0, False,
                       tiny(tmp_path / "data"))  # fmt: skip
     assert len(again.trials) == 3
+
+
+def test_trial_line_for_pruned_and_before_any_complete_trial():
+    from experiments.sweep import trial_line
+
+    study = optuna.create_study(direction="maximize")
+    pruned = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    pruned.report(0.25, step=1)
+    study.tell(pruned, state=TrialState.PRUNED)
+    line = trial_line(study, study.trials[0], "val/top1", 3)
+    lr = study.trials[0].params["lr"]
+    assert (
+        line == f"trial 1/3 (trial_000)  lr={lr:.4g}  val/top1=0.2500 at epoch 1  PRUNED  0 s  (no complete trial yet)"
+    )
+    done = study.ask()
+    study.tell(done, 0.5)
+    assert trial_line(study, study.trials[1], "val/top1", 3).endswith(
+        "val/top1=0.5000  COMPLETE  0 s  (best 0.5000, trial_001)"
+    )
 
 
 def test_space_key_missing_from_config_is_named(tmp_path):
