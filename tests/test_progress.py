@@ -2,6 +2,7 @@
 v_num, the choice between them, and plain progress lines for loops outside a Trainer."""
 
 import re
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -149,3 +150,35 @@ def test_helpers():
     assert format_seconds(3723.4) == "1:02:03"
     assert batch_size_of({"meta": ["a"], "image": torch.zeros(6, 3), "target": torch.zeros(6)}) == 6
     assert batch_size_of([[], (torch.zeros(4, 2),)]) == 4 and batch_size_of(["x"]) == 0
+
+
+def test_toy_data_writing_prints_a_start_and_an_end_line(tmp_path, capsys):
+    from datamodules.toy import ensure_written
+    from datamodules.toy.shapes import write_shapes_imagefolder
+
+    options = dict(num_classes=3, train_per_class=4, eval_per_class=2, img_size=32, seed=7)
+    root = ensure_written(tmp_path / "t", write_shapes_imagefolder, **options)
+    start, end = capsys.readouterr().out.splitlines()
+    files = sum(1 for p in root.rglob("*") if p.is_file() and p.name != ".toy-complete")
+    assert files >= 3 * (4 + 2 + 2)
+    assert start == f"toy data: writing shapes_imagefolder into {root} ..."
+    assert re.fullmatch(
+        rf"toy data: wrote shapes_imagefolder into {re.escape(str(root))}: {files} files, [\d.]+ s", end
+    )
+    ensure_written(root, write_shapes_imagefolder, **options)  # already there: silent
+    assert capsys.readouterr().out == ""
+
+
+def test_data_check_prints_toy_writing_and_check_lines(tmp_path, capsys):
+    from experiments.data import main as data_main
+
+    sizes = ["--data.toy_train_per_class", "4", "--data.toy_eval_per_class", "2", "--data.toy_num_classes", "3"]
+    root = tmp_path / "toy"
+    config = str(Path(__file__).resolve().parents[1] / "configs/visformer/toy.yaml")
+    assert data_main(["check", "--config", config, "--data.root", str(root), *sizes]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"toy data: writing shapes_imagefolder into {root}")
+    assert lines[1].startswith(f"toy data: wrote shapes_imagefolder into {root}: ")
+    assert lines[2].startswith(f"checking {root} (") and lines[2].endswith("decoding every file) ...")
+    assert re.fullmatch(rf"dataset: {re.escape(str(root))} \(\w+, checked in [\d.]+ s\)", lines[3])
+    assert lines[-1] == "0 problem(s)"

@@ -3,7 +3,8 @@
 A generator is a function ``write(root: Path, **options) -> None`` that fills a fresh folder. :func:`ensure_written`
 runs it once per ``root``: into a temporary sibling folder that is renamed into place when complete, so an
 interrupted run never leaves a half-written dataset that later looks valid. A ``.toy-complete`` file records the
-options; asking for the same root with other options is an error rather than a silent mix.
+options; asking for the same root with other options is an error rather than a silent mix. Writing prints a line
+when it starts and one when it ends (generator, folder, files, seconds) on stdout, so a log shows where the time went.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,8 +44,12 @@ def ensure_written(root: str | os.PathLike, write: Callable[..., None], **option
     umask = os.umask(0o022)  # read it (set and restore): mkdtemp gives 0700, os.mkdir would give 0777 & ~umask
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)
+    name = write.__name__.removeprefix("write_")
+    print(f"toy data: writing {name} into {root} ...", flush=True)
+    start = time.perf_counter()
     try:
         write(tmp, **options)
+        files = sum(1 for path in tmp.rglob("*") if path.is_file())
         (tmp / MARKER).write_text(json.dumps(record, indent=1))
         if root.exists() and not any(root.iterdir()):
             root.rmdir()
@@ -53,7 +59,10 @@ def ensure_written(root: str | os.PathLike, write: Callable[..., None], **option
         shutil.rmtree(tmp, ignore_errors=True)
         if not marker.is_file() or json.loads(marker.read_text()) != json.loads(json.dumps(record)):
             raise
+        print(f"toy data: {root} was written by another process meanwhile; using it", flush=True)
+        return root
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    print(f"toy data: wrote {name} into {root}: {files} files, {time.perf_counter() - start:.1f} s", flush=True)
     return root
