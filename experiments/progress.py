@@ -89,9 +89,9 @@ class ProgressLog(L.Callback):
     ``step`` counts training batches (after ``limit_train_batches``; the total follows ``max_epochs`` and
     ``max_steps``); ``loss`` is the module's logged training loss; the epoch line adds the module's ``monitor``
     metric and a few other ``val/`` metrics; samples/s is the training batches' size times the number of processes
-    over the wall time of the training steps (validation excluded); the ETA is the batches left times the run's wall
-    time per batch so far (validation included). At the end of ``validate`` and ``test``, one line with the metrics.
-    Only global rank zero prints.
+    over the wall time from batch end to batch end (loading included, validation excluded); the ETA is the batches
+    left times the run's wall time per batch so far (validation included). At the end of ``validate`` and ``test``,
+    one line with the metrics. Only global rank zero prints.
     """
 
     def __init__(self, every_n_steps: int | None = None, stream: TextIO | None = None) -> None:
@@ -138,12 +138,11 @@ class ProgressLog(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_samples, self._epoch_train_s = 0, 0.0
         self._window_samples, self._window_s = 0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self._batch_start = time.perf_counter()
+        self._last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        seconds = time.perf_counter() - self._batch_start
+        now = time.perf_counter()
+        seconds, self._last = now - self._last, now  # loading the batch included
         samples = batch_size_of(batch) * trainer.world_size
         self._epoch_samples += samples
         self._epoch_train_s += seconds
@@ -205,6 +204,7 @@ class ProgressLog(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == "validate" and not trainer.sanity_checking:  # during fit the epoch line says it
             self._stage_line(trainer, pl_module, "val")
+        self._last = time.perf_counter()  # a validation inside a training epoch is no training time
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stage_line(trainer, pl_module, "test")
