@@ -29,7 +29,7 @@ import time
 from datetime import date
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 from datamodules.captions import CaptionsDataModule
 from experiments.io import append_table_rows
@@ -39,7 +39,7 @@ from lightning_modules.retrieval.loupe import LoupeRetrieval, jitter_boxes
 def build(
     config: str, shapley_batch: int, ckpt: str | None, root: str | None = None
 ) -> tuple[LoupeRetrieval, CaptionsDataModule]:
-    spec = yaml.safe_load(open(config))
+    spec = OmegaConf.to_container(OmegaConf.load(config), resolve=True)  # ${oc.env:...} roots, as the CLI
     model_args = dict(spec["model"]["init_args"])
     model_args.pop("optim", None)
     model_args["shapley_batch"] = shapley_batch

@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from experiments.errors import ConfigError
 
@@ -15,10 +17,15 @@ BASES = {"model": L.LightningModule, "data": L.LightningDataModule}
 
 
 def read_config(config: str) -> dict:
+    """The config as a dict with its ``${...}`` resolved as the command line resolves them (``parser_mode:
+    omegaconf``): ``${oc.env:IMAGENET_ROOT,/datasets/imagenet}`` reads the environment."""
     path = Path(config)
     if not path.is_file():
         raise ConfigError(f"config '{config}' does not exist")
-    return yaml.safe_load(path.read_text()) or {}
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{config}: {str(err).splitlines()[0]}") from err
 
 
 def build_sections(config: str, sections: tuple[str, ...], overrides: list[str]) -> dict:
