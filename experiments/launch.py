@@ -93,9 +93,9 @@ def check_fit_arguments(fit: list[str], extra: list[str], own: list[str]) -> Non
             raise Parsed
 
     argv = sys.argv
-    sys.argv = argv[:1]  # LightningCLI warns when it gets both args and a command line
+    sys.argv = [argv[0], *fit]  # as experiments.cli.main passes them: SuiteCLI reads sys.argv (its errors too)
     try:
-        ParseOnly(args=fit)
+        ParseOnly()
     except Parsed:
         return
     finally:

@@ -73,7 +73,7 @@ def test_script_runs_the_launching_python_unless_python_is_given(tmp_path, capsy
 
 @pytest.mark.parametrize(
     "option, value, named",
-    [("--trainer.max_epohcs", "3", "--trainer.max_epohcs"), ("--model.init_args.lrr", "1", "lrr")],
+    [("--trainer.max_epohcs", "3", "trainer.max_epohcs"), ("--model.init_args.lrr", "1", "lrr")],
 )
 def test_misspelled_fit_option_is_refused_before_anything_is_written(tmp_path, capsys, option, value, named):
     out = tmp_path / "job.sbatch"
