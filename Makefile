@@ -127,7 +127,7 @@ rate-curve: setup
 		--run_name compression_judge
 	mkdir -p runs/sweeps
 	$(BIN)/python -m experiments sweep --config configs/compression/toy.yaml \
-		--space configs/sweeps/compression_lambda_rate.yaml --trials 10 --sampler grid --metric val/psnr --no-prune \
+		--space configs/sweeps/compression_lambda_rate.yaml --trials 10 --sampler grid --metric val/psnr --no_prune \
 		--study compression_toy_rate_sem --storage sqlite:///runs/sweeps/compression_toy_rate_sem.db \
 		--model.init_args.semantic_classifier '$(JUDGE)'
 	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy_rate_sem=toy \

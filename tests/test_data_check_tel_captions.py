@@ -49,7 +49,7 @@ def test_official_copy_with_broken_clip_entries_names_each(tmp_path, capsys):
     test[test_movie][test_clip]["emo"] = ["anger"]  # a list where an object belongs
     (root / "train.json").write_text(json.dumps(train))
     (root / "test.json").write_text(json.dumps(test))
-    code = data_main(["check", "--config", TEL_CONFIG, "--data.init_args.root", str(root), "--no-decode"])
+    code = data_main(["check", "--config", TEL_CONFIG, "--data.init_args.root", str(root), "--no_decode"])
     out = capsys.readouterr().out
     assert code == 1
     assert f"problem: {root / 'train.json'}: {movie}/{clip}: the entry needs 'time'" in out
@@ -89,7 +89,7 @@ def test_toy_tel_check_names_broken_entry_missing_srt_and_bad_files(tmp_path, ca
     assert f"{bad_srt}:2: malformed timestamp line" in out
     assert f"{bad_mp4}: cannot decode video" in out
     assert "4 problem(s)" in out
-    assert data_main(toy_check(root, "--no-decode")) == 1  # layout only: the undecodable video is not opened
+    assert data_main(toy_check(root, "--no_decode")) == 1  # layout only: the undecodable video is not opened
     out = capsys.readouterr().out
     assert "3 problem(s)" in out and "cannot decode video" not in out
 
@@ -155,7 +155,7 @@ def test_karpathy_toy_check_names_missing_and_undecodable_images(tmp_path, capsy
     assert f"problem: {images / 'toy_val_00001.jpg'}: named in " in out and "images[9]" in out
     assert f"problem: {images / 'toy_train_00002.jpg'}: cannot decode image" in out
     assert "2 problem(s)" in out and "  val: images 2, captions 10\n" in out
-    assert data_main(["check", "--config", "configs/loupe/toy_itc.yaml", *flags, "--no-decode"]) == 1
+    assert data_main(["check", "--config", "configs/loupe/toy_itc.yaml", *flags, "--no_decode"]) == 1
     assert "1 problem(s)" in capsys.readouterr().out
 
 
@@ -172,7 +172,7 @@ def test_attngan_toy_check_names_missing_image_and_unknown_caption(tmp_path, cap
     missing.unlink()
     text = root / "text" / f"{names[5]}.txt"
     text.write_text(text.read_text().rstrip("\n") + "\nzzyzx qwerty\n")
-    assert data_main(["check", "--config", "configs/denet/toy.yaml", *flags, "--no-decode"]) == 1
+    assert data_main(["check", "--config", "configs/denet/toy.yaml", *flags, "--no_decode"]) == 1
     out = capsys.readouterr().out
     line = len(text.read_text().splitlines())
     assert f"problem: {missing}: named in {root / 'train' / 'filenames.pickle'} but missing" in out

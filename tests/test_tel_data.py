@@ -169,7 +169,7 @@ def test_extract_writes_shards_that_training_reads(tmp_path, capsys):
 
     sizes = ["--data.init_args.toy_train", "2", "--data.init_args.toy_val", "1", "--data.init_args.toy_test", "1"]
     root = ["--data.init_args.root", str(tmp_path)]
-    assert data_main(["extract", "--config", "configs/tel/toy.yaml", *root, *sizes, "--batch-size", "16"]) == 0
+    assert data_main(["extract", "--config", "configs/tel/toy.yaml", *root, *sizes, "--batch_size", "16"]) == 0
     out = capsys.readouterr().out
     assert "4 clips written" in out and "frames/s" in out
     meta = json.loads((tmp_path / "features" / "features.json").read_text())
