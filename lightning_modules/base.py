@@ -2,14 +2,68 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
 from experiments.errors import ConfigError
 from lightning_modules.optim import OptimConfig, build_optimizer, build_scheduler
+
+# borders of drawn predictions (right, wrong, neutral); saved as (0, 191, 0), (217, 0, 0), (38, 89, 217)
+GREEN, RED, BLUE = (0.0, 0.75, 0.0), (0.85, 0.0, 0.0), (0.15, 0.35, 0.85)
+
+
+def picture_name(tag: str, epoch: int) -> str:
+    """File stem of a logged picture: ``val/predictions`` at epoch 3 -> ``val_predictions_epoch003``."""
+    return f"{tag.replace('/', '_')}_epoch{epoch:03d}"
+
+
+def save_picture(trainer: L.Trainer, name: str, image: torch.Tensor) -> Path | None:
+    """Save ``image`` (``[3 or 1, H, W]``, floats in [0, 1] or uint8) as ``<run>/pictures/<name>.png``, the run being
+    ``trainer.default_root_dir``; returns the path. Only rank zero writes, and nothing is written during the sanity
+    check, in ``fast_dev_run`` or without loggers (``logger: false``: the run keeps no logs, so no pictures either).
+    The file is written under a temporary name in the same folder and renamed, so no half-written PNG is left."""
+    if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or not trainer.loggers:
+        return None
+    image = image.detach().cpu()
+    if image.dtype != torch.uint8:
+        image = image.float().mul(255).round().clamp(0, 255).to(torch.uint8)
+    array = (image.expand(3, -1, -1) if image.shape[0] == 1 else image).permute(1, 2, 0).numpy()
+    folder = Path(trainer.default_root_dir) / "pictures"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{name}.png"
+    partial = folder / f".{name}.png.{os.getpid()}.partial"
+    try:
+        Image.fromarray(np.ascontiguousarray(array)).save(partial, format="PNG")
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
+def framed(images: torch.Tensor, colours: list[tuple[float, float, float]], width: int | None = None) -> torch.Tensor:
+    """``[N, 3, H, W]`` images in [0, 1] with a border of ``width`` pixels (default ``max(2, H // 16)``) in each
+    image's colour: ``[N, 3, H + 2 width, W + 2 width]``."""
+    n, _, height, w = images.shape
+    width = width if width is not None else max(2, height // 16)
+    out = torch.tensor(colours, dtype=torch.float32).view(n, 3, 1, 1).repeat(1, 1, height + 2 * width, w + 2 * width)
+    out[:, :, width : width + height, width : width + w] = images.detach().float().cpu()
+    return out
+
+
+def unnormalise(images: torch.Tensor, mean=None, std=None) -> torch.Tensor:
+    """``images * std + mean`` (per channel, when both are given), clamped to [0, 1], on the CPU."""
+    images = images.detach().float().cpu()
+    if mean is not None and std is not None:
+        images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
+    return images.clamp(0, 1)
 
 
 class SuiteModule(L.LightningModule):
@@ -68,17 +122,23 @@ class SuiteModule(L.LightningModule):
             for group in moved:
                 optimizer.add_param_group(group)
 
-    def log_image_grid(self, tag: str, images: torch.Tensor, mean=None, std=None, nrow: int = 8) -> None:
-        """Log ``[N, 3, H, W]`` images as one grid to TensorBoard (un-normalised with ``mean``/``std`` if given)."""
-        if not self.trainer.is_global_zero:
-            return
-        images = images.detach().float().cpu()
-        if mean is not None and std is not None:
-            images = images * torch.tensor(std).view(1, -1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1)
-        grid = make_grid(images.clamp(0, 1), nrow=nrow)
+    def save_picture(self, name: str, image: torch.Tensor) -> Path | None:
+        """:func:`save_picture` with this module's trainer: ``<run>/pictures/<name>.png``."""
+        return save_picture(self.trainer, name, image)
+
+    def log_image_grid(
+        self, tag: str, images: torch.Tensor, mean=None, std=None, nrow: int = 8, padding: int = 2, save: bool = True
+    ) -> Path | None:
+        """Log ``[N, 3, H, W]`` images as one grid to TensorBoard (un-normalised with ``mean``/``std`` if given) and
+        save it as ``<run>/pictures/<tag, / as _>_epoch<NNN>.png`` (unless ``save`` is false); rank zero only,
+        nothing during the sanity check. Returns the PNG's path (None when none was written)."""
+        if self._trainer is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return None
+        grid = make_grid(unnormalise(images, mean, std), nrow=nrow, padding=padding)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image(tag, grid, self.global_step)
+        return self.save_picture(picture_name(tag, self.current_epoch), grid) if save else None
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         # timm schedulers are driven by the number of optimizer updates done so far

@@ -32,7 +32,7 @@ def test_toy_cosoc_pipeline_runs_and_cos_keeps_object_crops(tmp_path, capfd):
     # objects cover a quarter to a half of the image, so random crops are already ~56 % object; after 4 Exemplar
     # epochs COS's top-1 crops are ~60 % (the full toy's 12 epochs: 78 %, asserted in test_cosoc_toy_slow.py)
     assert share["top1"] > share["random"] + 0.03, share
-    assert next((runs / "cos").glob("version_*/cos_crops.png")).stat().st_size > 1000
+    assert next((runs / "cos").glob("version_*/pictures/predict_cos_crops.png")).stat().st_size > 1000
     cli_main(["fit", "--config", "configs/cosoc/toy_cosoc.yaml", *common, *small_eval, "--run_name", "cosoc",
               "--model.init_args.pretrained", exemplar, "--data.init_args.cos_file", str(cos_file),
               "--trainer.max_epochs", "1", "--test_after_fit", "true"])  # fmt: skip

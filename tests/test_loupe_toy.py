@@ -33,5 +33,5 @@ def test_toy_loupe_learns_retrieval_and_draws_its_grounding(tmp_path):
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("train/tsa")]
     assert rows and all(math.isfinite(float(r[k])) for r in rows for k in ("train/tsa", "train/fsa", "train/nse_token"))
     assert float(rows[-1]["train/phrases_per_caption"]) >= 1  # the toy captions' noun phrases are found
-    pictures = sorted((run / "pictures").glob("grounding_epoch*.png"))
+    pictures = sorted((run / "pictures").glob("val_grounding_epoch*.png"))
     assert pictures and pictures[-1].stat().st_size > 1000

@@ -11,6 +11,8 @@ per-batch operation that runs on the device after transfer.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -22,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
-from lightning_modules.base import SuiteModule
+from lightning_modules.base import GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.optim import OptimConfig
 
 
@@ -48,6 +50,9 @@ class ImageClassifier(SuiteModule):
         optim: optimizer and schedule (see :class:`~lightning_modules.optim.OptimConfig`).
         channels_last: use the channels-last memory format (faster convolutions on GPU).
         compile: wrap the backbone in ``torch.compile``.
+        pictures: images of the first validation and test batch drawn with a green border where the top-1
+            prediction is right and a red one where it is wrong, in TensorBoard and
+            ``<run>/pictures/<stage>_predictions_epoch<NNN>.png`` (0: none).
     """
 
     monitor = "val/top1"
@@ -72,6 +77,7 @@ class ImageClassifier(SuiteModule):
         optim: OptimConfig | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        pictures: int = 16,
     ) -> None:
         super().__init__(optim)
         self.save_hyperparameters()
@@ -85,6 +91,7 @@ class ImageClassifier(SuiteModule):
             **(backbone_kwargs or {}),
         )
         self.num_classes = num_classes
+        self.pictures = pictures
         self.channels_last = channels_last
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
@@ -179,22 +186,35 @@ class ImageClassifier(SuiteModule):
         if self.ema is not None:
             self.ema.update(self.backbone, step=self.global_step)
 
-    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+    def _evaluate(self, batch: dict, metrics: MetricCollection, stage: str, batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = F.cross_entropy(logits, batch["target"])
         metrics.update(logits, batch["target"])
         batch_size = batch["target"].shape[0]
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch_size)
         self.log_dict(metrics, prog_bar=True, batch_size=batch_size)
+        if batch_idx == 0 and self.pictures > 0 and self._trainer is not None and not self.trainer.sanity_checking:
+            self.draw_predictions(batch["image"], logits, batch["target"], stage)
+
+    def draw_predictions(
+        self, images: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, stage: str
+    ) -> Path | None:
+        """The first ``pictures`` images framed green (top-1 right) or red (wrong): TensorBoard
+        ``<stage>/predictions`` and ``<run>/pictures/<stage>_predictions_epoch<NNN>.png``."""
+        n = min(self.pictures, images.shape[0])
+        dm = getattr(self.trainer, "datamodule", None)
+        shown = unnormalise(images[:n], getattr(dm, "mean", None), getattr(dm, "std", None))
+        right = (logits[:n].argmax(-1) == targets[:n]).tolist()
+        return self.log_image_grid(f"{stage}/predictions", framed(shown, [GREEN if r else RED for r in right]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics, "val")
+        self._evaluate(batch, self.val_metrics, "val", batch_idx)
         if self.ema is not None:
             self.val_ema_metrics.update(self.ema.module(batch["image"]), batch["target"])
             self.log_dict(self.val_ema_metrics, batch_size=batch["target"].shape[0])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics, "test")
+        self._evaluate(batch, self.test_metrics, "test", batch_idx)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self(batch["image"]).softmax(-1)

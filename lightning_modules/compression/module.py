@@ -103,7 +103,8 @@ class CompressionModule(SuiteModule):
             everything, as Balle et al. train the factorised prior). Short runs need more: the densities start
             10 quantisation bins wide and at the encoder's lr do not sharpen within a few hundred steps, so the rate
             stays near its initial value whatever ``lambda_rate`` is (the toy config uses 10).
-        log_images: log originals over reconstructions at the first validation batch.
+        log_images: draw originals over reconstructions of the first validation and test batch (TensorBoard and
+            ``<run>/pictures/<stage>_reconstructions_epoch<NNN>.png``).
         optim: optimizer and schedule.
     """
 
@@ -315,14 +316,21 @@ class CompressionModule(SuiteModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         terms = self._evaluate(batch, batch_idx, "val")
         if batch_idx == 0 and self.log_images and self._trainer is not None:
-            n = min(8, terms["x"].shape[0])
-            self.log_image_grid("val/reconstructions", torch.cat([terms["x"][:n], terms["x_hat"][:n]]), nrow=n)
+            self.log_reconstructions(terms, "val")
+
+    def log_reconstructions(self, terms: dict, stage: str) -> None:
+        """Up to 8 originals (top row) over their reconstructions (bottom row): TensorBoard
+        ``<stage>/reconstructions`` and ``<run>/pictures/<stage>_reconstructions_epoch<NNN>.png``."""
+        n = min(8, terms["x"].shape[0])
+        self.log_image_grid(f"{stage}/reconstructions", torch.cat([terms["x"][:n], terms["x_hat"][:n]]), nrow=n)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
+        terms = self._evaluate(batch, batch_idx, "test")
+        if batch_idx == 0 and self.log_images and self._trainer is not None:
+            self.log_reconstructions(terms, "test")
 
     def on_test_epoch_end(self) -> None:
         self._epoch_end("test")

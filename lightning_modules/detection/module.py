@@ -173,7 +173,8 @@ class DetectionModule(SuiteModule):
             ``test_size`` and ``max_size`` are used.
         rcnn_kwargs: more torchvision ``MaskRCNN`` arguments (``rpn_post_nms_top_n_train``,
             ``box_batch_size_per_image``, ``box_detections_per_img``, ``box_score_thresh`` ...).
-        num_logged: validation images drawn in ``val/predictions`` (0 disables it).
+        num_logged: images of the first validation and test batch drawn with their ground-truth and predicted boxes
+            in ``<run>/pictures/<stage>_predictions_epoch<NNN>.png`` and TensorBoard (0 disables it).
         draw_score: score threshold of the drawn predictions.
         optim: optimizer and schedule; ``layer_decay`` applies to the trunk's layers.
     """
@@ -309,8 +310,8 @@ class DetectionModule(SuiteModule):
         images, targets = batch
         outputs = self.detector(images)
         metric.update(metric_predictions(outputs), metric_targets(targets, with_masks="masks" in targets[0]))
-        if stage == "val" and batch_idx == 0 and self.num_logged > 0 and self._trainer is not None:
-            self.log_predictions(images, targets, outputs)
+        if batch_idx == 0 and self.num_logged > 0 and self._trainer is not None:
+            self.log_predictions(images, targets, outputs, stage)
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
         values = metric.compute()
@@ -326,8 +327,10 @@ class DetectionModule(SuiteModule):
         self.log_dict(logged)
         metric.reset()
 
-    def log_predictions(self, images: list[torch.Tensor], targets: list[dict], outputs: list[dict]) -> None:
-        """One grid: per image, ground truth (left) and predictions above ``draw_score`` (right)."""
+    def log_predictions(self, images: list[torch.Tensor], targets: list[dict], outputs: list[dict],
+                        stage: str = "val") -> None:  # fmt: skip
+        """One grid (TensorBoard ``<stage>/predictions`` and ``<run>/pictures/<stage>_predictions_epoch<NNN>.png``):
+        per image, ground truth (left) and predictions above ``draw_score`` (right)."""
         dm = getattr(self.trainer, "datamodule", None)
         names = getattr(dm, "class_names", None)
         panels = []
@@ -338,7 +341,7 @@ class DetectionModule(SuiteModule):
         width = max(p.shape[2] for p in panels)
         panels = [F.pad(p, (0, width - p.shape[2], 0, height - p.shape[1])) for p in panels]
         grid = make_grid(torch.stack(panels).float() / 255, nrow=2)
-        self.log_image_grid("val/predictions", grid[None], nrow=1)
+        self.log_image_grid(f"{stage}/predictions", grid[None], nrow=1)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_map, batch_idx, "val")

@@ -286,15 +286,7 @@ class DENet(SuiteModule):
             source, result = (F.interpolate(im, scale_factor=factor, mode="nearest") for im in (source, result))
         texts = text_panel(batch["target_captions"][:n], source.shape[-1])
         rows = torch.cat([source, texts, result], dim=-1)  # [n, 3, S, 5S]
-        self.log_image_grid(f"{stage}/editing", rows, nrow=1)
-        if self.trainer.is_global_zero and self.trainer.default_root_dir:
-            from torchvision.utils import save_image
-
-            out = (
-                Path(self.trainer.default_root_dir) / "pictures" / f"{stage}_editing_epoch{self.current_epoch:03d}.png"
-            )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(rows, out, nrow=1, padding=1)
+        self.log_image_grid(f"{stage}/editing", rows, nrow=1, padding=1)
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -160,16 +159,6 @@ class LocalizationEvaluation:
         for k, panel in enumerate(panels):
             images[k, :, : panel.shape[1], : panel.shape[2]] = panel
         self.log_image_grid(f"{stage}/timelines", images, nrow=1)
-        if self.trainer.is_global_zero and self.trainer.default_root_dir:
-            from torchvision.utils import save_image
-
-            out = (
-                Path(self.trainer.default_root_dir)
-                / "pictures"
-                / f"{stage}_timelines_epoch{self.current_epoch:03d}.png"
-            )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(images, out, nrow=1)
 
 
 class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):

@@ -13,8 +13,8 @@ For every training image the backbone (the Exemplar stage's) embeds the whole im
 
 The result, written atomically to ``output``, is what fusion sampling reads (``data.cos_file``): ``paths`` (relative
 to the dataset root), ``boxes [N, 3, 4]`` (top, left, height, width in pixels; ``-1`` = the whole image), ``probs
-[N, 3]`` and ``distances [N, 3]``. A picture of the kept crops on a few images is saved beside the run
-(``cos_crops.png``) and logged to TensorBoard.
+[N, 3]`` and ``distances [N, 3]``. A picture of the kept crops on a few images is saved in the run
+(``pictures/predict_cos_crops.png``) and logged to TensorBoard.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from datamodules.episodes import relative_key
 from experiments.errors import ConfigError
 from experiments.io import atomic_write_bytes
 from lightning_modules.backbones import create_backbone
+from lightning_modules.base import save_picture
 from lightning_modules.fewshot.heads import pooled_features
 
 
@@ -96,7 +97,7 @@ class COSModule(L.LightningModule):
         threshold: coverage a cluster needs to count as a shared object (0.5).
         top_k: views kept per image (3).
         seed: K-means seed (0, as the official code).
-        picture_images: images drawn with their kept crops in ``cos_crops.png``.
+        picture_images: images drawn with their kept crops in ``<run>/pictures/predict_cos_crops.png`` (0: none).
     """
 
     def __init__(self, backbone: str = "resnet12", backbone_kwargs: dict | None = None, pretrained: str | None = None,
@@ -170,16 +171,16 @@ class COSModule(L.LightningModule):
         atomic_write_bytes(self.output, buffer.getvalue())
         shown = np.linspace(0, len(index) - 1, min(self.picture_images, len(index))).round().astype(int)
         tiles = [draw_crops(data.paths[index[i]], kept_boxes[i], found["probs"][i]) for i in shown]
+        picture = None
         if tiles:
             cols = min(8, len(tiles))
             grid = Image.new("RGB", (cols * 128, -(-len(tiles) // cols) * 128))
             for i, tile in enumerate(tiles):
                 grid.paste(tile, ((i % cols) * 128, (i // cols) * 128))
-            png = io.BytesIO()
-            grid.save(png, format="PNG")
-            atomic_write_bytes(run_dir / "cos_crops.png", png.getvalue())
+            picture = save_picture(self.trainer, "predict_cos_crops", torch.from_numpy(np.array(grid)).permute(2, 0, 1))
             for logger in self.loggers:
                 if hasattr(logger.experiment, "add_image"):
                     logger.experiment.add_image("cos/crops", np.asarray(grid), 0, dataformats="HWC")
+        wrote = f"{self.output} and {picture}" if picture is not None else self.output
         print(f"\nCOS: {len(index)} images, {len(found['coverage'])} classes; mean foreground probability "
-              f"{found['probs'].sum(1).mean():.3f}; wrote {self.output} and {run_dir / 'cos_crops.png'}")  # fmt: skip
+              f"{found['probs'].sum(1).mean():.3f}; wrote {wrote}")  # fmt: skip

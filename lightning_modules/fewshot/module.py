@@ -18,6 +18,7 @@ Episodes arrive one per batch in the class-major layout of :mod:`datamodules.epi
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
-from lightning_modules.base import SuiteModule
+from lightning_modules.base import BLUE, GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
 from lightning_modules.fewshot.metrics import EpisodeAccuracy
 from lightning_modules.fewshot.soc import SOC_MATCHINGS, SocMatching, soc_logits
@@ -49,6 +50,9 @@ class FewShotModule(SuiteModule):
         optim: optimizer and schedule.
         channels_last: channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the backbone.
+        pictures: draw the first validation and test episode, one row per class: its support images (blue border),
+            then up to 5 of its queries (green border: classified right, red: wrong), in TensorBoard and
+            ``<run>/pictures/<stage>_episode_epoch<NNN>.png``.
     """
 
     monitor = "val/acc"
@@ -67,6 +71,7 @@ class FewShotModule(SuiteModule):
         optim: OptimConfig | None = None,
         channels_last: bool = False,
         compile: bool = False,
+        pictures: bool = True,
     ) -> None:
         super().__init__(optim)
         if evaluator not in ("proto", "soc"):
@@ -84,6 +89,7 @@ class FewShotModule(SuiteModule):
         self.feature_dim = self.backbone.num_features
         self.evaluator, self.soc_alpha, self.soc_beta = evaluator, soc_alpha, soc_beta
         self.soc_matching = soc_matching
+        self.pictures = pictures
         self.channels_last = channels_last
         if channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
@@ -117,13 +123,31 @@ class FewShotModule(SuiteModule):
         labels = torch.arange(n, device=logits.device).repeat_interleave(q)
         return logits, labels
 
-    def _episode_step(self, batch: dict, batch_idx: int, metric: EpisodeAccuracy) -> None:
+    def _episode_step(self, batch: dict, batch_idx: int, metric: EpisodeAccuracy, stage: str) -> None:
         logits, labels = self.episode_logits(batch)
         episode = torch.tensor([self.global_rank + batch_idx * self.trainer.world_size], device=logits.device)
-        metric.update((logits.argmax(-1) == labels)[None], episode)
+        correct = logits.argmax(-1) == labels
+        metric.update(correct[None], episode)
+        if batch_idx == 0 and self.pictures and not self.trainer.sanity_checking:
+            self.draw_episode(batch, correct, stage)
+
+    def draw_episode(self, batch: dict, correct: Tensor, stage: str, queries: int = 5) -> Path | None:
+        """One row per class of the episode: its support images (blue border) and its first ``queries`` queries
+        (green: classified right, red: wrong), first view of each; TensorBoard ``<stage>/episode`` and
+        ``<run>/pictures/<stage>_episode_epoch<NNN>.png``."""
+        n, k, q = int(batch["n_way"]), int(batch["k_shot"]), int(batch["n_query"])
+        images = batch["image"][:, 0] if batch["image"].ndim == 5 else batch["image"]
+        dm = getattr(self.trainer, "datamodule", None)
+        images = unnormalise(images, getattr(dm, "mean", None), getattr(dm, "std", None))
+        shown = min(q, queries)
+        support = framed(images[: n * k], [BLUE] * (n * k)).unflatten(0, (n, k))
+        query = images[n * k :].unflatten(0, (n, q))[:, :shown].flatten(0, 1)
+        right = correct.view(n, q)[:, :shown].flatten().tolist()
+        query = framed(query, [GREEN if r else RED for r in right]).unflatten(0, (n, shown))
+        return self.log_image_grid(f"{stage}/episode", torch.cat([support, query], 1).flatten(0, 1), nrow=k + shown)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._episode_step(batch, batch_idx, self.val_acc)
+        self._episode_step(batch, batch_idx, self.val_acc, "val")
 
     def on_validation_epoch_end(self) -> None:
         out = self.val_acc.compute()
@@ -131,7 +155,7 @@ class FewShotModule(SuiteModule):
         self.val_acc.reset()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._episode_step(batch, batch_idx, self.test_acc)
+        self._episode_step(batch, batch_idx, self.test_acc, "test")
 
     def on_test_epoch_end(self) -> None:
         out = self.test_acc.compute()
@@ -160,9 +184,9 @@ class CosineClassifierModule(FewShotModule):
                  backbone_kwargs: dict | None = None, pretrained: str | None = None,
                  evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
                  soc_matching: SocMatching = "reference", test_runs: int = 5, optim: OptimConfig | None = None,
-                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
+                 channels_last: bool = False, compile: bool = False, pictures: bool = True) -> None:  # fmt: skip
         super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
-                         test_runs, optim, channels_last, compile)  # fmt: skip
+                         test_runs, optim, channels_last, compile, pictures)  # fmt: skip
         self.save_hyperparameters()
         self.classifier = CosineClassifier(self.feature_dim, num_classes, scale)
 
@@ -192,10 +216,10 @@ class ProtoNetModule(FewShotModule):
     def __init__(self, scale: float = 10.0, backbone: str = "resnet12", backbone_kwargs: dict | None = None,
                  pretrained: str | None = None, evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0,
                  soc_beta: float = 0.8, soc_matching: SocMatching = "reference", test_runs: int = 5,
-                 optim: OptimConfig | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:  # fmt: skip
+                 optim: OptimConfig | None = None, channels_last: bool = False, compile: bool = False,
+                 pictures: bool = True) -> None:  # fmt: skip
         super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
-                         test_runs, optim, channels_last, compile)  # fmt: skip
+                         test_runs, optim, channels_last, compile, pictures)  # fmt: skip
         self.save_hyperparameters()
         self.scale = nn.Parameter(torch.tensor(float(scale)))
 

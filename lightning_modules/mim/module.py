@@ -120,7 +120,8 @@ class MaskedImageModeling(SuiteModule):
             evaluate it (``experiments validate``) or to continue pre-training from its weights. A Lightning
             checkpoint of ours resumes with ``--ckpt_path`` instead.
         grad_checkpointing: activation checkpointing of the attention blocks.
-        log_images: log masks and reconstructions (pixels) or feature maps (CLIP) on the first validation batch.
+        log_images: draw masks and reconstructions (pixels) or feature maps (CLIP) of the first validation and test
+            batch (TensorBoard and ``<run>/pictures/<stage>_<target>_epoch<NNN>.png``).
         optim: optimizer and schedule.
         compile: ``torch.compile`` the encoder's token forward.
     """
@@ -402,6 +403,8 @@ class MaskedImageModeling(SuiteModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         terms = self.shared_step(batch, seed=batch_idx)
         self._log_terms(terms, "test", batch["image"].shape[0])
+        if batch_idx == 0 and self.log_images and self._trainer is not None:
+            self.log_image_grid(f"test/{self.target}", self.visualise(batch, terms), nrow=8)
 
     # ---- pictures ------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -14,7 +14,6 @@ number of training identities of each dataset).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -169,7 +168,7 @@ class STTModule(SuiteModule):
     def draw_ranked_lists(self, stage: str, metric: ReIDMetrics, top: int = 5) -> None:
         """Draw the first ``figure_queries`` queries and their top-``top`` gallery tracklets (green: right identity,
         red: wrong; same-identity same-camera entries are left out as in the evaluation), log the picture to
-        TensorBoard and save it as ``<run dir>/ranked_<stage>.png``."""
+        TensorBoard and save it as ``<run>/pictures/<stage>_ranked_lists_epoch<NNN>.png``."""
         datamodule = getattr(self.trainer, "datamodule", None)
         dataset = getattr(datamodule, "eval_dataset", None)
         if not self.figure_queries or dataset is None:
@@ -189,11 +188,6 @@ class STTModule(SuiteModule):
             return
         grid = ranked_lists_grid(rows)
         self.log_image_grid(f"{stage}/ranked_lists", grid[None], nrow=1)
-        log_dir = getattr(self.trainer, "log_dir", None)
-        if log_dir:
-            from torchvision.utils import save_image
-
-            save_image(grid, Path(log_dir) / f"ranked_{stage}.png")
 
 
 def load_stt_weights(model: SpatioTemporalTransformer, path: str) -> None:

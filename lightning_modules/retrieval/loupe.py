@@ -60,7 +60,6 @@ import math
 import re
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -666,12 +665,6 @@ class LoupeRetrieval(DualEncoderRetrieval):
         images = (batch["image"][:count] * std + mean).clamp(0, 1)
         panels = draw_phrase_boxes(images.cpu(), boxes.cpu(), texts, captions)
         self.log_image_grid("val/grounding", panels, nrow=min(count, 3))
-        if self.trainer.is_global_zero and self.trainer.default_root_dir:
-            from torchvision.utils import save_image
-
-            out = Path(self.trainer.default_root_dir) / "pictures" / f"grounding_epoch{self.current_epoch:03d}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            save_image(panels, out, nrow=min(count, 3))
 
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]

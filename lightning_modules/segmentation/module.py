@@ -67,7 +67,8 @@ class SegmentationModule(SuiteModule):
         ignore_index: mask value that is neither trained on nor scored.
         slide_crop: ``(height, width)`` windows of sliding-window evaluation (mmseg 512x512); None: whole image.
         slide_stride: window stride (mmseg 341x341).
-        num_logged: images drawn in the first validation batch's picture (0 disables it).
+        num_logged: images drawn (image / ground truth / prediction) from the first validation and test batch into
+            ``<run>/pictures/<stage>_predictions_epoch<NNN>.png`` and TensorBoard (0 disables it).
         vit_out_indices: for a plain ViT (BEiT / MVP): the 4 blocks whose outputs BEiT's neck
             (:class:`~lightning_modules.segmentation.upernet.ViTMultiLevelNeck`) turns into strides 4-32
             ([3, 5, 7, 11] for ViT-B); None for hierarchical backbones.
@@ -210,11 +211,13 @@ class SegmentationModule(SuiteModule):
         metrics.update(preds, masks)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=images.shape[0])
         self.log_dict(metrics, prog_bar=True, batch_size=images.shape[0])
-        if stage == "val" and batch_idx == 0 and self.num_logged > 0 and self._trainer is not None:
-            self.log_predictions(images, masks, preds)
+        if batch_idx == 0 and self.num_logged > 0 and self._trainer is not None:
+            self.log_predictions(images, masks, preds, stage)
 
-    def log_predictions(self, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor) -> None:
-        """One grid: per image a row of image / ground truth / prediction, all at the mask's size."""
+    def log_predictions(self, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor,
+                        stage: str = "val") -> None:  # fmt: skip
+        """One grid (TensorBoard ``<stage>/predictions`` and ``<run>/pictures/<stage>_predictions_epoch<NNN>.png``):
+        per image a row of image / ground truth / prediction, all at the mask's size."""
         n = min(self.num_logged, images.shape[0])
         transform = getattr(getattr(self.trainer, "datamodule", None), "eval_transform", None)
         mean = (transform.mean.flatten() / 255).tolist() if transform is not None else IMAGENET_DEFAULT_MEAN
@@ -223,7 +226,7 @@ class SegmentationModule(SuiteModule):
         shown = resize(shown + torch.tensor(mean).view(1, 3, 1, 1), masks.shape[-2:]).clamp(0, 1)
         rows = torch.stack([shown, colorize(masks[:n], self.colours, self.ignore_index),
                             colorize(preds[:n], self.colours, self.ignore_index)], dim=1)  # fmt: skip
-        self.log_image_grid("val/predictions", rows.flatten(0, 1), nrow=3)
+        self.log_image_grid(f"{stage}/predictions", rows.flatten(0, 1), nrow=3)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val", batch_idx)

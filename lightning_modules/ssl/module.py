@@ -54,7 +54,8 @@ class BYOLModule(SuiteModule):
         proj_dim: projection / prediction size (256).
         pred_hidden_dim: predictor hidden width (4096).
         base_momentum: target EMA momentum at step 0 (0.996), rising to 1 on a cosine over the run's steps.
-        log_views: log a grid of the two augmented views of the first training batch of each epoch.
+        log_views: log a grid of the two augmented views (view 1 above view 2) of the first training batch of each
+            epoch to TensorBoard; the first epoch's is also saved as ``<run>/pictures/train_views_epoch000.png``.
         optim: optimizer and schedule (default :func:`byol_optim`).
         channels_last: channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the online and target backbones' ``forward_features``.
@@ -184,11 +185,12 @@ class BYOLModule(SuiteModule):
         return terms["loss"]
 
     def log_views_grid(self, v1: Tensor, v2: Tensor, n: int = 8) -> None:
-        """Row 1: view 1 of the first ``n`` images, row 2: their view 2."""
+        """Row 1: view 1 of the first ``n`` images, row 2: their view 2 (a PNG at the first epoch only: the
+        augmentations do not change over epochs)."""
         dm = self.trainer.datamodule
         n = min(n, v1.shape[0])
         self.log_image_grid("train/views", torch.cat([v1[:n], v2[:n]]), getattr(dm, "mean", None),
-                            getattr(dm, "std", None), nrow=n)  # fmt: skip
+                            getattr(dm, "std", None), nrow=n, save=self.current_epoch == 0)  # fmt: skip
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         B = None
