@@ -150,3 +150,23 @@ def test_no_pictures_without_a_logger(tmp_path, stage):
                         enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
     getattr(trainer, stage)(tiny(), one_batch({"image": torch.rand(2, 3, 16, 16)}), verbose=False)
     assert not (tmp_path / "pictures").exists()
+
+
+def test_retrieval_rows_of_a_caption_and_its_nearest_images(tmp_path):
+    from lightning_modules.retrieval.module import RetrievalEvaluation
+
+    class Ranker(RetrievalEvaluation, SuiteModule):
+        ranked_pictures = 2
+
+    module = Ranker()
+    module.trainer = make_trainer(tmp_path)
+    batch = {"image": torch.rand(3, 3, 16, 16), "image_ids": torch.tensor([10, 11, 12]),
+             "text_image_ids": torch.tensor([10, 10, 11, 12])}  # fmt: skip
+    # the first caption of image 10 ranks images 10, 11, 12; the first of image 11 ranks 12, 11, 10
+    text_emb = torch.tensor([[1.0, 0.5, 0.2], [0.0, 0.0, 1.0], [0.2, 0.5, 1.0], [0.0, 0.0, 1.0]])
+    out = module.draw_ranked_images(batch, torch.eye(3), text_emb, "test")
+    assert out == tmp_path / "pictures" / "test_ranked_images_epoch000.png"
+    pixels = read_png(out)
+    assert pixels.shape == (2 + 2 * 22, 2 + 4 * 22, 3)  # 16 + 2 * 2 (border) + 2 (padding) per tile
+    corners = [[tuple(pixels[2 + 22 * r, 2 + 22 * c]) for c in range(4)] for r in range(2)]
+    assert corners == [[BLUE_PX, GREEN_PX, RED_PX, RED_PX], [BLUE_PX, RED_PX, GREEN_PX, RED_PX]]

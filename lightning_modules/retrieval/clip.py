@@ -37,6 +37,8 @@ class ClipZeroShotRetrieval(RetrievalEvaluation, SuiteModule):
         config: a ``CLIPConfig`` keyword dict for a randomly initialised model (tests); ignored with ``name_or_path``.
         max_text_length: caption tokens (CLIP's context is 77).
         caption_prefix: text put before every caption.
+        ranked_pictures: captions drawn with their nearest images of the first validation and test batch
+            (:meth:`~lightning_modules.retrieval.module.RetrievalEvaluation.draw_ranked_images`; 0: none).
     """
 
     monitor = "val/rsum"
@@ -48,9 +50,11 @@ class ClipZeroShotRetrieval(RetrievalEvaluation, SuiteModule):
         config: dict | None = None,
         max_text_length: int = 77,
         caption_prefix: str = "",
+        ranked_pictures: int = 4,
     ) -> None:
         super().__init__(None)
         self.save_hyperparameters()
+        self.ranked_pictures = ranked_pictures
         from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
         if name_or_path:

@@ -27,10 +27,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_modules.backbones import check_backbone_name, create_backbone
-from lightning_modules.base import SuiteModule
+from lightning_modules.base import BLUE, GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
@@ -64,11 +64,37 @@ def contrastive_loss(
 class RetrievalEvaluation:
     """Validation and test hooks shared by the retrieval modules: :meth:`embed` gives the global image and caption
     embeddings of a batch, :class:`ImageTextRetrieval` ranks them, R@K and RSUM are logged as ``val/*`` /
-    ``test/*``. The module creates ``val_metric`` and ``test_metric``."""
+    ``test/*``. The module creates ``val_metric`` and ``test_metric`` and sets ``ranked_pictures`` (captions drawn by
+    :meth:`draw_ranked_images`)."""
 
-    def _evaluate(self, batch: dict, metric: ImageTextRetrieval) -> None:
+    ranked_pictures: int = 4
+
+    def _evaluate(self, batch: dict, metric: ImageTextRetrieval, stage: str = "val", batch_idx: int = 0) -> None:
         image_emb, text_emb = self.embed(batch)
         metric.update(image_emb, batch["image_ids"], text_emb, batch["text_image_ids"], batch["text_ids"])
+        if (
+            batch_idx == 0
+            and self.ranked_pictures > 0
+            and self._trainer is not None
+            and not self.trainer.sanity_checking
+        ):
+            self.draw_ranked_images(batch, image_emb, text_emb, stage)
+
+    def draw_ranked_images(self, batch: dict, image_emb: Tensor, text_emb: Tensor, stage: str, top: int = 5):
+        """For the first caption of each of the first ``ranked_pictures`` images of the batch a row: that image
+        (blue border), then the batch's ``top`` images nearest to the caption (green: the caption's image, red:
+        another); TensorBoard ``<stage>/ranked_images`` and ``<run>/pictures/<stage>_ranked_images_epoch<NNN>.png``."""
+        count = min(self.ranked_pictures, batch["image"].shape[0])
+        top = min(top, batch["image"].shape[0])
+        firsts = [int((batch["text_image_ids"] == i).nonzero()[0]) for i in batch["image_ids"][:count].tolist()]
+        nearest = (text_emb[firsts].float() @ image_emb.float().t()).topk(top, dim=1).indices.cpu()
+        dm = getattr(self.trainer, "datamodule", None)
+        images = unnormalise(batch["image"], getattr(dm, "mean", None), getattr(dm, "std", None))
+        right = (batch["image_ids"].cpu()[nearest] == batch["text_image_ids"].cpu()[firsts][:, None]).flatten()
+        rows = torch.cat([framed(images[:count], [BLUE] * count).unsqueeze(1),
+                          framed(images[nearest.flatten()], [GREEN if r else RED for r in right.tolist()])
+                          .unflatten(0, (count, top))], dim=1)  # fmt: skip
+        return self.log_image_grid(f"{stage}/ranked_images", rows.flatten(0, 1), nrow=top + 1)
 
     def _log_metric(self, metric: ImageTextRetrieval, stage: str) -> None:
         values = metric.compute()
@@ -77,13 +103,13 @@ class RetrievalEvaluation:
         metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metric)
+        self._evaluate(batch, self.val_metric, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_metric, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metric)
+        self._evaluate(batch, self.test_metric, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_metric, "test")
@@ -109,6 +135,9 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         momentum: EMA factor of the momentum encoders.
         optim: optimizer and schedule.
         compile: ``torch.compile`` the image encoder's ``forward_features``.
+        ranked_pictures: captions of the first validation and test batch drawn as a row of their image (blue border)
+            and the batch's 5 images nearest to them (green: right, red: wrong) in
+            ``<run>/pictures/<stage>_ranked_images_epoch<NNN>.png`` and TensorBoard (0: none).
     """
 
     monitor = "val/rsum"
@@ -129,9 +158,11 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         momentum: float = 0.995,
         optim: OptimConfig | None = None,
         compile: bool = False,
+        ranked_pictures: int = 4,
     ) -> None:
         super().__init__(optim)
         self.save_hyperparameters()
+        self.ranked_pictures = ranked_pictures
         check_backbone_name(image_encoder)
         self.image_encoder = create_backbone(
             image_encoder,
