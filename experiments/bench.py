@@ -1,4 +1,4 @@
-"""``python -m experiments bench --config C.yaml [--steps N] [--batch-size B] [--compile] [--markdown FILE]``.
+"""``python -m experiments bench --config C.yaml [--steps N] [--data.batch_size B] [--compile] [--markdown FILE]``.
 
 Two measurements for any config:
 
@@ -15,70 +15,87 @@ Two measurements for any config:
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset
-from torch.utils.flop_counter import FlopCounterMode
-
 from experiments.errors import ConfigError, DataError, SuiteError, find_suite_error
-from experiments.sections import build_sections
+from experiments.flags import canonical_flags
 
 # dense bf16 tensor-core peaks (FLOP/s) of the cards this suite meets
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
 
 
-def build_model_and_data(config: str, overrides: list[str]) -> tuple[L.LightningModule, L.LightningDataModule, dict]:
+def build_model_and_data(config: str, overrides: list[str]) -> tuple:
     """Instantiate the config's ``model`` and ``data`` (no trainer), with ``--model.*`` / ``--data.*`` overrides."""
+    from experiments.sections import build_sections
+
     built = build_sections(config, ("model", "data"), overrides)
     return built["model"], built["data"], built["trainer"]
 
 
-class RepeatedBatch(Dataset):
-    """The same pre-made batch ``length`` times (loaded with ``batch_size=None``)."""
+@functools.cache
+def _lightning_classes() -> dict[str, type]:
+    """RepeatedBatch, SyntheticData and StepTimer, defined on first use: they subclass torch / Lightning classes, and
+    ``bench --help`` must not import those (see :func:`__getattr__`)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, Dataset
 
-    def __init__(self, batch: dict, length: int) -> None:
-        self.batch, self.length = batch, length
+    class RepeatedBatch(Dataset):
+        """The same pre-made batch ``length`` times (loaded with ``batch_size=None``)."""
 
-    def __len__(self) -> int:
-        return self.length
+        def __init__(self, batch: dict, length: int) -> None:
+            self.batch, self.length = batch, length
 
-    def __getitem__(self, index: int) -> dict:
-        return self.batch
+        def __len__(self) -> int:
+            return self.length
+
+        def __getitem__(self, index: int) -> dict:
+            return self.batch
+
+    class SyntheticData(L.LightningDataModule):
+        """Serves one synthetic batch over and over (``batch_size`` is read by the lr scaling)."""
+
+        def __init__(self, batch: dict, length: int) -> None:
+            super().__init__()
+            self.batch, self.length = batch, length
+            self.batch_size = batch_size_of(batch)
+
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(RepeatedBatch(self.batch, self.length), batch_size=None)
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def _sync(self, pl_module) -> None:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self._sync(pl_module)
+            self.starts.append(time.perf_counter())
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            self._sync(pl_module)
+            self.starts.append(time.perf_counter())
+
+    classes = {"RepeatedBatch": RepeatedBatch, "SyntheticData": SyntheticData, "StepTimer": StepTimer}
+    for cls in classes.values():
+        cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    globals().update(classes)
+    return classes
 
 
-class SyntheticData(L.LightningDataModule):
-    """Serves one synthetic batch over and over (``batch_size`` is read by the lr scaling)."""
-
-    def __init__(self, batch: dict, length: int) -> None:
-        super().__init__()
-        self.batch, self.length = batch, length
-        self.batch_size = batch_size_of(batch)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(RepeatedBatch(self.batch, self.length), batch_size=None)
-
-
-class StepTimer(L.Callback):
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def _sync(self, pl_module) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._sync(pl_module)
-        self.starts.append(time.perf_counter())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._sync(pl_module)
-        self.starts.append(time.perf_counter())
+def __getattr__(name: str):
+    """``from experiments.bench import StepTimer`` (and the other two) works as if they were defined at module level."""
+    if name in ("RepeatedBatch", "SyntheticData", "StepTimer"):
+        return _lightning_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def batch_size_of(batch) -> int:
@@ -95,7 +112,10 @@ def first_sample(batch):
     return type(batch)(part[:1] for part in batch)
 
 
-def forward_flops_per_sample(model: L.LightningModule, batch) -> float:
+def forward_flops_per_sample(model, batch) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     one = first_sample(batch)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model.eval()
@@ -108,6 +128,8 @@ def forward_flops_per_sample(model: L.LightningModule, batch) -> float:
 
 
 def device_peak_flops() -> tuple[str, float | None]:
+    import torch
+
     if not torch.cuda.is_available():
         return "cpu", None
     name = torch.cuda.get_device_name()
@@ -116,7 +138,11 @@ def device_peak_flops() -> tuple[str, float | None]:
 
 
 def bench_training(model, batch: dict, steps: int, warmup: int, precision: str) -> dict:
-    timer = StepTimer()
+    import lightning as L
+    import torch
+
+    classes = _lightning_classes()
+    timer = classes["StepTimer"]()
     trainer = L.Trainer(
         accelerator="auto", devices=1, precision=precision, max_steps=warmup + steps, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
@@ -124,7 +150,7 @@ def bench_training(model, batch: dict, steps: int, warmup: int, precision: str) 
     )  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(model, datamodule=SyntheticData(batch, warmup + steps))
+    trainer.fit(model, datamodule=classes["SyntheticData"](batch, warmup + steps))
     deltas = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)][warmup:]
     step = statistics.median(deltas)
     if torch.cuda.is_available():
@@ -222,12 +248,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, action="append", help="repeat for several configs")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--data.batch_size", dest="batch_size", type=int, default=None, help="default: the config's")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--precision", default=None, help="default: the config's on a GPU, 32-true on a CPU")
-    parser.add_argument("--loader-batches", type=int, default=20, help="0 skips the data-loading measurement")
+    parser.add_argument("--loader_batches", type=int, default=20, help="0 skips the data-loading measurement")
     parser.add_argument("--markdown", default=None, help="append the results to this Markdown file")
-    args, overrides = parser.parse_known_args(argv)
+    # --batch-size / --batch_size: the spellings before flags were spelled one way (experiments.flags)
+    aliases = {"--batch-size": "--data.batch_size", "--batch_size": "--data.batch_size"}
+    args, overrides = parser.parse_known_args(canonical_flags(argv, parser._option_string_actions, aliases, "bench"))
     for config in args.config:
         r = run(config, args.steps, args.warmup, args.batch_size, args.compile, args.precision, args.loader_batches,
                 overrides)  # fmt: skip

@@ -27,13 +27,16 @@ import argparse
 import importlib
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
-from torch.utils.data import DataLoader, Subset
 
 from experiments.errors import ConfigError
-from experiments.io import atomic_write_json
+from experiments.flags import canonical_flags
+
+if TYPE_CHECKING:  # torch is imported where it is used: `evaluate --help` stays fast
+    import torch
+    from torch.utils.data import DataLoader
 
 PROTOCOLS = ("linear", "knn", "dense")
 
@@ -102,6 +105,9 @@ def instantiate(spec: dict):
 
 def classification_loaders(cfg: dict, seed: int) -> tuple[DataLoader, DataLoader]:
     """Train / eval loaders of the configured classification data, both with the eval transform (no augmentation)."""
+    import torch
+    from torch.utils.data import Subset
+
     dm = instantiate(cfg)
     dm.prepare_data()
     train = dm._dataset(cfg.get("train_split", "train"), train=False)
@@ -114,6 +120,8 @@ def classification_loaders(cfg: dict, seed: int) -> tuple[DataLoader, DataLoader
 
 
 def dense_loaders(cfg: dict) -> tuple[DataLoader, DataLoader]:
+    from torch.utils.data import DataLoader
+
     from datamodules.toy.dense_scenes import DenseScenesDataset, ensure_dense_scenes
 
     if cfg.get("dataset", "toy") == "toy":
@@ -129,7 +137,10 @@ def dense_loaders(cfg: dict) -> tuple[DataLoader, DataLoader]:
 
 def evaluate(config: dict, config_path: str | None = None, runs_dir: str = "runs") -> tuple[dict, Path]:
     """Run the configured protocols; returns (metrics record, run dir) after writing ``metrics.json``."""
+    import torch
+
     from experiments.cli import next_version_dir
+    from experiments.io import atomic_write_json
     from lightning_modules.classification.probe import extract_features, fit_linear_probe
     from lightning_modules.evaluation import dense_evaluation, knn_accuracy
 
@@ -217,7 +228,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runs_dir", default="runs")
     parser.add_argument("--run_name", default=None, help="run folder name (default: the config's name)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(canonical_flags(argv, parser._option_string_actions, {"--runs": "--runs_dir"}, "evaluate"))
     try:
         config = yaml.safe_load(Path(args.config).read_text())
     except FileNotFoundError:

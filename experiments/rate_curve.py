@@ -1,7 +1,7 @@
-"""``python -m experiments rate_curve --runs DIR[=LABEL] [--runs ...] --out FIG.png [--split val|test]``.
+"""``python -m experiments rate_curve --runs_dir DIR[=LABEL] [--runs_dir ...] --out FIG.png [--split val|test]``.
 
 The compression-recovery trade-off of learning-by-compression (arXiv 2105.13978): every ``metrics.json`` under each
-``--runs`` folder (a sweep's ``runs/sweeps/<study>``, or any runs folder) is one point; each folder is one curve,
+``--runs_dir`` folder (a sweep's ``runs/sweeps/<study>``, or any runs folder) is one point; each folder is one curve,
 labelled by ``LABEL`` or the folder's name, and split into one curve per weak-label weight ``lambda_sem`` when the
 folder holds more than one (a ``lambda_rate x lambda_sem`` grid: curves ``LABEL, lambda_sem=V``). Two panels: PSNR
 vs bits per pixel and semantic recovery (frozen classifier's accuracy on reconstructions / on originals) vs bits per
@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from experiments.errors import ConfigError
-from experiments.io import atomic_write_bytes
+from experiments.flags import canonical_flags
 
 COLUMNS = ("label", "run", "lambda_rate", "lambda_sem", "bpp", "psnr", "ms_ssim", "semantic_recovery", "weak_acc")
 
@@ -42,7 +42,7 @@ def collect(folder: str | Path, label: str, split: str = "val") -> list[dict]:
     """One row per ``metrics.json`` under ``folder`` holding ``<split>/bpp`` (runs without it are skipped)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConfigError(f"--runs {folder}: no such folder")
+        raise ConfigError(f"--runs_dir {folder}: no such folder")
     rows = []
     for path in sorted(folder.rglob("metrics.json")):
         record = json.loads(path.read_text())
@@ -120,12 +120,14 @@ def plot(curves: dict[str, list[dict]], split: str) -> bytes:
 
 def rate_curve(runs: list[str], out: str, split: str = "val") -> list[dict]:
     """Collect every folder of ``runs`` (``DIR`` or ``DIR=LABEL``), write the figure and tables; return the rows."""
+    from experiments.io import atomic_write_bytes  # imports torch: not for `rate_curve --help`
+
     curves: dict[str, list[dict]] = {}
     for spec in runs:
         folder, label = _parse_runs(spec)
         rows = collect(folder, label, split)
         if not rows:
-            raise ConfigError(f"--runs {folder}: no metrics.json with '{split}/bpp' under it (a compression run?)")
+            raise ConfigError(f"--runs_dir {folder}: no metrics.json with '{split}/bpp' under it (a compression run?)")
         for name, curve in split_by_lambda_sem(label, rows).items():
             curves.setdefault(name, []).extend(curve)
     out_path = Path(out)
@@ -141,12 +143,16 @@ def rate_curve(runs: list[str], out: str, split: str = "val") -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments rate_curve", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--runs", action="append", required=True, help="runs folder, optionally =LABEL; repeatable")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments rate_curve", description=__doc__.split("\n\n")[1], allow_abbrev=False
+    )
+    parser.add_argument("--runs_dir", action="append", required=True, help="runs folder, optionally =LABEL; repeatable")
     parser.add_argument("--out", required=True, help="PNG path; .csv and .md tables are written beside it")
     parser.add_argument("--split", choices=["val", "test"], default="val")
-    args = parser.parse_args(argv)
-    rows = rate_curve(args.runs, args.out, args.split)
+    args = parser.parse_args(
+        canonical_flags(argv, parser._option_string_actions, {"--runs": "--runs_dir"}, "rate_curve")
+    )
+    rows = rate_curve(args.runs_dir, args.out, args.split)
     print(markdown(rows), end="")
     print(f"figure: {args.out}")
     return 0
