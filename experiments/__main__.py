@@ -2,29 +2,40 @@
 
 fit | validate | test | predict   LightningCLI (see :mod:`experiments.cli`)
 demo --config X.yaml              fit the toy config, test its best checkpoint, print the run and its metrics
-table <paper> [--runs runs]       the paper's table: paper numbers beside measured ones
-reproduce <paper> --scale toy|full [--runs runs] [--force] [--key value ...]   run every row of the paper's table,
-                                  then print the table (finished steps skipped unless --force; failures listed);
-                                  each --key value (--trainer.max_epochs 3) goes to every fit/test/predict step
-                                  (not to evaluate steps: it says which); a row with `seeds: [0, 1, 2]` runs
-                                  once per seed (--seed_everything S, run folder <name>__seedS) and prints mean ± std
-launch slurm|torchrun --config X.yaml --nodes N --gpus-per-node G   write an sbatch file / print torchrun
+table <paper> [--runs_dir runs]   the paper's table: paper numbers beside measured ones
+reproduce <paper> --scale toy|full [--runs_dir runs] [--force] [--dry_run] [--key value ...]
+                                  run every row of the paper's table, then print the table (finished steps
+                                  skipped unless --force; failures listed); each --key value
+                                  (--trainer.max_epochs 3) goes to every fit/test/predict step (not to evaluate
+                                  steps: it says which); a row with `seeds: [0, 1, 2]` runs once per seed
+                                  (--seed_everything S, run folder <name>__seedS) and prints mean ± std
+launch slurm|torchrun --config X.yaml --nodes N --gpus_per_node G   write an sbatch file / print torchrun
 data check --config X.yaml        validate the dataset a config points at, without training
 data extract --config X.yaml      video datasets: embed every clip once with a frozen backbone (feature shards)
 sweep --config X.yaml --space S.yaml --trials N   Optuna search over config keys (resumable, pruned)
-bench --config X.yaml [--steps N] [--compile]     step time, samples/s, memory, FLOPs, MFU; loader alone
-rate_curve --runs DIR[=LABEL] ... --out F.png    compression: PSNR / semantic recovery vs bits per pixel
+bench --config X.yaml [--steps N] [--data.batch_size B] [--compile]
+                                  step time, samples/s, memory, FLOPs, MFU; loader alone
+rate_curve --runs_dir DIR[=LABEL] ... --out F.png   compression: PSNR / semantic recovery vs bits per pixel
 evaluate --config X.yaml [--ckpt C] [--backbone B]   frozen-backbone linear / k-NN / dense evaluations
+
+Every command also takes --log_level DEBUG|INFO|WARNING|ERROR (the suite's log lines on stderr; default INFO) and
+--debug (a full traceback instead of the one-line "error: ..." that ends a command with exit code 2 when a config,
+a flag or the data is wrong). Flags are spelled with underscores (--runs_dir, --dry_run); older spellings still work
+with a deprecation line.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import os
 import sys
 import time
 
-from experiments.errors import ConfigError, find_suite_error
+from experiments.errors import ConfigError, find_suite_error, one_line
+from experiments.flags import canonical_flags
+from experiments.logs import LEVELS, suite_logging
 
 LIGHTNING_COMMANDS = {"fit", "validate", "test", "predict"}
 # commands whose module has main(argv) -> exit code
@@ -37,6 +48,7 @@ MODULE_COMMANDS = {
     "evaluate": "experiments.evaluate",
 }
 USAGE = __doc__
+RUNS_ALIAS = {"--runs": "--runs_dir"}  # table / reproduce called it --runs before flags were spelled one way
 
 
 def demo(args: list[str]) -> int:
@@ -57,16 +69,14 @@ def demo(args: list[str]) -> int:
 
 
 def table(args: list[str]) -> int:
-    import argparse
-
     from experiments.table import available_tables, render_table
 
-    parser = argparse.ArgumentParser(prog="python -m experiments table")
+    parser = argparse.ArgumentParser(prog="python -m experiments table", allow_abbrev=False)
     parser.add_argument("paper", help=f"one of: {', '.join(available_tables())}")
-    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--runs_dir", default="runs", help="the runs folder the rows' metrics.json are read from")
     parser.add_argument("--scale", choices=["toy", "full", "any"], default="any")
-    opts = parser.parse_args(args)
-    print(render_table(opts.paper, opts.runs, opts.scale))
+    opts = parser.parse_args(canonical_flags(args, parser._option_string_actions, RUNS_ALIAS, "table"))
+    print(render_table(opts.paper, opts.runs_dir, opts.scale))
     return 0
 
 
@@ -92,9 +102,9 @@ def check_overrides(extra: list[str], seeded: bool) -> list[str]:
             raise ConfigError(f"reproduce: {token!r} is not part of a --key value override; overrides follow the "
                               "paper, e.g. reproduce tel --scale full --trainer.max_epochs 3")  # fmt: skip
         key = token.split("=", 1)[0]
-        if key in ("--run_name", "--runs_dir"):
-            raise ConfigError(f"reproduce: {key} cannot be overridden (each row names its own run folder; use --runs "
-                              "for the folder they go in)")  # fmt: skip
+        if key == "--run_name":
+            raise ConfigError(f"reproduce: {key} cannot be overridden (each row names its own run folder; use "
+                              "--runs_dir for the folder they go in)")  # fmt: skip
         if key == "--seed_everything" and seeded:
             raise ConfigError("reproduce: --seed_everything cannot be overridden here: the table has rows with "
                               "`seeds`, which set it per run")  # fmt: skip
@@ -103,7 +113,6 @@ def check_overrides(extra: list[str], seeded: bool) -> list[str]:
 
 
 def reproduce(args: list[str]) -> int:
-    import argparse
     import shlex
 
     from experiments.table import finished_run, load_table, planned_steps, render_table
@@ -115,17 +124,17 @@ def reproduce(args: list[str]) -> int:
     )
     parser.add_argument("paper")
     parser.add_argument("--scale", choices=["toy", "full"], default="toy")
-    parser.add_argument("--runs", default="runs")
+    parser.add_argument("--runs_dir", default="runs")
     parser.add_argument("--force", action="store_true", help="rerun steps whose run already finished")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands (overrides included), run nothing")
-    opts, extra = parser.parse_known_args(args)
+    parser.add_argument("--dry_run", action="store_true", help="print the commands (overrides included), run nothing")
+    opts, extra = parser.parse_known_args(canonical_flags(args, parser._option_string_actions, RUNS_ALIAS, "reproduce"))
     _, rows = load_table(opts.paper)
     overrides = check_overrides(extra, any(row.seeds for row in rows))
     for row in rows:
         if row.commands(opts.scale) is None:
             print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
     failures: list[str] = []
-    for row, seed, command in planned_steps(rows, opts.scale, opts.runs):
+    for row, seed, command in planned_steps(rows, opts.scale, opts.runs_dir):
         if command[0] == "evaluate":  # its own parser takes none of the LightningCLI keys, nor a seed
             if overrides:
                 print(f"note: {row.label}: overrides {' '.join(overrides)} not passed to its evaluate step "
@@ -135,58 +144,113 @@ def reproduce(args: list[str]) -> int:
                       f"`seed` holds); seed {seed} changes only the steps before it", file=sys.stderr)  # fmt: skip
         else:
             command = [*command, *overrides]
-        done = None if opts.force else finished_run(command, opts.runs)
+        done = None if opts.force else finished_run(command, opts.runs_dir)
         if done is not None:
             print(f"done: {row.label}: {done} already ran python -m experiments {' '.join(command)} (--force reruns)",
                   file=sys.stderr)  # fmt: skip
             continue
         if opts.dry_run:
-            print(f"python -m experiments {shlex.join([*command, '--runs_dir', opts.runs])}  # {row.label}")
+            print(f"python -m experiments {shlex.join([*command, '--runs_dir', opts.runs_dir])}  # {row.label}")
             continue
         print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
         try:
-            run_command(command, opts.runs)
+            run_command(command, opts.runs_dir)
         except (Exception, SystemExit) as err:  # one failing row must not stop the others; summarised at the end
             message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             failures.append(f"{row.label}: {type(err).__name__}: {message}")
             print(f"failed: {failures[-1]}", file=sys.stderr)
     if opts.dry_run:
         return 0
-    print(render_table(opts.paper, opts.runs, opts.scale))
+    print(render_table(opts.paper, opts.runs_dir, opts.scale))
     if failures:
         print(f"{len(failures)} step(s) failed:", *failures, sep="\n  ", file=sys.stderr)
         return 1
     return 0
 
 
+def pop_global_flags(argv: list[str]) -> tuple[list[str], str, bool]:
+    """``argv`` without the flags every command takes, wherever they stand before ``--``: ``--log_level LEVEL``
+    (``--log_level=LEVEL``) and ``--debug``; returns (the rest, the level, whether --debug was given)."""
+    rest, level, debug, i = [], "INFO", False, 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        if token == "--":
+            rest += argv[i:]
+            break
+        if name in ("--log_level", "--log-level"):
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                i += 1
+            level = value.upper()
+            if level not in LEVELS:
+                raise ConfigError(f"--log_level {value!r}: choose one of {', '.join(LEVELS)}")
+        elif token == "--debug":
+            debug = True
+        else:
+            rest.append(token)
+        i += 1
+    return rest, level, debug
+
+
+def dispatch(command: str, rest: list[str]) -> int:
+    if command in LIGHTNING_COMMANDS:
+        from experiments.cli import main as cli_main
+
+        cli_main([command, *rest])
+        return 0
+    if command == "demo":
+        return demo(rest)
+    if command == "table":
+        return table(rest)
+    if command == "reproduce":
+        return reproduce(rest)
+    if command in MODULE_COMMANDS:
+        return importlib.import_module(MODULE_COMMANDS[command]).main(rest)
+    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command. A suite error (bad config, flag or data) ends it with one ``error: ...`` line and exit code 2,
+    wherever it was raised (a DataLoader worker included); ``--debug`` shows the traceback instead."""
+    try:
+        argv, level, debug = pop_global_flags(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not argv or argv[0] in {"-h", "--help"}:
         print(USAGE)
         return 0 if argv else 2
-    command, rest = argv[0], argv[1:]
+    previous = os.environ.get("EXPERIMENTS_DEBUG")
+    if debug:
+        os.environ["EXPERIMENTS_DEBUG"] = "1"  # read by the parsers (experiments.cli) and worker processes
     try:
-        if command in LIGHTNING_COMMANDS:
-            from experiments.cli import main as cli_main
-
-            cli_main([command, *rest])
-            return 0
-        if command == "demo":
-            return demo(rest)
-        if command == "table":
-            return table(rest)
-        if command == "reproduce":
-            return reproduce(rest)
-        if command in MODULE_COMMANDS:
-            return importlib.import_module(MODULE_COMMANDS[command]).main(rest)
-    except Exception as exc:
-        err = find_suite_error(exc)
-        if err is None:
+        with suite_logging(level):
+            return dispatch(argv[0], argv[1:])
+    except KeyboardInterrupt:
+        if os.environ.get("EXPERIMENTS_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
-    return 2
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("EXPERIMENTS_DEBUG"):
+            raise
+        err = find_suite_error(exc)
+        if err is not None:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return 2
+        if isinstance(exc, argparse.ArgumentError):  # a config section parsed outside LightningCLI (bench, data)
+            from experiments.cli import parse_error_text
+
+            print(f"error: {argv[0]}: {parse_error_text(str(exc), argv[1:], [])}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        if previous is None:
+            os.environ.pop("EXPERIMENTS_DEBUG", None)
+        else:
+            os.environ["EXPERIMENTS_DEBUG"] = previous
 
 
 if __name__ == "__main__":

@@ -10,24 +10,120 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import logging
 import os
 import re
 import sys
+import typing
 import warnings
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+import yaml
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
+import experiments.logs  # noqa: F401  (filters the specific Lightning warnings every run would print)
 import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
 from experiments.callbacks import MetricsJSON, PredictionsWriter, RNGStateCheckpoint
+from experiments.errors import parse_error_line, unknown_key
 from experiments.io import AtomicCheckpointIO
 
 # Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
 # events already there) is about its own metrics.csv only, which does not exist yet.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+
+
+def config_class_paths(argv: list[str]) -> dict[str, str]:
+    """``{"model": class_path, "data": class_path}`` as the config files (``--config`` / ``-c``) and
+    ``--model.class_path`` / ``--data.class_path`` in ``argv`` set them (later ones win)."""
+    found: dict[str, str] = {}
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if name in ("--config", "-c"):
+            try:
+                raw = yaml.safe_load(Path(value).read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                continue
+            for section in ("model", "data"):
+                if isinstance(raw.get(section), dict) and raw[section].get("class_path"):
+                    found[section] = raw[section]["class_path"]
+        elif name in ("--model.class_path", "--data.class_path"):
+            found[name[2:].split(".")[0]] = value
+    return found
+
+
+def init_arg_keys(section: str, class_path: str) -> list[str]:
+    """``section.init_args.<arg>`` for every argument of ``class_path``'s ``__init__`` (nested keys included)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "init_args", fail_untyped=False)
+    except Exception:  # a class the parser cannot describe: no suggestions for it
+        return []
+    keys = [f"{section}.{a.dest}" for a in parser._actions if a.dest.startswith("init_args.")]
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not resolve: the top-level keys only
+        hints = {}
+    for arg, hint in hints.items():  # one level down into the suite's own argument classes (optim: OptimConfig)
+        for sub in (hint, *typing.get_args(hint)):
+            if isinstance(sub, type) and sub.__module__.startswith(("lightning_modules", "datamodules")):
+                keys += [f"{section}.init_args.{arg}.{name}" for name in inspect.signature(sub).parameters]
+    return keys
+
+
+def parse_error_text(message: str, argv: list[str], keys: list[str]) -> str:
+    """:func:`~experiments.errors.parse_error_line` for a parse error of ``argv``: the candidates are ``keys`` (the
+    parser's) and the init arguments of the configured model and data classes; it says where an unknown key was."""
+    key = unknown_key(message)
+    candidates = list(keys)
+    for section, class_path in config_class_paths(argv).items():
+        candidates += init_arg_keys(section, class_path)
+    given = {token.split("=")[0] for token in argv}
+    if key is None:
+        where = ""
+    elif f"--{key}" in given or f"--{key.replace('.init_args.', '.')}" in given:
+        where = " on the command line"
+    else:
+        configs = [argv[i + 1] for i, token in enumerate(argv[:-1]) if token in ("--config", "-c")]
+        where = f" in {', '.join(configs)}" if configs else ""
+    return parse_error_line(message, key, candidates, where)
+
+
+class SuiteArgumentParser(LightningArgumentParser):
+    """Parse errors as one line naming the key (and the nearest accepted keys) instead of the usage text and
+    jsonargparse's nested "Union subtypes" dump; ``--debug`` (``EXPERIMENTS_DEBUG=1``) keeps the full message."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or os.environ.get("EXPERIMENTS_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        keys = [a.dest for a in parser._actions if a.option_strings and a.dest not in ("help", "config")]
+        command = getattr(parser, "subcommand", None)
+        prefix = f"{command}: " if command else ""
+        sys.stderr.write(f"error: {prefix}{parse_error_text(message, sys.argv[1:], keys)}\n")
+        self.exit(2)
+
+
+class SuiteModelSummary(ModelSummary):
+    """Lightning's layer summary without its FLOPs column and total: Lightning counts FLOPs only when a module sets
+    ``example_input_array``, which the suite's modules do not, so they read 0 on every run."""
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes, total_flops,
+                  **summarize_kwargs) -> None:  # fmt: skip
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes, 0,
+                                      *columns)  # fmt: skip
+        logging.getLogger("lightning.pytorch.callbacks.model_summary").info("\n" + table.rpartition("\n")[0])
 
 
 def next_version_dir(base: Path) -> Path:
@@ -69,12 +165,17 @@ class SuiteCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf"},
+            parser_kwargs={"parser_mode": "omegaconf", "allow_abbrev": False},  # --trainer.max_epoch is an error
+            parser_class=SuiteArgumentParser,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             args=args,
             run=run,
         )
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        kwargs.setdefault("allow_abbrev", False)  # the subcommand parsers too: no prefix of a key is taken for it
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run directories are created.")
@@ -132,6 +233,11 @@ class SuiteCLI(LightningCLI):
         configs = cfg.get("config") or []
         callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
         callbacks.append(RNGStateCheckpoint())
+        if trainer_cfg.get("enable_model_summary") is not False and not any(
+            isinstance(c, ModelSummary) for c in callbacks
+        ):
+            callbacks.append(SuiteModelSummary())
+            kwargs["enable_model_summary"] = False  # else Lightning logs that it skips its default summary
         callbacks += self.extra_callbacks
         if self.subcommand == "predict":
             callbacks.append(PredictionsWriter(str(self.run_dir)))

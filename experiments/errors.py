@@ -1,5 +1,10 @@
 """Errors for bad user input. The command line prints them as one clear message instead of a traceback."""
 
+from __future__ import annotations
+
+import difflib
+import re
+
 
 class SuiteError(Exception):
     """Base class: input the user can fix (the message says what and how)."""
@@ -26,3 +31,52 @@ def find_suite_error(exc: BaseException | None) -> SuiteError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def one_line(err: BaseException) -> str:
+    """The error's own message on one line. An error raised in a DataLoader worker comes back from torch as the same
+    type holding "Caught X in DataLoader worker process N. Original Traceback ...": its last line is the message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        name = re.escape(type(err).__name__)
+        found = [m.group(1) for line in text.splitlines() if (m := re.match(rf"(?:[\w.]+\.)?{name}: (.*)", line))]
+        text = found[-1] if found else text.splitlines()[-1]
+    return " ".join(text.split()) or type(err).__name__
+
+
+def unknown_key(message: str) -> str | None:
+    """The dotted key a jsonargparse error says is not accepted (``model.init_args.lrr``), else None."""
+    if m := re.match(r"unrecognized arguments: --(\S+)", message):
+        return m.group(1).split("=")[0]
+    if m := re.search(r"does not accept option '([^']+)'", message):
+        return m.group(1)
+    sections = re.findall(r'Parser key "([^"]+)"', message)  # outermost first: model, then optim (a nested class)
+    options = re.findall(r"Option '([^']+)' is not accepted", message)
+    if sections and options:
+        given = re.findall(r"Given value: NestedArg\(key='([^']+)'", message)  # the outermost comes last
+        return f"{sections[0]}.init_args.{given[-1] if given else '.'.join([*sections[1:], options[-1]])}"
+    return None
+
+
+def parse_error_line(message: str, key: str | None, candidates: list[str], where: str) -> str:
+    """One line for a command-line / config parse error: an unknown ``key`` names the nearest accepted keys
+    (``candidates``); any other error keeps its first line and the innermost reasons of jsonargparse's nested dump."""
+    if key is not None:
+        near = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+        if not near:  # a misspelled leaf: compare within the same section (model.init_args.lrr vs ...lr)
+            section = key.rpartition(".")[0]
+            leaves = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == section}
+            near = [leaves[n] for n in difflib.get_close_matches(key.rpartition(".")[2], leaves, n=3, cutoff=0.5)]
+        hint = f"; did you mean {' or '.join(near)}?" if near else "; --help lists the accepted keys"
+        return f"unknown key '{key}'{where}{hint}"
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) == 1:
+        return lines[0]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+    reasons += [line for line in lines[1:] if not line.startswith(("- ", "Does not validate", "Subtypes:", "Errors:",
+                                                                    "Given value"))]  # fmt: skip
+    given = next((line for line in lines if line.startswith("Given value:")), "")
+    text = f"{lines[0].rstrip(':')}: {'; '.join(dict.fromkeys(reasons)) or lines[1]}"
+    if given and len(given) < 80:
+        text += f" ({given[0].lower()}{given[1:]})"
+    return text
