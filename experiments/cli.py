@@ -34,6 +34,8 @@ from experiments.callbacks import MetricsJSON, PredictionsWriter, RNGStateCheckp
 from experiments.errors import parse_error_line, unknown_key
 from experiments.io import AtomicCheckpointIO
 
+log = logging.getLogger(__name__)
+
 # Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
 # events already there) is about its own metrics.csv only, which does not exist yet.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
@@ -175,6 +177,7 @@ class SuiteCLI(LightningCLI):
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("allow_abbrev", False)  # the subcommand parsers too: no prefix of a key is taken for it
+        kwargs.setdefault("prog", "python -m experiments")  # usage lines name the command, not __main__.py
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -254,7 +257,7 @@ class SuiteCLI(LightningCLI):
         if ckpt == "last":
             found = resume_target(base)
             if found is None:
-                print(f"no checkpoint to resume under {base}; starting a new run", file=sys.stderr)
+                log.warning("no checkpoint to resume under %s; starting a new run", base)
                 init["ckpt_path"] = None
                 return
             self.run_dir, path = found
@@ -263,13 +266,13 @@ class SuiteCLI(LightningCLI):
             self.run_dir = Path(ckpt).absolute().parents[1]
         else:
             return
-        print(f"resuming {self.run_dir} from {init['ckpt_path']}", file=sys.stderr)
+        log.info("resuming %s from %s", self.run_dir, init["ckpt_path"])
         keep_previous_csv(self.run_dir)
 
     # -- after each subcommand -------------------------------------------------------------------------------
     def _report(self) -> None:
         if self.trainer.is_global_zero:
-            print(f"\nrun dir: {self.run_dir}\nmetrics: {self.run_dir / 'metrics.json'}", file=sys.stderr)
+            print(f"\nrun dir: {self.run_dir}\nmetrics: {self.run_dir / 'metrics.json'}")  # the run's output: stdout
 
     def after_fit(self) -> None:
         if self._subconfig().get("test_after_fit"):
