@@ -1,7 +1,8 @@
-"""``python -m experiments table <paper> [--runs runs/] [--scale toy|full|any]``: paper numbers beside measured ones.
+"""``python -m experiments table <paper> [--runs_dir runs/] [--scale toy|full|any]``: paper numbers beside measured
+ones.
 
 Rows come from ``experiments/tables/<paper>.yaml`` (label, config, metric key, paper value and its source). A row's
-measured value is the newest finished ``metrics.json`` under ``<runs>/<run name>/version_*`` whose config and scale
+measured value is the newest finished ``metrics.json`` under ``<runs_dir>/<run name>/version_*`` whose config and scale
 match; a row never run prints "not run", a paper value nobody could find prints "n/a". Paper numbers live only in
 these YAML files. A row with ``seeds: [0, 1, 2]`` runs once per seed (run folder ``<run name>__seed<s>``) and prints
 ``mean ± std (n=K)`` over the seeds' newest finished runs.
