@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # Each run gets a fresh version dir; the CSV logger's warning about a non-empty dir (config.yaml, TensorBoard
 # events already there) is about its own metrics.csv only, which does not exist yet.
 warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+# validate / test / predict --ckpt_path X run in a new version dir too, so Lightning's ModelCheckpoint always notes that
+# its dirpath differs from the checkpoint's; what these runs read back (best_model_path, for metrics.json) is reloaded.
+warnings.filterwarnings("ignore", message=r"The dirpath has changed from .* Only `best_model_path` will be reloaded")
 
 
 def config_class_paths(argv: list[str]) -> dict[str, str]:
