@@ -20,6 +20,7 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from experiments.errors import ConfigError, DataError, SuiteError, find_suite_error
@@ -150,7 +151,9 @@ def bench_training(model, batch: dict, steps: int, warmup: int, precision: str) 
     )  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(model, datamodule=classes["SyntheticData"](batch, warmup + steps))
+    with warnings.catch_warnings():  # the bench times training steps only: no validation loader, on purpose
+        warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(model, datamodule=classes["SyntheticData"](batch, warmup + steps))
     deltas = [b - a for a, b in zip(timer.starts, timer.starts[1:], strict=False)][warmup:]
     step = statistics.median(deltas)
     if torch.cuda.is_available():
