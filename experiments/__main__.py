@@ -27,13 +27,14 @@ with a deprecation line.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
 import sys
 import time
 
-from experiments.errors import ConfigError, find_suite_error, one_line
+from experiments.errors import ConfigError, OneLineArgumentParser, find_suite_error, one_line
 from experiments.flags import canonical_flags
 from experiments.logs import LEVELS, suite_logging
 
@@ -71,7 +72,7 @@ def demo(args: list[str]) -> int:
 def table(args: list[str]) -> int:
     from experiments.table import available_tables, render_table
 
-    parser = argparse.ArgumentParser(prog="python -m experiments table", allow_abbrev=False)
+    parser = OneLineArgumentParser(prog="python -m experiments table", allow_abbrev=False)
     parser.add_argument("paper", help=f"one of: {', '.join(available_tables())}")
     parser.add_argument("--runs_dir", default="runs", help="the runs folder the rows' metrics.json are read from")
     parser.add_argument("--scale", choices=["toy", "full", "any"], default="any")
@@ -117,7 +118,7 @@ def reproduce(args: list[str]) -> int:
 
     from experiments.table import finished_run, load_table, planned_steps, render_table
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m experiments reproduce",
         allow_abbrev=False,  # an override must never be read as an abbreviation of --scale / --runs
         epilog="Further --key value pairs are appended to every fit/test/predict step of every row.",
@@ -207,7 +208,10 @@ def dispatch(command: str, rest: list[str]) -> int:
         return reproduce(rest)
     if command in MODULE_COMMANDS:
         return importlib.import_module(MODULE_COMMANDS[command]).main(rest)
-    print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
+    commands = [*sorted(LIGHTNING_COMMANDS), "demo", "table", "reproduce", *MODULE_COMMANDS]
+    near = difflib.get_close_matches(command, commands, n=2)
+    hint = f"did you mean {' or '.join(near)}?" if near else f"one of {', '.join(commands)}"
+    print(f"error: unknown command {command!r}; {hint} (python -m experiments --help)", file=sys.stderr)
     return 2
 
 

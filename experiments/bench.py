@@ -23,7 +23,7 @@ import time
 import warnings
 from pathlib import Path
 
-from experiments.errors import ConfigError, DataError, SuiteError, find_suite_error
+from experiments.errors import ConfigError, DataError, OneLineArgumentParser, SuiteError, find_suite_error
 from experiments.flags import canonical_flags
 
 # dense bf16 tensor-core peaks (FLOP/s) of the cards this suite meets
@@ -246,7 +246,7 @@ def append_markdown(path: str, row: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments bench", description=__doc__, allow_abbrev=False,
+    parser = OneLineArgumentParser(prog="python -m experiments bench", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", required=True, action="append", help="repeat for several configs")
     parser.add_argument("--steps", type=int, default=10)
@@ -259,6 +259,9 @@ def main(argv: list[str]) -> int:
     # --batch-size / --batch_size: the spellings before flags were spelled one way (experiments.flags)
     aliases = {"--batch-size": "--data.batch_size", "--batch_size": "--data.batch_size"}
     args, overrides = parser.parse_known_args(canonical_flags(argv, parser._option_string_actions, aliases, "bench"))
+    stray = [t for t in overrides if t.startswith("--") and not t.startswith(("--model.", "--data."))]
+    if stray:  # only the config's model / data keys pass through; anything else is a misspelled bench option
+        parser.error(f"unrecognized arguments: {stray[0]}")
     for config in args.config:
         r = run(config, args.steps, args.warmup, args.batch_size, args.compile, args.precision, args.loader_batches,
                 overrides)  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
+from typing import NoReturn
 
 
 class SuiteError(Exception):
@@ -20,6 +22,18 @@ class DataError(SuiteError, ValueError):
 
 class CorruptFileError(DataError):
     """One file that cannot be decoded; ``on_corrupt: skip`` skips and counts such files instead."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``error: <command>: <message>`` (an unknown option names the nearest
+    ones), and exit code 2, instead of the usage text and the message."""
+
+    def error(self, message: str) -> NoReturn:
+        if m := re.match(r"unrecognized arguments: (--[^\s=]+)", message):
+            near = difflib.get_close_matches(m.group(1), [o for o in self._option_string_actions if o != "--help"], n=2)
+            message += f"; did you mean {' or '.join(near)}?" if near else ""
+        command = self.prog.removeprefix("python -m experiments ")
+        self.exit(2, f"error: {command}: {message} (--help lists the options)\n")
 
 
 def find_suite_error(exc: BaseException | None) -> SuiteError | None:

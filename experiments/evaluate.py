@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, OneLineArgumentParser
 from experiments.flags import canonical_flags
 
 if TYPE_CHECKING:  # torch is imported where it is used: `evaluate --help` stays fast
@@ -217,7 +217,7 @@ def format_table(record: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments evaluate", description=__doc__, allow_abbrev=False,
+    parser = OneLineArgumentParser(prog="python -m experiments evaluate", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", required=True)
     parser.add_argument("--ckpt", default=None, help="checkpoint (file or glob) to load; default: the config's")

@@ -11,7 +11,6 @@ per run) and ``<out>.md`` (the same table in Markdown, also printed).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.errors import ConfigError
+from experiments.errors import ConfigError, OneLineArgumentParser
 from experiments.flags import canonical_flags
 
 COLUMNS = ("label", "run", "lambda_rate", "lambda_sem", "bpp", "psnr", "ms_ssim", "semantic_recovery", "weak_acc")
@@ -143,7 +142,7 @@ def rate_curve(runs: list[str], out: str, split: str = "val") -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="python -m experiments rate_curve", description=__doc__.split("\n\n")[1], allow_abbrev=False
     )
     parser.add_argument("--runs_dir", action="append", required=True, help="runs folder, optionally =LABEL; repeatable")

@@ -210,3 +210,20 @@ def test_a_corrupt_image_read_in_a_worker_ends_the_fit_with_one_line(tmp_path, m
     monkeypatch.chdir(REPO)
     with pytest.raises(CorruptFileError, match=r"Caught CorruptFileError in DataLoader worker process \d"):
         main([*args, "--debug"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["fitt"], "error: unknown command 'fitt'; did you mean fit? (python -m experiments --help)"),
+        (["bench", "--config", TOY, "--stepss", "3"], "error: bench: unrecognized arguments: --stepss; did you mean "
+                                                      "--steps?"),
+        (["evaluate", "--config", "x.yaml", "--ckptt", "c"], "error: evaluate: unrecognized arguments: --ckptt c; did "
+                                                             "you mean --ckpt?"),
+        (["table", "tel", "--scale", "tiny"], "error: table: argument --scale: invalid choice: 'tiny'"),
+        (["rate_curve", "--out", "x.png"], "error: rate_curve: the following arguments are required: --runs_dir"),
+    ],
+)  # fmt: skip
+def test_the_other_commands_parse_errors_are_one_line(run, argv, line):
+    code, _, err = run(*argv)
+    assert code == 2 and len(error_lines(err)) == 1 and err.startswith(line), err
