@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
@@ -33,6 +33,7 @@ import lightning_modules  # noqa: F401  (registers the suite's backbones with ti
 from experiments.callbacks import MetricsJSON, PredictionsWriter, RNGStateCheckpoint
 from experiments.errors import parse_error_line, unknown_key
 from experiments.io import AtomicCheckpointIO
+from experiments.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,13 @@ class SuiteCLI(LightningCLI):
             callbacks.append(SuiteModelSummary())
             kwargs["enable_model_summary"] = False  # else Lightning logs that it skips its default summary
         callbacks += self.extra_callbacks
+        # a terminal gets Lightning's bar without v_num; a file (make demo > log, a SLURM .out) gets plain lines
+        has_bar = any(isinstance(c, ProgressBar) for c in callbacks)
+        if trainer_cfg.get("enable_progress_bar") is not False and not has_bar:
+            progress, disable_bar = progress_callbacks()
+            callbacks += progress
+            if disable_bar:
+                kwargs["enable_progress_bar"] = False
         if self.subcommand == "predict":
             callbacks.append(PredictionsWriter(str(self.run_dir)))
         kwargs["callbacks"] = callbacks

@@ -229,8 +229,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run_name", default=None, help="run folder name (default: the config's name)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     args = parser.parse_args(canonical_flags(argv, parser._option_string_actions, {"--runs": "--runs_dir"}, "evaluate"))
+    from omegaconf import OmegaConf
+
     try:
-        config = yaml.safe_load(Path(args.config).read_text())
+        config = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)  # ${oc.env:...} roots, as fit
     except FileNotFoundError:
         raise ConfigError(f"evaluation config {args.config} does not exist") from None
     backbone = config.setdefault("backbone", {})

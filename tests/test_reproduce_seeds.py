@@ -96,7 +96,7 @@ def test_a_stray_argument_is_one_clear_error(fake_table, ran, argv, capsys):
     assert len(err.splitlines()) == 1 and not ran
 
 
-@pytest.mark.parametrize("argv", [["--run_name", "x"], ["--runs_dir=x"], ["--seed_everything", "1"]])
+@pytest.mark.parametrize("argv", [["--run_name", "x"], ["--seed_everything", "1"]])
 def test_overrides_that_would_mix_up_the_run_folders_or_seeds_are_refused(fake_table, ran, argv, capsys):
     assert experiments_main.main(["reproduce", "fake", *argv]) == 2
     assert "cannot be overridden" in capsys.readouterr().err and not ran
