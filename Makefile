@@ -44,30 +44,30 @@ reproduce-%: setup
 # Step time, samples/s, memory, FLOPs (and MFU on a GPU) for every registered paper config at batch 8; rows are
 # appended to docs/benchmarks.md with the device named. On a GPU: make bench BENCH_ARGS=--compile for the compiled run.
 bench: setup
-	$(BIN)/python -m experiments bench $(foreach c,$(BENCH_CONFIGS),--config $(c)) --batch-size 8 --steps 5 \
+	$(BIN)/python -m experiments bench $(foreach c,$(BENCH_CONFIGS),--config $(c)) --data.batch_size 8 --steps 5 \
 		--warmup 2 --markdown docs/benchmarks.md $(BENCH_ARGS)
 
 # iTPN pixel pre-training with 75 % masking vs the same model on every patch (the encoder must skip masked patches).
 bench-mim: setup
 	for r in 0.75 0.0; do $(BIN)/python -m experiments bench --config configs/itpn/pretrain_base_pixel_400ep.yaml \
-		--batch-size 8 --steps 4 --warmup 2 --loader-batches 0 --model.init_args.mask_ratio $$r $(BENCH_ARGS); done
+		--data.batch_size 8 --steps 4 --warmup 2 --loader_batches 0 --model.init_args.mask_ratio $$r $(BENCH_ARGS); done
 
 # The GPU check a session with a lent device runs (one short script): Visformer-S training at bf16-mixed, with and
 # without torch.compile, rows appended to docs/benchmarks.md with the card's name and MFU.
 bench-gpu: setup
-	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --batch-size 128 \
-		--steps 20 --warmup 5 --loader-batches 0 --markdown docs/benchmarks.md
-	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --batch-size 128 \
-		--steps 20 --warmup 10 --loader-batches 0 --compile --markdown docs/benchmarks.md
+	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --data.batch_size 128 \
+		--steps 20 --warmup 5 --loader_batches 0 --markdown docs/benchmarks.md
+	$(BIN)/python -m experiments bench --config configs/visformer/visformer_small_in1k.yaml --data.batch_size 128 \
+		--steps 20 --warmup 10 --loader_batches 0 --compile --markdown docs/benchmarks.md
 
 # Mask R-CNN training step with iTPN-B's pre-trained pyramid as the FPN at the paper's input size (short side 800,
 # long side <= 1333, 2 images per device as the official 1x; the config's bf16-mixed on a GPU, fp32 on a CPU), then
 # the toy Mask R-CNN; rows appended to docs/benchmarks.md.
 bench-det: setup
-	$(BIN)/python -m experiments bench --config configs/downstream/itpn_base_pixel_mask_rcnn_1x.yaml --batch-size 2 \
-		--steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md --model.init_args.pretrained null \
+	$(BIN)/python -m experiments bench --config configs/downstream/itpn_base_pixel_mask_rcnn_1x.yaml --data.batch_size 2 \
+		--steps 3 --warmup 1 --loader_batches 0 --markdown docs/benchmarks.md --model.init_args.pretrained null \
 		$(BENCH_ARGS)
-	$(BIN)/python -m experiments bench --config configs/downstream/toy_mask_rcnn.yaml --batch-size 8 --steps 5 \
+	$(BIN)/python -m experiments bench --config configs/downstream/toy_mask_rcnn.yaml --data.batch_size 8 --steps 5 \
 		--warmup 2 --markdown docs/benchmarks.md
 
 bench-overhead: setup
@@ -115,7 +115,7 @@ clean:
 # a GPU via BENCH_ARGS): the region terms' added cost is the ratio of the two rows appended to docs/benchmarks.md.
 bench-ediy: setup
 	for c in byol ediy; do $(BIN)/python -m experiments bench --config configs/ediy/$${c}_r50_in1k_300ep.yaml \
-		--batch-size 8 --steps 3 --warmup 1 --loader-batches 0 --markdown docs/benchmarks.md $(BENCH_ARGS); done
+		--data.batch_size 8 --steps 3 --warmup 1 --loader_batches 0 --markdown docs/benchmarks.md $(BENCH_ARGS); done
 
 # Learning-by-compression's rate-recovery curve at toy scale: the frozen judge for semantic recovery (the toy Visformer,
 # trained once), a grid sweep over lambda_rate x lambda_sem (5 x 2: with and without the weak labels; its own study
@@ -130,5 +130,5 @@ rate-curve: setup
 		--space configs/sweeps/compression_lambda_rate.yaml --trials 10 --sampler grid --metric val/psnr --no_prune \
 		--study compression_toy_rate_sem --storage sqlite:///runs/sweeps/compression_toy_rate_sem.db \
 		--model.init_args.semantic_classifier '$(JUDGE)'
-	$(BIN)/python -m experiments rate_curve --runs runs/sweeps/compression_toy_rate_sem=toy \
+	$(BIN)/python -m experiments rate_curve --runs_dir runs/sweeps/compression_toy_rate_sem=toy \
 		--out docs/figures/compression_toy_rate_curve.png
