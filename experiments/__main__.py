@@ -135,7 +135,10 @@ def reproduce(args: list[str]) -> int:
         if row.commands(opts.scale) is None:
             print(f"skip: {row.label} (no {opts.scale} variant)", file=sys.stderr)
     failures: list[str] = []
-    for row, seed, command in planned_steps(rows, opts.scale, opts.runs_dir):
+    steps = list(planned_steps(rows, opts.scale, opts.runs_dir))
+    started = time.time()
+    for number, (row, seed, command) in enumerate(steps, 1):
+        step = f"[{number}/{len(steps)}]"
         if command[0] == "evaluate":  # its own parser takes none of the LightningCLI keys, nor a seed
             if overrides:
                 print(f"note: {row.label}: overrides {' '.join(overrides)} not passed to its evaluate step "
@@ -147,19 +150,23 @@ def reproduce(args: list[str]) -> int:
             command = [*command, *overrides]
         done = None if opts.force else finished_run(command, opts.runs_dir)
         if done is not None:
-            print(f"done: {row.label}: {done} already ran python -m experiments {' '.join(command)} (--force reruns)",
-                  file=sys.stderr)  # fmt: skip
+            print(f"done: {row.label}: {done} already ran python -m experiments {' '.join(command)} (--force reruns) "
+                  f"{step}", file=sys.stderr)  # fmt: skip
             continue
         if opts.dry_run:
             print(f"python -m experiments {shlex.join([*command, '--runs_dir', opts.runs_dir])}  # {row.label}")
             continue
-        print(f"run: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
+        print(f"run {step}: {row.label}: python -m experiments {' '.join(command)}", file=sys.stderr)
+        step_start = time.time()
         try:
             run_command(command, opts.runs_dir)
         except (Exception, SystemExit) as err:  # one failing row must not stop the others; summarised at the end
             message = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
             failures.append(f"{row.label}: {type(err).__name__}: {message}")
-            print(f"failed: {failures[-1]}", file=sys.stderr)
+            print(f"failed {step}: {failures[-1]}", file=sys.stderr)
+            continue
+        print(f"finished {step}: {row.label} in {time.time() - step_start:.0f} s "
+              f"({time.time() - started:.0f} s since reproduce started)", file=sys.stderr)  # fmt: skip
     if opts.dry_run:
         return 0
     print(render_table(opts.paper, opts.runs_dir, opts.scale))
