@@ -282,10 +282,15 @@ def run_sweep(
         import matplotlib
 
         matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
         from optuna.visualization.matplotlib import plot_optimization_history
 
-        axes = plot_optimization_history(study)
-        axes.figure.savefig(out_dir / "optimization_history.png", dpi=120, bbox_inches="tight")
+        # optuna's plot switches the process's global style to ggplot (plt.style.use): keep that to this figure, or
+        # every figure drawn later in the process (TEL timelines, rate curves) changes look
+        with plt.rc_context():
+            axes = plot_optimization_history(study)
+            axes.figure.savefig(out_dir / "optimization_history.png", dpi=120, bbox_inches="tight")
+            plt.close(axes.figure)
     return study
 
 

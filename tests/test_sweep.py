@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib
 import optuna
 import pytest
 import yaml
@@ -39,8 +40,11 @@ def test_sweep_records_failures_and_writes_a_best_config_that_fits(tmp_path, mon
         "model.init_args.optim.warmup_steps": {"choices": [0, 1000000, 1]},
     })  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'sweeps.db'}"
+    style = {k: v for k, v in matplotlib.rcParams.items() if not k.startswith("backend")}  # Agg is chosen on purpose
     study = run_sweep(TOY, space, 3, storage, "toy", "grid", "val/top1", "maximize", str(tmp_path / "runs"), 0, False,
                       tiny(tmp_path / "data"))  # fmt: skip
+    # optuna's plot sets the ggplot style; the sweep keeps it to its own figure (later figures keep their look)
+    assert {k: v for k, v in matplotlib.rcParams.items() if not k.startswith("backend")} == style
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
     # one line per trial as it ends, in the order they ran, with the best so far
