@@ -38,7 +38,7 @@ class _Stream(logging.StreamHandler):
 
     @stream.setter
     def stream(self, value) -> None:
-        pass
+        """Ignored: StreamHandler assigns the stream at creation and in setStream; ours is always the current one."""
 
 
 def _no_tips(record: logging.LogRecord) -> bool:
