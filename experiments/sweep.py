@@ -25,6 +25,7 @@ import contextlib
 import copy
 import io
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -287,7 +288,8 @@ def run_sweep(
 
         # optuna's plot switches the process's global style to ggplot (plt.style.use): keep that to this figure, or
         # every figure drawn later in the process (TEL timelines, rate curves) changes look
-        with plt.rc_context():
+        with plt.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # "is experimental" on every sweep
             axes = plot_optimization_history(study)
             axes.figure.savefig(out_dir / "optimization_history.png", dpi=120, bbox_inches="tight")
             plt.close(axes.figure)
