@@ -1,12 +1,11 @@
-"""Atomic writes: a file is written under a temporary name in its folder and renamed into place.
+"""The command line's atomic writes: Lightning checkpoints and benchmark tables.
 
-A crash mid-write leaves the previous file intact, never a truncated one. Files get the mode ``open()`` would give
-them under the user's umask (0644 under umask 022), not ``mkstemp``'s 0600.
+The plain atomic writers (``atomic_write_bytes``, ``atomic_write_json``, ``file_mode``) live in :mod:`suite_base.io`,
+below every layer, and are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -15,39 +14,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-
-def current_umask() -> int:
-    """The process umask (read by setting and restoring it: the only portable way)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode ``open()`` gives a new file under the current umask (``tempfile.mkstemp`` always gives 0600, which
-    would keep checkpoints and metrics private to their owner on a shared cluster)."""
-    return 0o666 & ~current_umask()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+from suite_base.io import atomic_write_bytes, atomic_write_json, current_umask, file_mode  # noqa: F401
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
