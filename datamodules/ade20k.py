@@ -44,7 +44,7 @@ from torchvision.transforms import functional as TF
 from datamodules.base import SuiteDataModule, require_root
 from datamodules.images import IMAGE_EXTENSIONS, collate_skipping_corrupt, load_rgb, log_skipped
 from datamodules.toy.ade_scenes import ensure_toy_ade
-from experiments.errors import ConfigError, CorruptFileError, DataError
+from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 LAYOUT = (
     "<root>/images/{training,validation}/<name>.jpg and <root>/annotations/{training,validation}/<name>.png "

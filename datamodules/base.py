@@ -9,7 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.images import collate_skipping_corrupt
-from experiments.errors import DataError
+from suite_base.errors import DataError
 
 
 def require_root(root: str | Path, layout: str, what: str = "your copy") -> Path:

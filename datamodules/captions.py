@@ -43,7 +43,7 @@ from datamodules.base import SuiteDataModule
 from datamodules.images import load_rgb
 from datamodules.toy import ensure_written
 from datamodules.toy.scenes import write_toy_scenes
-from experiments.errors import CorruptFileError, DataError
+from suite_base.errors import CorruptFileError, DataError
 
 JSON_NAMES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json", "toy": "dataset_toy.json"}
 IMAGE_DIRS = {"coco": "", "flickr30k": "flickr30k-images", "toy": ""}

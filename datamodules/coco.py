@@ -59,7 +59,7 @@ from torch.utils.data import Dataset
 from datamodules.base import SuiteDataModule, require_root
 from datamodules.images import load_rgb
 from datamodules.toy.coco_shapes import CATEGORY_IDS, COCO_SHAPES, ensure_toy_coco
-from experiments.errors import ConfigError, DataError
+from suite_base.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

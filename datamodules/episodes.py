@@ -52,7 +52,7 @@ from datamodules.base import SuiteDataModule
 from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb, log_skipped
 from datamodules.toy import ensure_written
 from datamodules.toy.fewshot_scenes import OBJECT_SIZE, write_fewshot_scenes
-from experiments.errors import ConfigError, CorruptFileError, DataError
+from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from datamodules.captions import CaptionsDataModule, collate_pairs
 from datamodules.images import load_rgb
 from datamodules.toy import ensure_written
 from datamodules.toy.image_text_shards import write_toy_shards
-from experiments.errors import ConfigError, CorruptFileError, DataError
+from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from datamodules.images import ImageFolderDataset, list_classes, select_classes
 from datamodules.toy import ensure_written
 from datamodules.toy.shapes import write_shapes_imagefolder
 from datamodules.transforms import BYOLTwoViewTransform, StudentTeacherTransform
-from experiments.errors import ConfigError, DataError
+from suite_base.errors import ConfigError, DataError
 
 LAYOUT = "<root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (one folder per class, same names in both)"
 

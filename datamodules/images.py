@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
-from experiments.errors import CorruptFileError, DataError
+from suite_base.errors import CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
 

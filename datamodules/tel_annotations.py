@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.errors import DataError
+from suite_base.errors import DataError
 
 EMOTIONS = (
     "affection", "anger", "anticipation", "aversion", "confident", "disconnection", "disquietment", "doubt",

@@ -79,7 +79,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from datamodules.base import SuiteDataModule
 from datamodules.images import IMAGE_EXTENSIONS, load_rgb, log_skipped
 from datamodules.toy import ensure_written
-from experiments.errors import ConfigError, CorruptFileError, DataError
+from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
 

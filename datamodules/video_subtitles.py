@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import SuiteDataModule
 from datamodules.tel_annotations import EMOTIONS, Clip, read_tel, runs
-from experiments.errors import ConfigError, CorruptFileError, DataError
+from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 _SRT_TIMING = re.compile(r"^\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}\s*-->\s*\d{1,2}:\d{2}:\d{2}[,.]\d{1,3}")
 FEATURES_META = "features.json"

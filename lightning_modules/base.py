@@ -13,8 +13,8 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from experiments.errors import ConfigError
 from lightning_modules.optim import OptimConfig, build_optimizer, build_scheduler
+from suite_base.errors import ConfigError
 
 # borders of drawn predictions (right, wrong, neutral); saved as (0, 191, 0), (217, 0, 0), (38, 89, 217)
 GREEN, RED, BLUE = (0.0, 0.75, 0.0), (0.85, 0.0, 0.0), (0.15, 0.35, 0.85)

@@ -33,7 +33,7 @@ from timm.optim._param_groups import param_groups_layer_decay, param_groups_weig
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 from torch import nn
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 DEFAULT_NO_WEIGHT_DECAY = ["*pos_embed*", "*cls_token*", "*mask_token*", "*relative_position_bias_table*"]
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.errors import DataError
+from suite_base.errors import DataError
 
 MARKER = ".toy-complete"
 

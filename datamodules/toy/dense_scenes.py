@@ -85,7 +85,7 @@ class DenseScenesDataset(Dataset):
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
     ) -> None:
-        from experiments.errors import DataError
+        from suite_base.errors import DataError
 
         self.images = sorted((Path(root) / split / "images").glob("*.png"))
         if not self.images:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.toy.scenes import captions, render_scene
-from experiments.io import atomic_write_bytes, atomic_write_json
+from suite_base.io import atomic_write_bytes, atomic_write_json
 
 SHARD_SEED_STRIDE = 1_000_003
 

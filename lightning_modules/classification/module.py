@@ -22,10 +22,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 
 class ImageClassifier(SuiteModule):

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import check_backbone_name
 from lightning_modules.compression.entropy import FactorizedEntropyModel
+from suite_base.errors import ConfigError
 
 
 class GDN(nn.Module):

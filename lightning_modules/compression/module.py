@@ -45,11 +45,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.compression.entropy import bits_per_pixel
 from lightning_modules.compression.model import CompressionModel
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, as torchmetrics' default
 MSSSIM_KERNEL = 11

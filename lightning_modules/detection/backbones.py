@@ -49,9 +49,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone, read_backbone_state
 from lightning_modules.backbones.hivit import HiViT
+from suite_base.errors import ConfigError
 
 __all__ = [
     "BackboneKind",

@@ -77,7 +77,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 __all__ = [
     "DEFAULT_STAGE_IOUS",

@@ -35,12 +35,12 @@ from pycocotools import mask as mask_utils
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.detection.backbones import BackboneKind, build_mask_rcnn
 from lightning_modules.detection.cascade import make_cascade
 from lightning_modules.optim import OptimConfig, nested_layer_matcher
 from lightning_modules.segmentation.module import palette
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 
 class BiLSTMTextEncoder(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 
 class ManipulativePrecision(Metric):

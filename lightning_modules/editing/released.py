@@ -39,8 +39,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

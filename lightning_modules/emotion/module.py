@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.tel_annotations import EMOTIONS
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames, topk_mean
 from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP
 from lightning_modules.emotion.proposals import ground_truth, proposals
 from lightning_modules.optim import OptimConfig
 from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from datamodules.tel_annotations import EMOTIONS
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.module import LocalizationEvaluation
+from suite_base.errors import ConfigError
 
 
 class ClassFrequencyPrior(LocalizationEvaluation, SuiteModule):

@@ -31,10 +31,10 @@ import torch
 from torch import Tensor
 
 from datamodules.tel_annotations import EMOTIONS, Clip
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.metrics import SegmentMAP
 from lightning_modules.emotion.module import LocalizationEvaluation, SubtitleEncoder
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

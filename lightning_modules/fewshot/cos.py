@@ -31,11 +31,11 @@ from sklearn.cluster import KMeans
 from torch import Tensor
 
 from datamodules.episodes import relative_key
-from experiments.errors import ConfigError
-from experiments.io import atomic_write_bytes
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import save_picture
 from lightning_modules.fewshot.heads import pooled_features
+from suite_base.errors import ConfigError
+from suite_base.io import atomic_write_bytes
 
 
 def seek_objects(features: Tensor, labels: Tensor, n_clusters: int = 5, threshold: float = 0.5, top_k: int = 3,

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
 from lightning_modules.ema import ema_update
 from lightning_modules.fewshot.module import FewShotModule
 from lightning_modules.fewshot.soc import SocMatching
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 
 class ExemplarMoCo(FewShotModule):

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import BLUE, GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
 from lightning_modules.fewshot.metrics import EpisodeAccuracy
 from lightning_modules.fewshot.soc import SOC_MATCHINGS, SocMatching, soc_logits
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 
 class FewShotModule(SuiteModule):

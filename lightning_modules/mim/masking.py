@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 __all__ = ["BlockMaskGenerator", "MaskBlocks", "random_masking"]
 

@@ -40,7 +40,6 @@ from torch import nn
 
 from datamodules.toy import ensure_written
 from datamodules.toy.clip_teacher import write_toy_clip_teacher
-from experiments.errors import ConfigError
 from lightning_modules.backbones import check_backbone_name
 from lightning_modules.backbones.hivit import HiViT, PosEmbedMode
 from lightning_modules.base import SuiteModule
@@ -50,6 +49,7 @@ from lightning_modules.mim.masking import BlockMaskGenerator, random_masking
 from lightning_modules.mim.released import load_released_pixel_checkpoint
 from lightning_modules.mim.teacher import ClipTeacher
 from lightning_modules.optim import OptimConfig
+from suite_base.errors import ConfigError
 
 
 @dataclass

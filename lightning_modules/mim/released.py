@@ -12,7 +12,7 @@ sunsmarterjie/iTPN), saved by MAE's ``misc.save_model`` as ``{'model': ..., 'opt
   fixed sin-cos table), ``decoder_blocks.*``, ``decoder_norm``, ``decoder_pred`` -> our ``decoder.*``.
 
 The mapping is strict: every tensor of the module must come from the file and every tensor of the file must land in
-the module, with equal shapes; otherwise a :class:`~experiments.errors.ConfigError` names the file, the keys and the
+the module, with equal shapes; otherwise a :class:`~suite_base.errors.ConfigError` names the file, the keys and the
 fix. A Lightning checkpoint of our own pixel pre-training (``encoder.*`` / ``decoder.*``) passes through unchanged.
 """
 
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import read_torch_checkpoint
 from lightning_modules.backbones.hivit import PIXEL_DECODER_KEYS, PYRAMID_KEYS
+from suite_base.errors import ConfigError
 
 if TYPE_CHECKING:
     from lightning_modules.mim.module import MaskedImageModeling

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ClipTeacher"]
 

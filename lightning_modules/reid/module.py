@@ -18,7 +18,6 @@ import logging
 import torch
 from torch import Tensor
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import read_torch_checkpoint
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig
@@ -26,6 +25,7 @@ from lightning_modules.reid.figures import ranked_list_figure, ranked_lists_grid
 from lightning_modules.reid.losses import stt_loss
 from lightning_modules.reid.metrics import ReIDMetrics
 from lightning_modules.reid.stt import SpatioTemporalTransformer
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

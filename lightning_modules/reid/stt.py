@@ -27,8 +27,8 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from torch.nn.init import trunc_normal_
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
+from suite_base.errors import ConfigError
 
 
 def set_last_stride_one(cnn: nn.Module) -> None:

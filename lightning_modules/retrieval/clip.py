@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from experiments.errors import ConfigError
 from lightning_modules.base import SuiteModule
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
 from lightning_modules.retrieval.module import RetrievalEvaluation
 from lightning_modules.retrieval.text import CaptionTokenizer, check_vocabulary
+from suite_base.errors import ConfigError
 
 
 def _features(output) -> torch.Tensor:

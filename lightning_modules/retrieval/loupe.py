@@ -68,7 +68,6 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
-from experiments.errors import ConfigError
 from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
 from lightning_modules.retrieval.phrases import noun_phrases
 from lightning_modules.retrieval.shapley import (
@@ -78,6 +77,7 @@ from lightning_modules.retrieval.shapley import (
     mc_coalition_value,
     mc_interaction,
 )
+from suite_base.errors import ConfigError
 
 _WORD = re.compile(r"[,.;:!?]|[^\s,.;:!?]+")  # the items of phrases.words(), with their character positions
 

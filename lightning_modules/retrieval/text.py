@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from datamodules.ade20k import sliding_window_inference
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig, nested_layer_matcher
 from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, ViTMultiLevelNeck, resize
+from suite_base.errors import ConfigError
 
 IGNORE_INDEX = 255
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 __all__ = ["ConvModule", "PPM", "UPerHead", "FCNHead", "MultiScaleFeatures", "ViTMultiLevelNeck"]
 

@@ -17,7 +17,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
+from suite_base.errors import ConfigError
 
 
 class MLPHead(nn.Sequential):

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
 from lightning_modules.ssl.byol import byol_loss
+from suite_base.errors import ConfigError
 
 
 class DenseHead(nn.Sequential):

@@ -20,7 +20,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.ema import ema_update
@@ -34,6 +33,7 @@ from lightning_modules.ssl.ediy import (
     region_collapse,
     regions,
 )
+from suite_base.errors import ConfigError
 
 
 def byol_optim() -> OptimConfig:
