@@ -24,12 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from suite_base.errors import DataError
+from suite_base.tel import EMOTIONS
 
-EMOTIONS = (
-    "affection", "anger", "anticipation", "aversion", "confident", "disconnection", "disquietment", "doubt",
-    "embarrassment", "engagement", "esteem", "excitement", "happiness", "peace", "sadness", "suffering", "surprise",
-    "sympathy",
-)  # fmt: skip
 CLASS_INDEX = {name: i for i, name in enumerate(EMOTIONS)}
 _TIME = re.compile(r"^\s*(\d+):(\d{1,2}):(\d{1,2})[.,](\d{1,3})\s*$")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.tel_annotations import EMOTIONS
+from suite_base.tel import EMOTIONS
 
 LINES = {
     "affection": ["I love you, sweetheart.", "Come here, give me a hug, darling.", "You mean the world to me, dear."],

@@ -9,7 +9,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from datamodules.tel_annotations import EMOTIONS
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames, topk_mean
 from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP
@@ -17,6 +16,7 @@ from lightning_modules.emotion.proposals import ground_truth, proposals
 from lightning_modules.optim import OptimConfig
 from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
 from suite_base.errors import ConfigError
+from suite_base.tel import EMOTIONS
 
 log = logging.getLogger(__name__)
 

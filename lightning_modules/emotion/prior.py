@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.tel_annotations import EMOTIONS
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.module import LocalizationEvaluation
 from suite_base.errors import ConfigError
+from suite_base.tel import EMOTIONS
 
 
 class ClassFrequencyPrior(LocalizationEvaluation, SuiteModule):

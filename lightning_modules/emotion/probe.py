@@ -24,19 +24,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.tel_annotations import EMOTIONS, Clip
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.metrics import SegmentMAP
 from lightning_modules.emotion.module import LocalizationEvaluation, SubtitleEncoder
 from suite_base.errors import ConfigError
+from suite_base.tel import EMOTIONS
 
 log = logging.getLogger(__name__)
+
+
+class Clip(Protocol):
+    """What the probe reads of a TEL clip (:class:`datamodules.tel_annotations.Clip`): its movie, subtitle texts and
+    clip-level labels ``[18]`` bool."""
+
+    movie: str
+    texts: list[str]
+    labels: np.ndarray
+
 
 PROPOSAL_RULES = {
     "runs": dict(relative=True, clip_score=False, whole_clip=False),
