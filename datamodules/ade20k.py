@@ -19,8 +19,9 @@ Transforms follow mmseg's ``configs/_base_/datasets/ade20k.py``:
   as in mmseg the padding comes after normalisation, so padded image pixels are 0 = the mean colour, and padded mask
   pixels are ignored.
 * test: ``Resize((2048, 512), keep_ratio=True)``, ``Normalize``; the whole image is returned (the model runs
-  :func:`sliding_window_inference`, mmseg's ``mode='slide'``, crop 512, stride 341) while the mask stays at the
-  annotation's own resolution, as mmseg scores it: resize the logits to ``mask.shape[-2:]`` before the argmax.
+  mmseg's ``mode='slide'``, crop 512, stride 341: :mod:`lightning_modules.segmentation.inference`) while the mask
+  stays at the annotation's own resolution, as mmseg scores it: resize the logits to ``mask.shape[-2:]`` before the
+  argmax.
 
 With ``dataset: toy`` a toy in the same layout is written under ``root`` first (:mod:`datamodules.toy.ade_scenes`)
 and read by the same code; give it a small ``crop_size`` / ``scale`` (e.g. 64x64 crops of the (256, 64) scale).
@@ -387,59 +388,6 @@ def collate_segmentation(items: list[dict | None]) -> dict:
             "(mmseg evaluates ADE20K one whole image at a time)"
         )
     return collate_skipping_corrupt(items)
-
-
-def sliding_window_inference(
-    model_fn: Callable[[torch.Tensor], torch.Tensor],
-    image: torch.Tensor,
-    num_classes: int,
-    crop: Size = (512, 512),
-    stride: Size = (341, 341),
-    pad_value: float = 0.0,
-) -> torch.Tensor:
-    """mmseg's ``slide`` inference: ``[B, num_classes, H, W]`` logits of ``image [B, 3, H, W]``.
-
-    Windows of ``crop = (height, width)`` start every ``stride`` pixels; the last row / column of windows is moved back
-    to end at the image border, so every pixel is covered. ``model_fn`` runs on each window of the whole batch and
-    must return ``[B, num_classes, h, w]`` logits (a lower resolution is resized bilinearly to the window, like mmseg's
-    ``encode_decode``); overlapping windows' logits are summed and divided by the per-pixel window count. Where the
-    image is smaller than the crop, the window is padded at the bottom / right with ``pad_value`` (0 = the mean colour
-    of a normalised image) to the crop size, and the logits of the padding are dropped. The sums are kept in float32
-    (or the logits' dtype if wider).
-    """
-    if image.ndim != 4:
-        raise ValueError(
-            f"sliding_window_inference expects an image batch [B, 3, H, W], got shape {tuple(image.shape)}"
-        )
-    batch, _, height, width = image.shape
-    (crop_h, crop_w), (stride_h, stride_w) = crop, stride
-    if min(crop_h, crop_w, stride_h, stride_w) < 1:
-        raise ConfigError(f"sliding window crop {crop} and stride {stride} must be positive")
-    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
-    logits = None
-    count = torch.zeros(1, 1, height, width, device=image.device)
-    for row in range(rows):
-        for col in range(cols):
-            bottom, right = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
-            top, left = max(bottom - crop_h, 0), max(right - crop_w, 0)
-            window = image[:, :, top:bottom, left:right]
-            win_h, win_w = window.shape[-2:]
-            window = F.pad(window, (0, crop_w - win_w, 0, crop_h - win_h), value=pad_value)
-            out = model_fn(window)
-            if out.ndim != 4 or out.shape[:2] != (batch, num_classes):
-                raise ConfigError(
-                    f"model_fn returned logits of shape {tuple(out.shape)} for a window batch of {batch}; "
-                    f"expected [{batch}, {num_classes}, h, w] (num_classes = {num_classes})"
-                )
-            if out.shape[-2:] != (crop_h, crop_w):
-                out = F.interpolate(out, size=(crop_h, crop_w), mode="bilinear", align_corners=False)
-            if logits is None:
-                dtype = torch.promote_types(out.dtype, torch.float32)
-                logits = torch.zeros(batch, num_classes, height, width, dtype=dtype, device=out.device)
-            logits[:, :, top:bottom, left:right] += out[:, :, :win_h, :win_w]
-            count[:, :, top:bottom, left:right] += 1
-    return logits / count.to(logits)
 
 
 class ADE20KDataModule(SuiteDataModule):

@@ -18,10 +18,10 @@ from datamodules.ade20k import (
     choose_crop,
     collate_segmentation,
     reduce_zero_label,
-    sliding_window_inference,
 )
 from datamodules.toy.ade_scenes import ensure_toy_ade, render_toy_ade
 from experiments.errors import ConfigError, DataError
+from lightning_modules.segmentation.inference import sliding_window_inference
 
 TOY = dict(train=12, val=4, img_size=64, num_classes=6, seed=0)
 MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)

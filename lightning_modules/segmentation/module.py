@@ -24,10 +24,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from datamodules.ade20k import sliding_window_inference
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig, nested_layer_matcher
+from lightning_modules.segmentation.inference import sliding_window_inference
 from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, ViTMultiLevelNeck, resize
 from suite_base.errors import ConfigError
 
