@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import functools
 import logging
-import math
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -51,7 +50,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, d
 from datamodules.base import SuiteDataModule
 from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb, log_skipped
 from datamodules.toy import ensure_written
-from datamodules.toy.fewshot_scenes import OBJECT_SIZE, write_fewshot_scenes
+from datamodules.toy.fewshot_scenes import OBJECT_SIZE, random_resized_box, write_fewshot_scenes
+from suite_base.cos import relative_key
 from suite_base.errors import ConfigError, CorruptFileError, DataError
 
 log = logging.getLogger(__name__)
@@ -190,28 +190,6 @@ def check_episodes(labels: Sequence[int], classes: Sequence[str], n_way: int, k_
 
 def normalize(mean: Sequence[float], std: Sequence[float]) -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(tuple(mean), tuple(std))])
-
-
-def random_resized_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:  # fmt: skip
-    """torchvision's ``RandomResizedCrop.get_params`` (10 tries, then a centre crop), drawn from ``rng``:
-    ``(top, left, height, width)``."""
-    area = height * width
-    log_ratio = np.log(ratio)
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, round(width / ratio[0])
-    elif in_ratio > ratio[1]:
-        h, w = height, round(height * ratio[1])
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
 
 
 class EvalView:
@@ -354,11 +332,6 @@ class FewShotImages(Dataset):
             out = self.transform(image)
         item = dict(out) if isinstance(out, dict) else {"image": out}
         return {**item, "target": self.labels[index], "index": index}
-
-
-def relative_key(path: str, root: str | None) -> str:
-    """The COS-file key of an image: its path relative to the dataset root (POSIX separators)."""
-    return Path(os.path.relpath(path, root)).as_posix() if root else Path(path).as_posix()
 
 
 def match_cos_entries(cos: dict | None, paths: Sequence[str], root: str | None) -> list[int]:

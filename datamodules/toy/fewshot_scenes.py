@@ -170,11 +170,31 @@ def box_object_share(box: list[float], obj: list[int], size: int) -> float:
     return ih * iw / max(h * w, 1e-8)
 
 
+def random_resized_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float] = (0.08, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:  # fmt: skip
+    """torchvision's ``RandomResizedCrop.get_params`` (10 tries, then a centre crop), drawn from ``rng``:
+    ``(top, left, height, width)``."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif in_ratio > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def cos_object_share(cos: dict, root: str | Path, size: int, seed: int = 0) -> dict[str, float]:
     """How much of the crops COS keeps is object, on the toy scenes (``objects.json``): the mean share of the top-1
     and of all kept boxes, against RandomResizedCrop boxes (5 per image) as the reference."""
-    from datamodules.episodes import random_resized_box
-
     objects = json.loads((Path(root) / "objects.json").read_text())
     rng = np.random.default_rng(seed)
     kept, top1, rand = [], [], []

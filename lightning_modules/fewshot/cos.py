@@ -30,10 +30,10 @@ from PIL import Image, ImageDraw
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-from datamodules.episodes import relative_key
 from lightning_modules.backbones import create_backbone
 from lightning_modules.base import save_picture
 from lightning_modules.fewshot.heads import pooled_features
+from suite_base.cos import relative_key
 from suite_base.errors import ConfigError
 from suite_base.io import atomic_write_bytes
 
