@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from timm.models import group_parameters
-from timm.optim import create_optimizer_v2
-from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler, PolyLRScheduler
 from torch import nn
 

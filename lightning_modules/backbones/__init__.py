@@ -1,7 +1,7 @@
 """Shared backbones, registered in timm's registry so that every task builds them by name.
 
 ``create_backbone("visformer_small", num_classes=100)`` works for any timm model and for ours; an unknown name
-raises a :class:`~experiments.errors.ConfigError` that lists close matches. ``pretrained`` is an optional path to
+raises a :class:`~suite_base.errors.ConfigError` that lists close matches. ``pretrained`` is an optional path to
 a checkpoint file (official layouts are mapped by the family's ``checkpoint_filter_fn``) or a Hugging Face hub id
 for clusters with network access; nothing is downloaded unless a hub id is given.
 """
@@ -19,8 +19,8 @@ import timm
 import torch
 from torch import nn
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones import hivit, resnet12, visformer  # noqa: F401 (registers resnet12)
+from suite_base.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
