@@ -62,8 +62,10 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
     return out
 
 
-def _cfg(**kwargs) -> dict:
-    return imagenet_cfg(pool_size=(7, 7), first_conv="stem.0", license="apache-2.0", **kwargs)
+def _cfg(vit_stem: bool = False, **kwargs) -> dict:
+    """``first_conv``: the 7x7 stem conv, or for a ViT stem (net1) the 16x16 patch embedding's conv."""
+    first_conv = "patch_embed1.proj" if vit_stem else "stem.0"
+    return imagenet_cfg(pool_size=(7, 7), first_conv=first_conv, license="apache-2.0", **kwargs)
 
 
 # Official ``net1`` ... ``net7`` flags (danczs/Visformer models.py), in timm's argument names.
@@ -98,7 +100,9 @@ TRANSITION_MODELS: dict[str, dict] = {
     ),
 }  # fmt: skip
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in TRANSITION_MODELS})
+default_cfgs = generate_default_cfgs(
+    {name: _cfg(vit_stem=args.get("vit_stem", False)) for name, args in TRANSITION_MODELS.items()}
+)
 
 
 def _create_transition(variant: str, pretrained: bool = False, **kwargs) -> Visformer:
