@@ -12,6 +12,7 @@ map (``forward_features``); ``forward`` average-pools it into the 640-d feature 
 from __future__ import annotations
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # no public export; timm's own models import it from here
 from torch import Tensor, nn
 
 MINI_IMAGENET_MEAN = (0.4712, 0.4499, 0.4031)
@@ -44,6 +45,7 @@ class ResNet12(nn.Module):
                  slope: float = 0.1, global_pool: str = "avg") -> None:  # fmt: skip
         super().__init__()
         widths = (in_chans, *channels)
+        self.num_classes = num_classes
         self.layers = nn.Sequential(*(Block(widths[i], widths[i + 1], slope) for i in range(len(channels))))
         self.num_features = self.head_hidden_size = channels[-1]
         self.global_pool = global_pool
@@ -62,9 +64,32 @@ class ResNet12(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's ``forward_intermediates``: the outputs of the blocks in ``indices`` (last n if an int, all if None),
+        ``NCHW``; with ``intermediates_only=False`` also the final map. ``norm`` has no effect (no final norm)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"ResNet12 gives NCHW features only, not {output_fmt}")
+        take_indices, max_index = feature_take_indices(len(self.layers), indices)
+        layers = self.layers[: max_index + 1] if stop_early else self.layers
+        intermediates = []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in take_indices:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``[B, 640, H/16, W/16]`` (5x5 at 84 px)."""
