@@ -1,0 +1,317 @@
+"""Every YAML file under configs/ resolves as stored in tests/fixtures/resolved_configs.json, written before issue 26
+restructures configs/ into shared bases: that refactor must leave the resolved config of every existing config as is.
+
+* ``run_configs`` (files with ``model``, ``data`` and ``trainer`` sections): the ``fit`` namespace as SuiteCLI's
+  parser resolves ``fit --config <file>`` (subclass mode, omegaconf interpolation, every default filled in), with
+  nothing instantiated; the ``config`` key (the file's own path) is left out.
+* ``other_yaml`` (sweep spaces under configs/sweeps/, evaluation configs under configs/evaluation/):
+  ``OmegaConf.to_container(OmegaConf.load(path), resolve=True)``.
+
+Both are resolved from the repository root with every ``${oc.env:VAR,default}`` variable of configs/ unset, so the
+defaults are stored whatever the machine sets.
+
+Regenerate the fixture only when a config's resolved value is meant to change (or a config is added or removed):
+``.venv/bin/python tests/test_resolved_configs.py`` prints what differs and leaves the fixture alone; add ``--write``
+to overwrite it, and commit it with the config change so that its diff shows each changed value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO / "tests" / "fixtures" / "resolved_configs.json"
+ENV_VAR = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+RUN_SECTIONS = {"model", "data", "trainer"}
+PATH_KEYS = ("config",)  # where the config file lies, not what it resolves to
+SHOWN_KEYS = 5  # differing keys listed per config
+
+
+def config_files() -> list[str]:
+    """Every YAML file under configs/, relative to the repository root."""
+    return sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+
+
+def is_run_config(path: str) -> bool:
+    raw = yaml.safe_load((REPO / path).read_text())
+    return isinstance(raw, dict) and RUN_SECTIONS <= set(raw)
+
+
+@contextmanager
+def config_environment(paths: list[str]):
+    """The repository root as working directory and every ``${oc.env:VAR,...}`` variable of ``paths`` unset; both
+    restored on exit."""
+    names = {name for path in paths for name in ENV_VAR.findall((REPO / path).read_text())}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        for name in sorted(names):
+            patch.delenv(name, raising=False)
+        yield
+
+
+def fit_parser():
+    """SuiteCLI's parser, built as ``python -m experiments fit`` builds it; nothing is parsed or instantiated."""
+    from experiments.cli import SuiteCLI
+
+    class Built(Exception):
+        """Stops SuiteCLI's __init__ with its parser, before it parses anything."""
+
+    class ParserOnly(SuiteCLI):
+        def parse_arguments(self, parser, args) -> None:
+            raise Built(parser)
+
+    try:
+        ParserOnly(args=["fit"])
+    except Built as built:
+        return built.args[0]
+    raise RuntimeError("SuiteCLI no longer calls parse_arguments: fit_parser cannot get its parser")
+
+
+def resolve_run_config(parser, path: str) -> dict:
+    """The ``fit`` namespace of ``fit --config path`` as a plain dict, without :data:`PATH_KEYS`."""
+    argv = sys.argv
+    sys.argv = [argv[0], "fit", "--config", path]  # SuiteArgumentParser's error line reads sys.argv
+    try:
+        parsed = parser.parse_args(sys.argv[1:])
+    except SystemExit as exit_:
+        raise ValueError(f"{path}: the fit parser refuses it (exit {exit_.code}), error above") from exit_
+    finally:
+        sys.argv = argv
+    resolved = parsed.fit.as_dict()
+    for key in PATH_KEYS:
+        resolved.pop(key, None)
+    return json.loads(json.dumps(resolved))  # tuples as lists, as the fixture reads back
+
+
+def resolve_other_yaml(path: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(REPO / path), resolve=True)
+
+
+def resolve_config(parser, path: str) -> tuple[str, dict]:
+    """``(kind, resolved)`` of one file under configs/: kind ``run_configs`` or ``other_yaml``."""
+    if is_run_config(path):
+        return "run_configs", resolve_run_config(parser, path)
+    return "other_yaml", resolve_other_yaml(path)
+
+
+def resolve_all(parser=None) -> dict[str, dict[str, dict]]:
+    """``{"run_configs": {path: resolved}, "other_yaml": {path: resolved}}`` for every file under configs/."""
+    paths = config_files()
+    resolved = {"run_configs": {}, "other_yaml": {}}
+    with config_environment(paths):
+        parser = parser or fit_parser()
+        for path in paths:
+            kind, config = resolve_config(parser, path)
+            resolved[kind][path] = config
+    return resolved
+
+
+def flatten(node, prefix: str = "") -> dict[str, str]:
+    """Dotted key (``[i]`` for list items) -> the JSON text of each leaf; empty dicts and lists are leaves."""
+    if isinstance(node, dict) and node:
+        items = ((f"{prefix}.{key}" if prefix else str(key), value) for key, value in node.items())
+    elif isinstance(node, list) and node:
+        items = ((f"{prefix}[{i}]", value) for i, value in enumerate(node))
+    else:
+        return {prefix: json.dumps(node, sort_keys=True)}
+    flat = {}
+    for key, value in items:
+        flat.update(flatten(value, key))
+    return flat
+
+
+def differences(stored: dict, now: dict) -> list[str]:
+    """One entry per config whose resolved form differs between ``stored`` and ``now`` (both as
+    :func:`resolve_all` returns them), naming the first :data:`SHOWN_KEYS` differing keys with both values."""
+    found = []
+    for kind in sorted(stored.keys() | now.keys()):
+        before, after = stored.get(kind, {}), now.get(kind, {})
+        for path in sorted(before.keys() | after.keys()):
+            if path not in after:
+                found.append(f"{path}: in the fixture ({kind}) but not found as one now")
+                continue
+            if path not in before:
+                found.append(f"{path}: not in the fixture ({kind})")
+                continue
+            old, new = flatten(before[path]), flatten(after[path])
+            keys = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+            if not keys:
+                continue
+            lines = [f"{path}: {len(keys)} key(s) differ (fixture -> now)"]
+            lines += [
+                f"    {key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}" for key in keys[:SHOWN_KEYS]
+            ]
+            if len(keys) > SHOWN_KEYS:
+                lines.append(f"    ... and {len(keys) - SHOWN_KEYS} more")
+            found.append("\n".join(lines))
+    return found
+
+
+def fixture_text(resolved: dict) -> str:
+    return json.dumps(resolved, indent=1, sort_keys=True) + "\n"
+
+
+def update_fixture(resolved: dict, fixture: Path, write: bool) -> int:
+    """Print how ``resolved`` differs from ``fixture``; overwrite it only with ``write``. 0 when the fixture (now)
+    holds ``resolved``, 1 when it differs and was left alone."""
+    stored = json.loads(fixture.read_text()) if fixture.is_file() else None
+    found = differences(stored, resolved) if stored is not None else []
+    for entry in found:
+        print(entry)
+    counts = ", ".join(f"{len(configs)} {kind}" for kind, configs in sorted(resolved.items()))
+    if stored is not None and not found:
+        print(f"{fixture} holds every config as it resolves now ({counts})")
+        return 0
+    if not write:
+        what = f"{len(found)} config(s) differ from" if stored is not None else "there is no"
+        print(f"{what} {fixture}; pass --write to write it ({counts})", file=sys.stderr)
+        return 1
+    fixture.parent.mkdir(parents=True, exist_ok=True)
+    fixture.write_text(fixture_text(resolved))
+    print(f"wrote {fixture} ({counts})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help=f"overwrite {FIXTURE.relative_to(REPO)}")
+    args = parser.parse_args(argv)
+    return update_fixture(resolve_all(), FIXTURE, args.write)
+
+
+# -- tests -------------------------------------------------------------------------------------------------------
+
+
+REGENERATE = "if meant, regenerate it: .venv/bin/python tests/test_resolved_configs.py --write"
+STORED = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
+STORED_CONFIGS = sorted((path, kind) for kind, configs in STORED.items() for path in configs)
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return fit_parser()
+
+
+@pytest.fixture(scope="module")
+def stored():
+    return STORED
+
+
+def test_the_fixture_lists_every_config():
+    assert STORED, (
+        f"no {FIXTURE.relative_to(REPO)}: write it with .venv/bin/python tests/test_resolved_configs.py --write"
+    )
+    now = {(path, "run_configs" if is_run_config(path) else "other_yaml") for path in config_files()}
+    missing = [f"{path} ({kind})" for path, kind in sorted(now - set(STORED_CONFIGS))]
+    gone = [f"{path} ({kind})" for path, kind in sorted(set(STORED_CONFIGS) - now)]
+    assert (missing, gone) == ([], []), (
+        f"configs/ and {FIXTURE.relative_to(REPO)} list different files ({REGENERATE}); not in the fixture: "
+        f"{', '.join(missing) or 'none'}; in the fixture only: {', '.join(gone) or 'none'}"
+    )
+
+
+@pytest.mark.parametrize("path,kind", STORED_CONFIGS, ids=[path for path, _ in STORED_CONFIGS])
+def test_config_resolves_as_stored(parser, path, kind):
+    assert (REPO / path).is_file(), f"{path} is in {FIXTURE.relative_to(REPO)} but not under configs/ ({REGENERATE})"
+    with config_environment([path]):
+        now_kind, now = resolve_config(parser, path)
+    found = differences({kind: {path: STORED[kind][path]}}, {now_kind: {path: now}})
+    assert found == [], f"resolves differently from {FIXTURE.relative_to(REPO)} ({REGENERATE}):\n" + "\n".join(found)
+
+
+def test_fixture_covers_run_configs_and_other_yaml(stored):
+    assert set(stored) == {"run_configs", "other_yaml"}
+    assert "configs/visformer/toy.yaml" in stored["run_configs"]
+    assert {"configs/sweeps/lr_wd.yaml", "configs/evaluation/toy_resnet.yaml"} <= set(stored["other_yaml"])
+    toy = stored["run_configs"]["configs/visformer/toy.yaml"]
+    assert toy["model"]["class_path"].startswith("lightning_modules.")
+    assert "config" not in toy  # the file's path is not part of what it resolves to
+    assert "max_epochs" in toy["trainer"] and "batch_size" in toy["data"]["init_args"]  # defaults filled in
+    assert stored["other_yaml"]["configs/sweeps/lr_wd.yaml"]["model.init_args.optim.weight_decay"] == {
+        "low": 0.0,
+        "high": 0.1,
+    }
+
+
+def test_environment_roots_are_stored_as_their_defaults(parser, stored, monkeypatch):
+    config = "configs/visformer/visformer_small_in1k.yaml"
+    assert "${oc.env:IMAGENET_ROOT,/datasets/imagenet}" in (REPO / config).read_text()
+    monkeypatch.setenv("IMAGENET_ROOT", "/elsewhere/imagenet")
+    with config_environment([config]):
+        root = resolve_run_config(parser, config)["data"]["init_args"]["root"]
+    assert root == "/datasets/imagenet"
+    assert stored["run_configs"][config]["data"]["init_args"]["root"] == "/datasets/imagenet"
+    assert os.environ["IMAGENET_ROOT"] == "/elsewhere/imagenet"  # restored after resolving
+
+
+def test_a_changed_config_value_is_reported_with_its_key(parser, stored, tmp_path):
+    config = "configs/visformer/toy.yaml"
+    raw = yaml.safe_load((REPO / config).read_text())
+    old_epochs = stored["run_configs"][config]["trainer"]["max_epochs"]
+    raw["trainer"]["max_epochs"] = old_epochs + 7
+    changed = tmp_path / "toy.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    with config_environment([config]):
+        now = resolve_run_config(parser, str(changed))
+    found = differences({"run_configs": {config: stored["run_configs"][config]}}, {"run_configs": {config: now}})
+    assert found == [
+        f"{config}: 1 key(s) differ (fixture -> now)\n    trainer.max_epochs: {old_epochs} -> {old_epochs + 7}"
+    ]
+
+
+def test_differences_list_the_first_keys_and_missing_configs(stored):
+    now = json.loads(json.dumps(stored))
+    evaluation = now["other_yaml"]["configs/evaluation/toy_resnet.yaml"]
+    evaluation["seed"] = "0"  # same printed value, other type
+    evaluation["backbone"]["kwargs"]["channels"].append(512)
+    del now["other_yaml"]["configs/sweeps/lr_wd.yaml"]
+    now["run_configs"]["configs/new.yaml"] = {}
+    run = now["run_configs"]["configs/visformer/toy.yaml"]
+    for i in range(SHOWN_KEYS + 2):
+        run[f"extra{i}"] = i
+    assert differences(stored, now) == [
+        "configs/evaluation/toy_resnet.yaml: 2 key(s) differ (fixture -> now)\n"
+        "    backbone.kwargs.channels[4]: <absent> -> 512\n"
+        '    seed: 0 -> "0"',
+        "configs/sweeps/lr_wd.yaml: in the fixture (other_yaml) but not found as one now",
+        "configs/new.yaml: not in the fixture (run_configs)",
+        f"configs/visformer/toy.yaml: {SHOWN_KEYS + 2} key(s) differ (fixture -> now)\n"
+        + "\n".join(f"    extra{i}: <absent> -> {i}" for i in range(SHOWN_KEYS))
+        + "\n    ... and 2 more",
+    ]
+
+
+def test_the_writer_overwrites_the_fixture_only_with_write(stored, tmp_path, capsys):
+    toy, sweep = "configs/visformer/toy.yaml", "configs/sweeps/lr_wd.yaml"
+    resolved = {"run_configs": {toy: stored["run_configs"][toy]}, "other_yaml": {sweep: stored["other_yaml"][sweep]}}
+    fixture = tmp_path / "resolved.json"
+    assert update_fixture(resolved, fixture, write=False) == 1
+    assert not fixture.exists()
+    assert "there is no" in capsys.readouterr().err
+    assert update_fixture(resolved, fixture, write=True) == 0
+    assert json.loads(fixture.read_text()) == resolved
+    assert update_fixture(resolved, fixture, write=False) == 0
+    stale = json.loads(fixture.read_text())
+    stale["run_configs"]["configs/visformer/toy.yaml"]["seed_everything"] = -1
+    fixture.write_text(fixture_text(stale))
+    assert update_fixture(resolved, fixture, write=False) == 1
+    out, err = capsys.readouterr()
+    assert "configs/visformer/toy.yaml: 1 key(s) differ" in out and "seed_everything: -1 -> " in out
+    assert "1 config(s) differ from" in err and "--write" in err
+    assert json.loads(fixture.read_text()) == stale  # left alone
+    assert update_fixture(resolved, fixture, write=True) == 0
+    assert json.loads(fixture.read_text()) == resolved
+
+
+if __name__ == "__main__":
+    sys.exit(main())
