@@ -21,6 +21,10 @@ channels with linear up-sampling (``PatchSplit``) and MLP blocks, top-down. :met
 them as ``NCHW`` maps ``[P4, P8, P16]`` (plus average-pooled P32 and P64 for detectors, as the official det configs
 do with ``num_outs=5``).
 
+timm's feature API (``feature_info``, :meth:`HiViT.forward_intermediates`, ``timm.create_model(...,
+features_only=True, out_indices=...)``) gives the three stage outputs, not the pyramid: stage 1 (stride 4, ``C/4``),
+stage 2 (stride 8, ``C/2``) and stage 3 (stride 16, ``C``), one level per stage as timm's Hiera reports them.
+
 Sizes (Table 1; asserted in tests/test_hivit.py): iTPN-B "3324" (widths 128/256/512, blocks 3/3/24, 8 heads)
 78.6M parameters with the 1000-class head, the paper's 79M; iTPN-L "2240" (192/384/768, 2/2/40, 12 heads) 288.5M,
 the paper's 288M. "HiViT-L/14" of Table 1 is ``itpn_large_2240_patch16_256``: 16-pixel patches on 256-pixel
@@ -56,11 +60,12 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # no public export; timm's own models import it from here
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from experiments.errors import ConfigError
 from lightning_modules.backbones.common import imagenet_cfg
+from suite_base.errors import ConfigError
 
 __all__ = [
     "HiViT",
@@ -405,7 +410,7 @@ class HiViT(nn.Module):
             raise ConfigError(f"pos_embed_mode must be one of {POS_EMBED_MODES}, got {pos_embed_mode!r}")
         mlp_depth2 = mlp_depth if mlp_depth2 is None else mlp_depth2
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grid = img_size // patch_size
         self.patch_size = patch_size
         self.depth = depth
@@ -438,6 +443,12 @@ class HiViT(nn.Module):
         blocks.append(PatchMerge(embed_dim // 2))
         blocks += [HiViTBlock(embed_dim, num_heads, mlp_ratio, drop_path=next(dpr), **kw) for _ in range(depth)]
         self.blocks = nn.ModuleList(blocks)
+        # the last block of each stage (-1: stage 1 has no block, its output is the patch embedding's)
+        self.stage_ends = [mlp_depth - 1, mlp_depth + mlp_depth2, len(blocks) - 1]
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=f"blocks.{end}" if end >= 0 else "patch_embed")
+            for c, r, end in zip((embed_dim // 4, embed_dim // 2, embed_dim), (4, 8, 16), self.stage_ends, strict=True)
+        ]
 
         self.pyramid = FeaturePyramid(embed_dim, fpn_dim, fpn_depth, mlp_ratio, drop_rate) if num_outs > 1 else None
         self.fc_norm = LayerNorm(embed_dim) if num_classes > 0 else nn.Identity()
@@ -534,6 +545,21 @@ class HiViT(nn.Module):
             pos = pos.expand(x.shape[0], -1, -1).gather(1, ids_keep[:, :, None].expand(-1, -1, pos.shape[-1]))
         return x + pos
 
+    def _early_stages(
+        self, x: torch.Tensor, ids_keep: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Patch embedding and stages 1-2 (MLP blocks, both merges): ``([B, L, 1, 1, C], [stage-1, stage-2 outputs])``
+        in the per-patch layout (the laterals are taken just before each merge)."""
+        x = self.patch_embed(x)
+        if ids_keep is not None:
+            x = x.gather(1, ids_keep[:, :, None, None, None].expand(-1, -1, *x.shape[2:]))
+        laterals = []
+        for blk in self.blocks[: -self.depth]:
+            if isinstance(blk, PatchMerge):
+                laterals.append(x)
+            x = blk(x)
+        return x, laterals
+
     def forward_tokens(
         self,
         x: torch.Tensor,
@@ -563,14 +589,7 @@ class HiViT(nn.Module):
                 f"input {x.shape[-2]}x{x.shape[-1]} gives a {grid[0]}x{grid[1]} patch grid but the relative position "
                 f"tables were built for img_size {self.grid * self.patch_size}; set the backbone's img_size"
             )
-        x = self.patch_embed(x)
-        if ids_keep is not None:
-            x = x.gather(1, ids_keep[:, :, None, None, None].expand(-1, -1, *x.shape[2:]))
-        laterals = []
-        for blk in self.blocks[: -self.depth]:
-            if isinstance(blk, PatchMerge):
-                laterals.append(x)
-            x = blk(x)
+        x, laterals = self._early_stages(x, ids_keep)
         x = x[:, :, 0, 0, :]
         if bool_masked_pos is not None:
             if mask_token is None:
@@ -588,6 +607,64 @@ class HiViT(nn.Module):
             if i in collect:
                 collected[i] = x
         return StageOutputs(x, laterals, rpe_index, collected)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]] | dict[str, object]:
+        """timm's ``forward_intermediates`` over the three stages (``feature_info``): stage 1 (stride 4, ``C/4``),
+        stage 2 (stride 8, ``C/2``), stage 3 (stride 16, ``C``), as timm's hierarchical models (Hiera, Swin).
+
+        Args:
+            indices: stages to return: last n if an int, all if None, these (negative from the end) if a list.
+            norm: no effect: HiViT has no final norm (``fc_norm`` follows the pooling, as timm's ViT with fc_norm).
+            stop_early: skip stage 3 when only stages 1-2 are asked for and ``intermediates_only``.
+            output_fmt: ``NCHW`` maps or ``NLC`` tokens (row-major over each level's map).
+            intermediates_only: return only the list of levels.
+            output_dict: ``{"image_intermediates": [...], "image_features": tokens}`` (features unless
+                ``intermediates_only``), as timm's ViT.
+        Returns:
+            the levels, or ``(stage-3 tokens [B, N, C], levels)``, or the dict.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.stage_ends), indices)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        if stop_early and intermediates_only and max_index < 2:
+            _, laterals = self._early_stages(x)
+            tokens = None
+        else:
+            out = self.forward_tokens(x)
+            tokens, laterals = out.tokens, out.laterals
+        levels = [*laterals, None if tokens is None else tokens[:, :, None, None, :]]
+        intermediates = [tokens_to_map(levels[i], grid) for i in take_indices]
+        if output_fmt == "NLC":
+            intermediates = [y.flatten(2).transpose(1, 2) for y in intermediates]
+        if output_dict:
+            result: dict[str, object] = {"image_intermediates": intermediates}
+            if not intermediates_only:
+                result["image_features"] = tokens
+            return result
+        return intermediates if intermediates_only else (tokens, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """timm's pruning for feature extraction: the absolute stage indices of ``indices``; ``prune_head`` drops the
+        classifier (``fc_norm``, ``head``) and the iTPN pyramid, which no stage output uses. Blocks are kept (every
+        stage runs through :meth:`forward_tokens`); there is no final norm to prune."""
+        take_indices, _ = feature_take_indices(len(self.stage_ends), indices)
+        if prune_head:
+            self.reset_classifier(0, "")
+            self.pyramid = None
+            self.num_outs = 1
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> stage-3 tokens ``[B, N, C]``."""
@@ -715,8 +792,15 @@ ITPN_LARGE = dict(embed_dim=768, mlp_depth=2, depth=40, num_heads=12, bridge_mlp
 
 
 def _create(variant: str, pretrained: bool, arch: dict, **kwargs) -> HiViT:
+    # features_only: timm's FeatureGetterNet over forward_intermediates, the three stages (strides 4, 8, 16)
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", (0, 1, 2)), feature_cls="getter")
     return build_model_with_cfg(
-        HiViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(arch, **kwargs)
+        HiViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=feature_cfg,
+        **dict(arch, **kwargs),
     )
 
 
