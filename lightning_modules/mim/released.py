@@ -18,16 +18,12 @@ fix. A Lightning checkpoint of our own pixel pre-training (``encoder.*`` / ``dec
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
+from torch import nn
 
 from lightning_modules.backbones import read_torch_checkpoint
 from lightning_modules.backbones.hivit import PIXEL_DECODER_KEYS, PYRAMID_KEYS
 from suite_base.errors import ConfigError
-
-if TYPE_CHECKING:
-    from lightning_modules.mim.module import MaskedImageModeling
 
 __all__ = ["released_pixel_state_dict", "load_released_pixel_checkpoint"]
 
@@ -84,7 +80,7 @@ def _fix_hints(missing: list[str], unexpected: list[str]) -> list[str]:
 
 
 def released_pixel_state_dict(
-    checkpoint: dict, module: MaskedImageModeling, source: str = "checkpoint"
+    checkpoint: dict, module: nn.Module, source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
     """Map a released iTPN pixel pre-training checkpoint onto ``module.state_dict()``'s keys, strictly.
 
@@ -142,7 +138,7 @@ def released_pixel_state_dict(
     return mapped
 
 
-def load_released_pixel_checkpoint(module: MaskedImageModeling, path: str) -> str:
+def load_released_pixel_checkpoint(module: nn.Module, path: str) -> str:
     """Load the released iTPN pixel pre-training checkpoint at ``path`` (a glob loads its newest match) into
     ``module``'s encoder, pyramid and decoder; returns the resolved path."""
     path, checkpoint = read_torch_checkpoint(path)
