@@ -72,10 +72,15 @@ def test_features_head_split_and_reset_classifier(name):
     model.eval()
     with torch.no_grad():
         full = model(x)
-        split = model.forward_head(model.forward_features(x))
+        features = model.forward_features(x)
+        split = model.forward_head(features)
         pre_logits = model.forward_head(model.forward_features(x), pre_logits=True)
         torch.testing.assert_close(split, full)
         assert pre_logits.shape == (2, model.head_hidden_size)
+        pool_size = model.pretrained_cfg.get("pool_size")
+        if pool_size is not None:  # the final map at the cfg's input size, i.e. its stride
+            strides = [size // p for size, p in zip(model.pretrained_cfg["input_size"][1:], pool_size, strict=True)]
+            assert tuple(features.shape[-2:]) == tuple(x.shape[-1] // s for s in strides)
         model.reset_classifier(0)
         assert model.num_classes == 0
         assert not any(True for _ in model.get_classifier().parameters())

@@ -63,9 +63,10 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
 
 
 def _cfg(vit_stem: bool = False, **kwargs) -> dict:
-    """``first_conv``: the 7x7 stem conv, or for a ViT stem (net1) the 16x16 patch embedding's conv."""
-    first_conv = "patch_embed1.proj" if vit_stem else "stem.0"
-    return imagenet_cfg(pool_size=(7, 7), first_conv=first_conv, license="apache-2.0", **kwargs)
+    """``first_conv``: the 7x7 stem conv, or for a ViT stem (net1) the 16x16 patch embedding's conv; ``pool_size``:
+    the final map at 224 px (stride 32, or 16 for the ViT stem, which keeps the 14x14 grid)."""
+    first_conv, pool_size = ("patch_embed1.proj", (14, 14)) if vit_stem else ("stem.0", (7, 7))
+    return imagenet_cfg(pool_size=pool_size, first_conv=first_conv, license="apache-2.0", **kwargs)
 
 
 # Official ``net1`` ... ``net7`` flags (danczs/Visformer models.py), in timm's argument names.
