@@ -118,11 +118,24 @@ def test_timm_fpn_mask_rcnn_train_step():
     train_and_eval(model, evaluate=False)
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", ITPN])
-def test_config_error_without_multiscale_outputs(name):
-    kwargs = dict(img_size=64, depth=1) if name.startswith("vit") else dict(TOY_HIVIT)
+def test_config_error_without_multiscale_outputs():
+    name = "vit_tiny_patch16_224"
     with pytest.raises(ConfigError, match=f"backbone '{name}' has no multi-scale outputs"):
-        build_mask_rcnn("timm_fpn", name, kwargs, num_classes=3, **SMALL_RCNN)
+        build_mask_rcnn("timm_fpn", name, dict(img_size=64, depth=1), num_classes=3, **SMALL_RCNN)
+
+
+def test_timm_fpn_takes_hivit_stages():
+    """HiViT's timm feature levels (stages at strides 4, 8, 16) under torchvision's FPN, without iTPN's pyramid."""
+    model = build_mask_rcnn("timm_fpn", ITPN, dict(TOY_HIVIT), num_classes=3, **SMALL_RCNN)
+    assert model.roi_heads.box_roi_pool.featmap_names == ["0", "1", "2"]
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 3, 64, 96))
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "0": (1, 256, 16, 24),
+        "1": (1, 256, 8, 12),
+        "2": (1, 256, 4, 6),
+        "pool": (1, 256, 2, 3),
+    }
 
 
 def test_resnet_c4_mask_rcnn_train_step():
