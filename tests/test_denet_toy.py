@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from datamodules.captions import TextEditingDataModule
+from datamodules.toy.edit_scenes import score_edits
 from experiments.cli import main as cli_main
 from lightning_modules.editing.module import DENet, evaluate_toy_edits
 
@@ -27,7 +28,7 @@ def run_toy(tmp_path, damsm_epochs: int = 6, denet_epochs: int = 20, seed: int =
     model = DENet.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     dm = TextEditingDataModule(root=str(root), dataset="toy", image_size=16, val_images=40, batch_size=50,
                                num_workers=0, pin_memory=False, toy_img_size=16)  # fmt: skip
-    scores = evaluate_toy_edits(model, dm)
+    scores = evaluate_toy_edits(model, dm, score_edits)
     return {"scores": scores, "damsm_val": damsm["val"], "run": run, "metrics": json.loads((run / "metrics.json")
             .read_text())}  # fmt: skip
 

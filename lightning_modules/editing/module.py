@@ -29,6 +29,7 @@ images against the sources, and an editing grid (source | target text | edited) 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, froz
 from lightning_modules.editing.metrics import ClipEditScorer, ManipulativePrecision, fid_metric
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
 from lightning_modules.editing.released import load_released_denet
+
+# (sources [N, 3, S, S], edited [N, 3, S, S] in [0, 1], the scenes' objects, target captions) -> named scores
+EditScorer = Callable[[Tensor, Tensor, list[dict], list[str]], dict[str, float]]
 
 
 def hinge_d_loss(real: Tensor, fake: Tensor, mismatched: Tensor) -> Tensor:
@@ -290,12 +294,11 @@ class DENet(SuiteModule):
 
 
 @torch.no_grad()
-def evaluate_toy_edits(model: DENet, datamodule, split: str = "test") -> dict[str, float]:
+def evaluate_toy_edits(model: DENet, datamodule, score_edits: EditScorer, split: str = "test") -> dict[str, float]:
     """Edit every ``split`` image of the toy recolour scenes towards its target caption and score the edits with
-    the toy's independent colour classifier (:func:`datamodules.toy.edit_scenes.score_edits`)."""
+    ``score_edits(sources, edited, objects, target_captions)``: the toy's independent colour classifier
+    (:func:`datamodules.toy.edit_scenes.score_edits`), passed in by the caller since a task imports no data code."""
     import json
-
-    from datamodules.toy.edit_scenes import score_edits
 
     datamodule.setup("test" if split == "test" else "fit")
     dataset = getattr(datamodule, f"{split}_set")
