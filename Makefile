@@ -33,8 +33,8 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 lint: setup
-	$(BIN)/ruff check experiments lightning_modules datamodules tests benchmarks
-	$(BIN)/ruff format --check experiments lightning_modules datamodules tests benchmarks
+	$(BIN)/ruff check suite_base experiments lightning_modules datamodules tests benchmarks
+	$(BIN)/ruff format --check suite_base experiments lightning_modules datamodules tests benchmarks
 
 # Run every row of a paper's table (SCALE=toy on the CPU, SCALE=full needs the data and GPUs), then print it; ARGS
 # go to every row (e.g. make reproduce-tel SCALE=full ARGS="--data.init_args.root /data/tel").
