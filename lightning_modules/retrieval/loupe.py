@@ -52,24 +52,33 @@ The paper's text was not available to us: the payoffs, the box head (boxes from 
 over the patch grid), the jittered candidates, the excess score, the L1 + GIoU pseudo-box loss, the KL form of L_FSA
 and the estimator's inputs and trust rule are our choices, recorded with measurements in docs/loupe.md. The Shapley
 terms shape training only; retrieval uses the global embeddings of the dual encoder.
+
+The pieces live beside this module and are re-exported here: box geometry and the region head in
+:mod:`~lightning_modules.retrieval.loupe_regions`, payoffs and interactions in
+:mod:`~lightning_modules.retrieval.loupe_payoffs`, phrase spans in :mod:`~lightning_modules.retrieval.loupe_phrases`
+and the grounding figures in :mod:`~lightning_modules.retrieval.loupe_figures`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
-from functools import lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou_loss
 
+from lightning_modules.retrieval.loupe_figures import PALETTE, draw_phrase_boxes
+from lightning_modules.retrieval.loupe_payoffs import (
+    estimate_interactions,
+    fine_grained_similarity,
+    masked_image_payoff,
+    pooled_similarity,
+)
+from lightning_modules.retrieval.loupe_phrases import phrase_char_spans, phrase_token_masks
+from lightning_modules.retrieval.loupe_regions import RegionGenerator, box_to_patch_mask, jitter_boxes, patch_centres
 from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
-from lightning_modules.retrieval.phrases import noun_phrases
 from lightning_modules.retrieval.shapley import (
     NeuralShapleyEstimator,
     all_coalitions,
@@ -79,212 +88,22 @@ from lightning_modules.retrieval.shapley import (
 )
 from suite_base.errors import ConfigError
 
-_WORD = re.compile(r"[,.;:!?]|[^\s,.;:!?]+")  # the items of phrases.words(), with their character positions
-
-
-# ---- geometry --------------------------------------------------------------------------------------------------------
-def patch_centres(grid: tuple[int, int], device=None) -> Tensor:
-    """``[h * w, 2]`` (x, y) centres of the patch grid in [0, 1] image coordinates, row-major."""
-    h, w = grid
-    ys, xs = torch.meshgrid(
-        (torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w, indexing="ij"
-    )
-    return torch.stack([xs.flatten(), ys.flatten()], -1)
-
-
-def box_to_patch_mask(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Bool ``[..., h * w]``: the patches whose centre lies inside each ``(cx, cy, w, h)`` box (normalised).
-
-    A box narrower than a patch still keeps the patch under its centre, so no region is empty.
-    """
-    centres = patch_centres(grid, boxes.device)  # [n, 2]
-    half = torch.maximum(boxes[..., 2:] / 2, boxes.new_tensor([0.5 / grid[1], 0.5 / grid[0]]))
-    offset = (centres - boxes[..., None, :2]).abs()  # [..., n, 2]
-    return (offset <= half[..., None, :] + 1e-6).all(-1)
-
-
-def jitter_boxes(
-    boxes: Tensor, count: int, scale: float, min_size: float, generator: torch.Generator | None = None
-) -> Tensor:
-    """``[..., count, 4]`` random variants of ``(cx, cy, w, h)`` boxes: centres moved by up to ``scale`` of the size,
-    sizes multiplied by up to ``exp(+-scale)``; clamped to the image."""
-    noise = torch.rand(*boxes.shape[:-1], count, 4, device=boxes.device, generator=generator) * 2 - 1
-    base = boxes.unsqueeze(-2)
-    centre = (base[..., :2] + scale * base[..., 2:] * noise[..., :2]).clamp(0, 1)
-    size = (base[..., 2:] * torch.exp(scale * noise[..., 2:])).clamp(min_size, 1)
-    return torch.cat([centre, size], -1)
-
-
-class RegionGenerator(nn.Module):
-    """Semantic region generation: ``R`` learned queries attend over the patch tokens; each query's box is the
-    moments of its attention map over the patch grid (centre = mean position, width/height = sqrt(12 var), the size
-    of a uniform box with that variance), so boxes are differentiable and tied to where the query looks."""
-
-    def __init__(self, dim: int, num_regions: int, key_dim: int = 64) -> None:
-        super().__init__()
-        self.queries = nn.Parameter(torch.randn(num_regions, key_dim) * 0.5)
-        self.norm = nn.LayerNorm(dim)
-        self.key = nn.Linear(dim, key_dim)
-        self.key_dim = key_dim
-
-    def attention(self, tokens: Tensor) -> Tensor:
-        """``tokens [B, n, C]`` -> attention ``[B, R, n]``."""
-        keys = self.key(self.norm(tokens))
-        return torch.softmax(self.queries @ keys.transpose(1, 2) / math.sqrt(self.key_dim), dim=-1)
-
-    def forward(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
-        """``[B, R, 4]`` boxes ``(cx, cy, w, h)`` in [0, 1]."""
-        attn = self.attention(tokens)
-        centres = patch_centres(grid, tokens.device)
-        mean = attn @ centres  # [B, R, 2]
-        var = attn @ centres.pow(2) - mean.pow(2)
-        size = (12 * var.clamp(min=0) + 1e-6).sqrt().clamp(1 / max(grid), 1)
-        return torch.cat([mean, size], -1)
-
-
-# ---- payoffs ---------------------------------------------------------------------------------------------------------
-def pooled_similarity(masks: Tensor, tokens: Tensor, text: Tensor) -> Tensor:
-    """Token-level payoff: ``cos(mean of the kept projected tokens, text)``; 0 for an empty set.
-
-    Args:
-        masks: bool ``[G, ..., n]``; tokens: projected patch tokens ``[G, n, D]``; text: ``[G, D]`` (unit norm).
-    """
-    G, n = masks.shape[0], masks.shape[-1]
-    m = masks.reshape(G, -1, n).to(tokens.dtype)
-    pooled = torch.bmm(m, tokens) / m.sum(-1, keepdim=True).clamp(min=1)
-    sim = (F.normalize(pooled, dim=-1) * text.unsqueeze(1)).sum(-1)
-    return sim.reshape(masks.shape[:-1])
-
-
-def masked_image_payoff(
-    encode: Callable[[Tensor], Tensor], images: Tensor, text: Tensor, grid: tuple[int, int], chunk: int = 512
-) -> Callable[[Tensor], Tensor]:
-    """Token-level payoff by re-encoding: the patches outside the kept set are replaced by the mean colour (0 after
-    normalisation) and the images are encoded again; ``v(S) = <encode(masked image), text>``.
-
-    Args:
-        encode: images ``[k, 3, H, W]`` -> unit-norm embeddings ``[k, D]``.
-        images: ``[G, 3, H, W]``; text: ``[G, D]`` (unit norm); grid: the final token grid (patch ``i`` covers the
-            ``i``-th cell of the image in row-major order).
-        chunk: images per ``encode`` call.
-
-    Returns the payoff, bool masks ``[G, ..., n]`` -> ``[G, ...]``.
-    """
-    G, _, H, W = images.shape
-
-    def v(masks: Tensor) -> Tensor:
-        X = masks.reshape(G, -1, masks.shape[-1]).shape[1]
-        keep = F.interpolate(masks.reshape(G * X, 1, *grid).to(images.dtype), size=(H, W), mode="nearest")
-        owner = torch.arange(G, device=images.device).repeat_interleave(X)
-        out = []
-        for lo in range(0, G * X, chunk):
-            idx = slice(lo, lo + chunk)
-            out.append((encode(images[owner[idx]] * keep[idx]) * text[owner[idx]]).sum(-1))
-        return torch.cat(out).reshape(masks.shape[:-1])
-
-    return v
-
-
-def fine_grained_similarity(masks: Tensor, scores: Tensor) -> Tensor:
-    """Semantics-level payoff: FILIP's symmetric max-mean similarity of the kept regions and phrases.
-
-    Args:
-        masks: bool ``[G, ..., R + P]`` (regions first); scores: region-phrase similarities ``[G, R, P]``.
-    Returns ``[G, ...]``; 0 when no region or no phrase is kept.
-    """
-    G, R, P = scores.shape
-    flat = masks.reshape(G, -1, R + P)
-    keep_r, keep_p = flat[..., :R], flat[..., R:]  # [G, X, R], [G, X, P]
-    s = scores.unsqueeze(1)  # [G, 1, R, P]
-    low = torch.finfo(scores.dtype).min
-    best_p = s.masked_fill(~keep_p.unsqueeze(2), low).amax(-1)  # [G, X, R]: best kept phrase per region
-    best_r = s.masked_fill(~keep_r.unsqueeze(3), low).amax(-2)  # [G, X, P]: best kept region per phrase
-    kr, kp = keep_r.to(scores.dtype), keep_p.to(scores.dtype)
-    r2p = (best_p * kr).sum(-1) / kr.sum(-1).clamp(min=1)
-    p2r = (best_r * kp).sum(-1) / kp.sum(-1).clamp(min=1)
-    both = keep_r.any(-1) & keep_p.any(-1)
-    return torch.where(both, (r2p + p2r) / 2, torch.zeros_like(r2p)).reshape(masks.shape[:-1])
-
-
-def estimate_interactions(
-    features: Tensor,
-    sample: Callable[[Tensor], Tensor],
-    estimator: NeuralShapleyEstimator | None,
-    refresh_fraction: float,
-    generator: torch.Generator | None = None,
-    group_size: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Interactions ``[Q]`` of ``Q`` coalitions, from the neural estimator where it is confident, else sampled.
-
-    Args:
-        features: ``[Q, F]`` estimator inputs (detached here).
-        sample: ``indices [K] -> (Monte-Carlo interactions [K], their standard errors [K])`` for the coalitions to
-            sample.
-        estimator: ``None`` samples everything.
-        refresh_fraction: share of confident coalitions sampled anyway (keeps the estimator calibrated).
-        generator: the random generator of the refresh draws.
-        group_size: consecutive coalitions sampled or estimated together (:meth:`NeuralShapleyEstimator.to_sample`).
-
-    Returns ``(interactions [Q], estimator NLL on the sampled ones (0 without), sampled share)``. Interactions are
-    NaN for the coalitions the estimator's budget drops (untrusted and beyond the cap; see
-    :meth:`NeuralShapleyEstimator.split`): the losses must leave them out, never use an untrusted estimate.
-    """
-    Q = features.shape[0]
-    if estimator is None:
-        with torch.no_grad():
-            values, _ = sample(torch.arange(Q, device=features.device))
-        return values, features.new_zeros(()), features.new_ones(())
-    features = features.detach()
-    mean, var = estimator(features)
-    todo, usable = estimator.split(var, refresh_fraction, generator, group_size)
-    index = todo.nonzero().squeeze(1)
-    values = mean.detach().clone().masked_fill(~(todo | usable), float("nan"))  # dropped: no value
-    replay = estimator.replay_loss(generator)  # earlier samples, drawn before this step's join the memory
-    if index.numel() == 0:
-        return values, mean.sum() * 0 + (replay if replay is not None else 0), features.new_zeros(())
-    with torch.no_grad():
-        sampled, stderr = sample(index)
-    estimator.observe(sampled, stderr)
-    values[index] = sampled.to(values.dtype)
-    noise_var = stderr.to(var.dtype).pow(2)
-    nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + noise_var)
-    if replay is not None:  # weighted by count: one NLL over fresh and replayed samples
-        drawn = min(estimator.replay_batch, estimator._memory[0].shape[0])
-        nll = (index.numel() * nll + drawn * replay) / (index.numel() + drawn)
-    estimator.remember(features[index], sampled, noise_var)
-    return values, nll, todo.float().mean()
-
-
-# ---- phrases ---------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=65536)
-def phrase_char_spans(caption: str, chunker: str = "rules") -> tuple[tuple[int, int, str], ...]:
-    """Noun phrases of ``caption`` as character spans ``(start, end, text)`` (cached per caption)."""
-    items = [(m.start(), m.end()) for m in _WORD.finditer(caption)]
-    spans = []
-    for start, end, text in noun_phrases(caption, chunker):
-        if end <= len(items):
-            spans.append((items[start][0], items[end - 1][1], text))
-    return tuple(spans)
-
-
-def phrase_token_masks(
-    captions: list[str], offsets: Tensor, max_phrases: int, chunker: str = "rules"
-) -> tuple[Tensor, list[list[str]]]:
-    """Bool ``[B, P, L]``: the tokens of each caption's first ``max_phrases`` noun phrases (from the tokenizer's
-    character ``offsets [B, L, 2]``), and the phrase texts. Padded phrases have no token."""
-    B = len(captions)
-    spans = torch.zeros(B, max_phrases, 2, dtype=torch.long)
-    texts = []
-    for b, caption in enumerate(captions):
-        found = phrase_char_spans(caption, chunker)[:max_phrases]
-        texts.append([t for _, _, t in found])
-        for p, (start, end, _) in enumerate(found):
-            spans[b, p, 0], spans[b, p, 1] = start, end
-    spans = spans.to(offsets.device)
-    tok_start, tok_end = offsets[..., 0].unsqueeze(1), offsets[..., 1].unsqueeze(1)  # [B, 1, L]
-    real = tok_end > tok_start  # special and padding tokens have (0, 0)
-    masks = real & (tok_start < spans[..., 1:2]) & (tok_end > spans[..., 0:1])
-    return masks, texts
+__all__ = [
+    "PALETTE",
+    "LoupeRetrieval",
+    "RegionGenerator",
+    "box_to_patch_mask",
+    "draw_phrase_boxes",
+    "estimate_interactions",
+    "fine_grained_similarity",
+    "jitter_boxes",
+    "load_loupe_run",
+    "masked_image_payoff",
+    "patch_centres",
+    "phrase_char_spans",
+    "phrase_token_masks",
+    "pooled_similarity",
+]
 
 
 # ---- the module ------------------------------------------------------------------------------------------------------
@@ -665,31 +484,6 @@ class LoupeRetrieval(DualEncoderRetrieval):
         images = (batch["image"][:count] * std + mean).clamp(0, 1)
         panels = draw_phrase_boxes(images.cpu(), boxes.cpu(), texts, captions)
         self.log_image_grid("val/grounding", panels, nrow=min(count, 3))
-
-
-PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
-
-
-def draw_phrase_boxes(
-    images: Tensor, boxes: Tensor, texts: list[list[str]], captions: list[str], size: int = 192
-) -> Tensor:
-    """``[N, 3, size + 14 * (P + 1), size]`` panels: each image upscaled with one coloured box per phrase and, below
-    it, the caption and the phrases in their box colours."""
-    rows = max((len(t) for t in texts), default=0) + 1
-    panels = []
-    for img, bxs, phrases, caption in zip(images, boxes, texts, captions, strict=True):
-        array = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
-        canvas = Image.new("RGB", (size, size + 14 * rows), (255, 255, 255))
-        canvas.paste(Image.fromarray(array).resize((size, size), Image.NEAREST), (0, 0))
-        draw = ImageDraw.Draw(canvas)
-        draw.text((2, size + 1), caption[: size // 6], fill=(0, 0, 0))
-        for k, (phrase, box) in enumerate(zip(phrases, bxs.tolist(), strict=False)):
-            colour = PALETTE[k % len(PALETTE)]
-            cx, cy, w, h = (v * size for v in box)
-            draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], outline=colour, width=2)
-            draw.text((2, size + 1 + 14 * (k + 1)), phrase, fill=colour)
-        panels.append(torch.from_numpy(np.asarray(canvas)).permute(2, 0, 1).float() / 255)
-    return torch.stack(panels)
 
 
 def load_loupe_run(module: nn.Module, path: str) -> None:
