@@ -47,7 +47,7 @@ class MetricsJSON(L.Callback):
             self.record.update(json.loads(self.path.read_text()), finished=False)
         self.record.setdefault("skipped", {})
         self.started = time.time()
-        self.counting: dict[str, int] = {}
+        self.counting: dict[str, torch.Tensor | int] = {}
 
     # -- samples the data skipped, per split --------------------------------------------------------------------
     def _start(self, trainer: L.Trainer, split: str) -> None:
@@ -56,15 +56,15 @@ class MetricsJSON(L.Callback):
 
     def _count(self, trainer: L.Trainer, split: str, batch) -> None:
         if not trainer.sanity_checking and isinstance(batch, dict) and "skipped" in batch:
-            self.counting[split] = self.counting.get(split, 0) + int(batch["skipped"])
+            # a tensor sum stays on the batch's device: no host sync per step (int() would wait for the GPU)
+            self.counting[split] = self.counting.get(split, 0) + batch["skipped"].detach()
 
     def _close(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> None:
         """Sum the split's count over processes (every rank calls this: it is a collective) into the record."""
         if trainer.sanity_checking or split not in self.counting:
             return
-        total = trainer.strategy.reduce(
-            torch.tensor(float(self.counting.pop(split)), device=pl_module.device), reduce_op="sum"
-        )
+        count = torch.as_tensor(self.counting.pop(split), dtype=torch.float32, device=pl_module.device)
+        total = trainer.strategy.reduce(count, reduce_op="sum")
         self.record["skipped"][split] = int(total.item())
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
