@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,7 +30,8 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 import experiments.logs  # noqa: F401  (filters the specific Lightning warnings every run would print)
 import lightning_modules  # noqa: F401  (registers the suite's backbones with timm)
 from experiments.callbacks import MetricsJSON, PredictionsWriter, RNGStateCheckpoint
-from experiments.errors import parse_error_line, unknown_key
+from experiments.configs import BASE_KEY, expand_config_args, merged_config
+from experiments.errors import SuiteError, parse_error_line, unknown_key
 from experiments.io import AtomicCheckpointIO
 from experiments.progress import progress_callbacks
 
@@ -54,8 +54,8 @@ def config_class_paths(argv: list[str]) -> dict[str, str]:
         value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
         if name in ("--config", "-c"):
             try:
-                raw = yaml.safe_load(Path(value).read_text()) or {}
-            except (OSError, yaml.YAMLError):
+                raw = merged_config(value)
+            except SuiteError:
                 continue
             for section in ("model", "data"):
                 if isinstance(raw.get(section), dict) and raw[section].get("class_path"):
@@ -171,7 +171,8 @@ class SuiteCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
-            parser_kwargs={"parser_mode": "omegaconf", "allow_abbrev": False},  # --trainer.max_epoch is an error
+            # omegaconf+: ${...} resolves after the files and the command line merge: an override reaches every use
+            parser_kwargs={"parser_mode": "omegaconf+", "allow_abbrev": False},  # --trainer.max_epoch is an error
             parser_class=SuiteArgumentParser,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
@@ -188,6 +189,19 @@ class SuiteCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="Where run directories are created.")
         parser.add_argument("--run_name", type=str | None, default=None, help="Run folder name (default: config stem).")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="Test the best checkpoint after fit.")
+        parser.add_argument(
+            f"--{BASE_KEY}",
+            type=str | list[str] | None,
+            default=None,
+            help="Config files a config extends (experiments/configs.py); read before the parser, null once merged.",
+        )
+
+    def parse_arguments(self, parser, args) -> None:
+        """Each ``--config X`` becomes its bases and then X (:func:`~experiments.configs.expand_config_args`)."""
+        if args is None or isinstance(args, list):  # (Lightning warns when both args and sys.argv are given)
+            self.config = parser.parse_args(expand_config_args(sys.argv[1:] if args is None else list(args)))
+        else:
+            super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config and the command line as the source of truth with ``--ckpt_path``: Lightning would

@@ -62,9 +62,9 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
 
     import numpy as np
     import torch
-    import yaml
 
     from datamodules.video_subtitles import FEATURES_META, decode_clip
+    from experiments.configs import load_config
     from experiments.io import atomic_write_bytes, atomic_write_json
     from experiments.progress import progress_lines
     from lightning_modules.backbones import create_backbone
@@ -73,7 +73,7 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     if not hasattr(datamodule, "features_root"):
         raise ConfigError(f"{type(datamodule).__name__} has no video clips to extract features from")
     datamodule.prepare_data()
-    model_args = (yaml.safe_load(open(config)) or {}).get("model", {}).get("init_args", {})
+    model_args = load_config(config).get("model", {}).get("init_args", {})
     name = backbone or model_args.get("visual_backbone")
     if not name:
         raise ConfigError("no backbone: pass --backbone NAME or set model.init_args.visual_backbone in the config")

@@ -24,8 +24,7 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
-
+from experiments.configs import load_config
 from experiments.errors import ConfigError
 from experiments.flags import canonical_flags
 
@@ -35,10 +34,7 @@ RESUME = ["--ckpt_path", "last"]  # the sbatch job's fit resumes a requeued run
 
 
 def config_trainer(config: str) -> dict:
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config '{config}' does not exist")
-    return (yaml.safe_load(path.read_text()) or {}).get("trainer", {}) or {}
+    return load_config(config, resolve=False).get("trainer", {}) or {}
 
 
 def check_devices(config: str, nodes: int, devices: int, accelerator: str) -> None:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from experiments.configs import load_config
 from experiments.errors import ConfigError
 
 BASES = {"model": L.LightningModule, "data": L.LightningDataModule}
@@ -18,14 +15,8 @@ BASES = {"model": L.LightningModule, "data": L.LightningDataModule}
 
 def read_config(config: str) -> dict:
     """The config as a dict with its ``${...}`` resolved as the command line resolves them (``parser_mode:
-    omegaconf``): ``${oc.env:IMAGENET_ROOT,/datasets/imagenet}`` reads the environment."""
-    path = Path(config)
-    if not path.is_file():
-        raise ConfigError(f"config '{config}' does not exist")
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{config}: {str(err).splitlines()[0]}") from err
+    omegaconf+``), merged over its bases: ``${oc.env:IMAGENET_ROOT,/datasets/imagenet}`` reads the environment."""
+    return load_config(config)
 
 
 def build_sections(config: str, sections: tuple[str, ...], overrides: list[str]) -> dict:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from experiments.configs import run_config_files
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL = "configs/visformer/visformer_small_in1k.yaml"
 
@@ -64,7 +66,7 @@ def test_print_config_shows_the_full_paper_recipe(run_cli):
 
 
 def test_every_config_parses(run_cli):
-    for config in sorted((REPO / "configs").rglob("*.yaml")):
+    for config in run_config_files(REPO / "configs"):  # bases (_*.yaml) are parsed within the configs extending them
         if config.parent.name in ("sweeps", "evaluation"):  # search spaces (test_sweep.py), evaluation protocols
             continue  # (python -m experiments evaluate, test_representation_eval.py)
         out = run_cli("fit", "--config", str(config.relative_to(REPO)), "--print_config")

@@ -9,6 +9,7 @@ import pytest
 import timm
 import torch
 
+from experiments.configs import run_config_files
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 
@@ -42,7 +43,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def paper_configs() -> list[Path]:
     """Every non-toy run config under configs/ (sweep search spaces are not run configs)."""
-    return sorted(p for p in CONFIGS.rglob("*.yaml") if "toy" not in p.stem and p.parent.name != "sweeps")
+    return [p for p in run_config_files(CONFIGS) if "toy" not in p.stem and p.parent.name != "sweeps"]
 
 
 def header(path: Path) -> str:

@@ -10,6 +10,19 @@ restructures configs/ into shared bases: that refactor must leave the resolved c
 Both are resolved from the repository root with every ``${oc.env:VAR,default}`` variable of configs/ unset, so the
 defaults are stored whatever the machine sets.
 
+Issue 26 moves a network's arguments from the LightningModule into the network it injects
+(``model.init_args.seq_len`` -> ``model.init_args.net.init_args.seq_len``). Each such move is listed once per model
+class in ``tests/fixtures/config_moves/<family>.yaml``::
+
+    lightning_modules.reid.module.STTModule:        # the model's class_path in the fixture
+      class_path: lightning_modules.reid.module.STTModule   # optional: its class_path now
+      moved: {seq_len: net.init_args.seq_len}      # old key -> new key, both under model.init_args
+      dropped: {some_flag: why it no longer exists}
+
+and the comparison reads the fixture's keys through those moves: every stored value must be found, unchanged, at its
+(moved) key. Keys that are new are accepted only under an injected network (``model.init_args.<name>.class_path`` and
+``model.init_args.<name>.init_args.*``, the network's defaults, now shown); any other new key is a difference.
+
 Regenerate the fixture only when a config's resolved value is meant to change (or a config is added or removed):
 ``.venv/bin/python tests/test_resolved_configs.py`` prints what differs and leaves the fixture alone; add ``--write``
 to overwrite it, and commit it with the config change so that its diff shows each changed value.
@@ -27,23 +40,26 @@ from pathlib import Path
 
 import pytest
 import yaml
-from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from experiments.configs import config_stack, expand_config_args, load_config, run_config_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = REPO / "tests" / "fixtures" / "resolved_configs.json"
+MOVES = REPO / "tests" / "fixtures" / "config_moves"
 ENV_VAR = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 RUN_SECTIONS = {"model", "data", "trainer"}
-PATH_KEYS = ("config",)  # where the config file lies, not what it resolves to
+PATH_KEYS = ("config", "base")  # where the config file and its bases lie, not what they resolve to
 SHOWN_KEYS = 5  # differing keys listed per config
 
 
 def config_files() -> list[str]:
-    """Every YAML file under configs/, relative to the repository root."""
-    return sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+    """Every YAML file under configs/ but the bases (``_*.yaml``), relative to the repository root."""
+    return [p.relative_to(REPO).as_posix() for p in run_config_files(REPO / "configs")]
 
 
 def is_run_config(path: str) -> bool:
-    raw = yaml.safe_load((REPO / path).read_text())
+    raw = load_config(REPO / path, resolve=False)
     return isinstance(raw, dict) and RUN_SECTIONS <= set(raw)
 
 
@@ -51,7 +67,8 @@ def is_run_config(path: str) -> bool:
 def config_environment(paths: list[str]):
     """The repository root as working directory and every ``${oc.env:VAR,...}`` variable of ``paths`` unset; both
     restored on exit."""
-    names = {name for path in paths for name in ENV_VAR.findall((REPO / path).read_text())}
+    files = {item for path in paths for item in config_stack(REPO / path)}
+    names = {name for item in files for name in ENV_VAR.findall(item.read_text())}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(REPO)
         for name in sorted(names):
@@ -80,7 +97,7 @@ def fit_parser():
 def resolve_run_config(parser, path: str) -> dict:
     """The ``fit`` namespace of ``fit --config path`` as a plain dict, without :data:`PATH_KEYS`."""
     argv = sys.argv
-    sys.argv = [argv[0], "fit", "--config", path]  # SuiteArgumentParser's error line reads sys.argv
+    sys.argv = [argv[0], "fit", *expand_config_args(["--config", path])]  # SuiteArgumentParser's error line reads it
     try:
         parsed = parser.parse_args(sys.argv[1:])
     except SystemExit as exit_:
@@ -94,7 +111,7 @@ def resolve_run_config(parser, path: str) -> dict:
 
 
 def resolve_other_yaml(path: str) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(REPO / path), resolve=True)
+    return load_config(REPO / path)
 
 
 def resolve_config(parser, path: str) -> tuple[str, dict]:
@@ -130,9 +147,70 @@ def flatten(node, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def differences(stored: dict, now: dict) -> list[str]:
+def load_moves(folder: Path = MOVES) -> dict[str, dict]:
+    """``{old model class_path: {"class_path": new, "moved": {old: new}, "dropped": {old: why}}}`` from every YAML
+    file in ``folder``; a class listed twice is an error."""
+    moves: dict[str, dict] = {}
+    for file in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        for class_path, entry in (yaml.safe_load(file.read_text()) or {}).items():
+            if class_path in moves:
+                raise ValueError(f"{file.name}: {class_path} is listed in another config_moves file too")
+            unknown = set(entry) - {"class_path", "moved", "dropped"}
+            if unknown:
+                raise ValueError(f"{file.name}: {class_path} has unknown entries {sorted(unknown)}")
+            moves[class_path] = {"moved": {}, "dropped": {}, **entry}
+    return moves
+
+
+def moved_key(key: str, moved: dict[str, str]) -> str:
+    """``key`` (dotted, under ``model.init_args.``) renamed by the longest entry of ``moved`` it starts with."""
+    prefix = "model.init_args."
+    if not key.startswith(prefix):
+        return key
+    rest = key[len(prefix) :]
+    for old in sorted(moved, key=len, reverse=True):
+        if rest == old or rest.startswith((old + ".", old + "[")):
+            return prefix + moved[old] + rest[len(old) :]
+    return key
+
+
+def read_through_moves(old: dict[str, str], moves: dict[str, dict]) -> tuple[dict[str, str], list[str]]:
+    """The stored flat config ``old`` with its keys moved as ``moves`` lists for its model class; also the old keys
+    that two different stored values would move onto (each such key is a difference)."""
+    class_path = json.loads(old.get("model.class_path", "null"))
+    entry = moves.get(class_path)
+    if entry is None:
+        return old, []
+    out: dict[str, str] = {}
+    clashes = []
+    for key, value in old.items():
+        if key.startswith("model.init_args.") and key[len("model.init_args.") :].split(".")[0] in entry["dropped"]:
+            continue
+        new_key = moved_key(key, entry["moved"])
+        if new_key in out and out[new_key] != value:
+            clashes.append(new_key)
+        out[new_key] = value
+    if entry.get("class_path"):
+        out["model.class_path"] = json.dumps(entry["class_path"])
+    return out, clashes
+
+
+def injected(key: str, new: dict[str, str]) -> bool:
+    """``key`` is an injected network's class_path or one of its init_args (``model.init_args.<name>.*`` where
+    ``model.init_args.<name>.class_path`` is set)."""
+    parts = key.split(".")
+    if len(parts) < 4 or parts[:2] != ["model", "init_args"]:
+        return False
+    owner = ".".join(parts[:3])
+    return f"{owner}.class_path" in new and (parts[3] == "class_path" or parts[3] == "init_args")
+
+
+def differences(stored: dict, now: dict, moves: dict[str, dict] | None = None) -> list[str]:
     """One entry per config whose resolved form differs between ``stored`` and ``now`` (both as
-    :func:`resolve_all` returns them), naming the first :data:`SHOWN_KEYS` differing keys with both values."""
+    :func:`resolve_all` returns them), naming the first :data:`SHOWN_KEYS` differing keys with both values. Stored
+    keys are read through ``moves`` (:func:`load_moves` when None); new keys under an injected network are not
+    differences."""
+    moves = load_moves() if moves is None else moves
     found = []
     for kind in sorted(stored.keys() | now.keys()):
         before, after = stored.get(kind, {}), now.get(kind, {})
@@ -143,8 +221,14 @@ def differences(stored: dict, now: dict) -> list[str]:
             if path not in before:
                 found.append(f"{path}: not in the fixture ({kind})")
                 continue
-            old, new = flatten(before[path]), flatten(after[path])
-            keys = [key for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+            old, clashes = read_through_moves(flatten(before[path]), moves)
+            new = flatten(after[path])
+            keys = [
+                key
+                for key in sorted(old.keys() | new.keys())
+                if old.get(key) != new.get(key) and not (key not in old and injected(key, new))
+            ]
+            keys = sorted(set(keys) | set(clashes))
             if not keys:
                 continue
             lines = [f"{path}: {len(keys)} key(s) differ (fixture -> now)"]
