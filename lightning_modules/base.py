@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from torch import nn
@@ -80,6 +82,21 @@ class SuiteModule(L.LightningModule):
     def __init__(self, optim: OptimConfig | None = None) -> None:
         super().__init__()
         self.optim = optim if optim is not None else OptimConfig()
+
+    def save_hyperparameters_with_networks(self) -> None:
+        """``save_hyperparameters()`` of the calling ``__init__`` for a module whose networks are injected.
+
+        Built by the CLI (or by ``load_from_checkpoint`` of a CLI-built checkpoint), Lightning hands in the config's
+        own form of the arguments, each injected network as ``{class_path, init_args}``, and that is stored: so
+        ``load_from_checkpoint(path)`` rebuilds the networks and then loads their weights. Built in Python, the
+        ``nn.Module`` arguments have no such form and are left out (no module is pickled into the checkpoint's
+        hyper-parameters): pass them again, ``Module.load_from_checkpoint(path, net=net)``, as Lightning documents.
+        """
+        frame = inspect.currentframe().f_back
+        ignore = []
+        if _given_hyperparameters.get() is None:
+            ignore = [name for name, value in frame.f_locals.items() if isinstance(value, nn.Module) and name != "self"]
+        self.save_hyperparameters(ignore=ignore, frame=frame)
 
     def optimizer_root(self) -> nn.Module:
         return self
