@@ -174,6 +174,31 @@ def create_backbone(name: str, pretrained: str | None = None, weights_key: str =
     return model
 
 
+def registered_model(
+    name: str,
+    pretrained: str | None = None,
+    num_classes: int | None = None,
+    drop_rate: float | None = None,
+    drop_path_rate: float | None = None,
+    kwargs: dict | None = None,
+    weights_key: str = "model.init_args.net.init_args.pretrained",
+) -> nn.Module:
+    """A model of timm's registry (the suite's registrations included) as an injected network in a config::
+
+        net:
+          class_path: lightning_modules.backbones.registered_model
+          init_args: {name: visformer_small, num_classes: 1000, drop_path_rate: 0.1}
+
+    Options left ``None`` keep the model's own default; ``kwargs`` passes any other keyword of the model (e.g.
+    ``{img_size: 192}``). ``pretrained``, ``weights_key``: as :func:`create_backbone`."""
+    options = {"num_classes": num_classes, "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
+    options = {key: value for key, value in options.items() if value is not None}
+    clash = sorted(set(options) & set(kwargs or {}))
+    if clash:
+        raise ConfigError(f"{name}: {', '.join(clash)} given both as an option and in kwargs; give it once")
+    return create_backbone(name, pretrained, weights_key=weights_key, **options, **(kwargs or {}))
+
+
 def create_timm_pretrained(name: str, pretrained: str | bool = False, **kwargs) -> nn.Module:
     """``name`` from timm's registry with timm's own weights: ``True`` (timm's cache or hub), a local file in timm's
     layout for that model (``pretrained_cfg_overlay``; timm adapts the classifier), or ``False`` (random init). For
