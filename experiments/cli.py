@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, set_parsing_settings
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -166,6 +166,8 @@ class SuiteCLI(LightningCLI):
         self, args: list[str] | None = None, run: bool = True, extra_callbacks: list[L.Callback] | None = None
     ) -> None:
         self.extra_callbacks = list(extra_callbacks or [])  # objects a caller passes in-process (sweep pruning)
+        # ${model.x} in a config file means the file's own model.x, though the CLI parses it under fit.
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -179,6 +181,25 @@ class SuiteCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    @classmethod
+    def command_parser(cls) -> LightningArgumentParser:
+        """The parser ``python -m experiments`` parses with (its fit, validate, test, predict subcommands), built
+        without parsing or instantiating anything: ``command_parser().parse_args(expand_config_args(argv))`` is the
+        namespace ``argv`` resolves to (tests and tools read resolved configs this way)."""
+
+        class Built(Exception):
+            """Stops __init__ with the parser, before anything is parsed."""
+
+        class ParserOnly(cls):
+            def parse_arguments(self, parser, args) -> None:
+                raise Built(parser)
+
+        try:
+            ParserOnly(args=["fit"])
+        except Built as built:
+            return built.args[0]
+        raise RuntimeError("SuiteCLI no longer calls parse_arguments: command_parser cannot get its parser")
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("allow_abbrev", False)  # the subcommand parsers too: no prefix of a key is taken for it

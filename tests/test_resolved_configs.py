@@ -80,18 +80,7 @@ def fit_parser():
     """SuiteCLI's parser, built as ``python -m experiments fit`` builds it; nothing is parsed or instantiated."""
     from experiments.cli import SuiteCLI
 
-    class Built(Exception):
-        """Stops SuiteCLI's __init__ with its parser, before it parses anything."""
-
-    class ParserOnly(SuiteCLI):
-        def parse_arguments(self, parser, args) -> None:
-            raise Built(parser)
-
-    try:
-        ParserOnly(args=["fit"])
-    except Built as built:
-        return built.args[0]
-    raise RuntimeError("SuiteCLI no longer calls parse_arguments: fit_parser cannot get its parser")
+    return SuiteCLI.command_parser()
 
 
 def resolve_run_config(parser, path: str) -> dict:
