@@ -25,7 +25,7 @@ def test_cost_benchmark_tiny(tmp_path):
 
 def test_reproduce_runs_exemplar_then_cos_then_cosoc_with_the_exemplar_checkpoint():
     steps = reproduce_commands("cosoc", "toy")
-    ckpt = "--model.init_args.pretrained 'runs/toy_cosoc_exemplar/version_*/checkpoints/last.ckpt'"
+    ckpt = "--model.init_args.backbone.init_args.pretrained 'runs/toy_cosoc_exemplar/version_*/checkpoints/last.ckpt'"
     assert "fit --config configs/cosoc/toy_exemplar.yaml --run_name toy_cosoc_exemplar" in steps[0]
     assert steps[1].startswith("python -m experiments predict --config configs/cosoc/toy_cos.yaml") and ckpt in steps[1]
     assert "configs/cosoc/toy_cosoc.yaml --run_name toy_cosoc_1shot" in steps[2] and ckpt in steps[2]

@@ -20,10 +20,11 @@ def test_toy_cosoc_pipeline_runs_and_cos_keeps_object_crops(tmp_path, capfd):
               "--trainer.enable_progress_bar", "false"]  # fmt: skip
     small_eval = ["--data.init_args.val_episodes", "4", "--data.init_args.test_episodes", "10"]
     exemplar = str(runs / "ex" / "version_*" / "checkpoints" / "last.ckpt")
+    start_from = ["--model.init_args.backbone.init_args.pretrained", exemplar]  # the Exemplar backbone
     cli_main(["fit", "--config", "configs/cosoc/toy_exemplar.yaml", *common, *small_eval, "--run_name", "ex",
               "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "4"])  # fmt: skip
     cli_main(["predict", "--config", "configs/cosoc/toy_cos.yaml", *common, "--run_name", "cos",
-              "--model.init_args.pretrained", exemplar, "--model.init_args.output", str(cos_file)])  # fmt: skip
+              *start_from, "--model.init_args.output", str(cos_file)])  # fmt: skip
     cos = torch.load(cos_file, weights_only=True)
     assert len(cos["paths"]) == 8 * 30 and cos["boxes"].shape == (240, 3, 4)
     assert (cos["probs"] >= 0).all() and (cos["probs"].sum(1) <= 1 + 1e-6).all() and cos["probs"].sum() > 0
@@ -34,7 +35,7 @@ def test_toy_cosoc_pipeline_runs_and_cos_keeps_object_crops(tmp_path, capfd):
     assert share["top1"] > share["random"] + 0.03, share
     assert next((runs / "cos").glob("version_*/pictures/predict_cos_crops.png")).stat().st_size > 1000
     cli_main(["fit", "--config", "configs/cosoc/toy_cosoc.yaml", *common, *small_eval, "--run_name", "cosoc",
-              "--model.init_args.pretrained", exemplar, "--data.init_args.cos_file", str(cos_file),
+              *start_from, "--data.init_args.cos_file", str(cos_file),
               "--trainer.max_epochs", "1", "--test_after_fit", "true"])  # fmt: skip
     metrics = json.loads(next((runs / "cosoc").glob("version_*/metrics.json")).read_text())["test"]
     assert {"test/acc", "test/ci95_episodes", "test/acc_runs", "test/ci95_runs"} <= set(metrics)

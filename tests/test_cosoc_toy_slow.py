@@ -1,9 +1,10 @@
 """COSOC against the cosine-classifier baseline at the full toy configs, over seeds 0, 1, 2 (make test-slow, about
 16 minutes on 2 cores). Both start from the same Exemplar checkpoint of their seed and train the same 12 epochs:
 COSOC with fusion sampling from the COS file and SOC at test time (configs/cosoc/toy_cosoc.yaml), the baseline with
-plain crops and centre-view prototypes (configs/cosoc/toy_cc.yaml with --model.init_args.pretrained). Toy test
-split: backgrounds carry no class information. docs/cosoc.md ("Toy results") records the per-seed numbers; the
-assertion is on the seed means with the margin those numbers support."""
+plain crops and centre-view prototypes (configs/cosoc/toy_cc.yaml with
+--model.init_args.backbone.init_args.pretrained). Toy test split: backgrounds carry no class information. docs/cosoc.md
+("Toy results") records the per-seed numbers; the assertion is on the seed means with the margin those numbers
+support."""
 
 from __future__ import annotations
 
@@ -26,15 +27,16 @@ def chain(tmp_path, seed: int) -> dict[str, float]:
     common = ["--runs_dir", str(runs), "--data.init_args.root", str(root), "--trainer.enable_progress_bar", "false",
               "--seed_everything", str(seed)]  # fmt: skip
     exemplar = str(runs / "ex" / "version_*" / "checkpoints" / "last.ckpt")
+    start_from = ["--model.init_args.backbone.init_args.pretrained", exemplar]  # the Exemplar backbone
     cli_main(["fit", "--config", "configs/cosoc/toy_exemplar.yaml", *common, "--run_name", "ex"])
     cli_main(["predict", "--config", "configs/cosoc/toy_cos.yaml", *common, "--run_name", "cos",
-              "--model.init_args.pretrained", exemplar, "--model.init_args.output", str(cos_file)])  # fmt: skip
+              *start_from, "--model.init_args.output", str(cos_file)])  # fmt: skip
     share = cos_object_share(torch.load(cos_file, weights_only=True), root, size=48)
     cli_main(["fit", "--config", "configs/cosoc/toy_cosoc.yaml", *common, "--run_name", "cosoc",
-              "--model.init_args.pretrained", exemplar, "--data.init_args.cos_file", str(cos_file),
+              *start_from, "--data.init_args.cos_file", str(cos_file),
               "--test_after_fit", "true"])  # fmt: skip
     cli_main(["fit", "--config", "configs/cosoc/toy_cc.yaml", *common, "--run_name", "cc",
-              "--model.init_args.pretrained", exemplar, "--test_after_fit", "true"])  # fmt: skip
+              *start_from, "--test_after_fit", "true"])  # fmt: skip
 
     def test_acc(name: str) -> float:
         return json.loads(next((runs / name).glob("version_*/metrics.json")).read_text())["test"]["test/acc"]

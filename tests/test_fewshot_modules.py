@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,11 +11,24 @@ import torch.nn.functional as F
 from PIL import Image
 
 from experiments.errors import ConfigError
+from lightning_modules.backbones import registered_model
 from lightning_modules.fewshot import CosineClassifierModule, COSModule, ExemplarMoCo
 from lightning_modules.fewshot.cos import draw_crops, seek_objects
 from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
+from lightning_modules.fewshot.losses import (
+    cosine_classifier_loss,
+    episode_labels,
+    exemplar_logits,
+    exemplar_loss,
+    prototype_loss,
+)
 
-TINY = {"channels": [8, 8, 8, 8]}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_backbone() -> torch.nn.Module:
+    """A headless ResNet-12 with 8 channels per stage, as the configs build one."""
+    return registered_model("resnet12", num_classes=0, kwargs={"channels": [8, 8, 8, 8]})
 
 
 def test_pooled_features_and_heads_by_hand():
@@ -59,7 +73,7 @@ def test_cos_keeps_the_views_every_image_shares():
 
 
 def test_exemplar_suppresses_same_class_negatives_and_wraps_its_queue():
-    model = ExemplarMoCo(queue_size=5, proj_dim=4, temperature=0.5, backbone_kwargs=TINY)
+    model = ExemplarMoCo(tiny_backbone(), queue_size=5, proj_dim=4, temperature=0.5)
     queue = F.normalize(torch.randn(5, 4), dim=1)
     model.queue.copy_(queue)
     model.queue_labels.copy_(torch.tensor([0, 1, 2, 1, -1]))
@@ -79,7 +93,7 @@ def test_exemplar_suppresses_same_class_negatives_and_wraps_its_queue():
 
 
 def test_exemplar_momentum_update_follows_its_formula():
-    model = ExemplarMoCo(queue_size=8, proj_dim=4, momentum=0.9, backbone_kwargs=TINY)
+    model = ExemplarMoCo(tiny_backbone(), queue_size=8, proj_dim=4, momentum=0.9)
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(1.0)
@@ -89,6 +103,23 @@ def test_exemplar_momentum_update_follows_its_formula():
     for o, k0, k1 in zip(online, key, model.key_backbone.parameters(), strict=True):
         assert torch.allclose(k1, 0.9 * k0 + 0.1 * o)
     assert not any(p.requires_grad for p in model.key_backbone.parameters())
+
+
+def test_losses_by_hand():
+    assert episode_labels(3, 2).tolist() == [0, 0, 1, 1, 2, 2]  # class-major queries
+    logits = torch.tensor([[2.0, 0.0], [1.0, 3.0], [0.0, 0.0], [4.0, 4.0]])  # 2-way, 2 queries per class
+    by_hand = -(2 - math.log(math.exp(2) + 1) + 1 - math.log(math.exp(1) + math.exp(3)) - math.log(2) * 2) / 4
+    assert prototype_loss(logits, n_query=2).item() == pytest.approx(by_hand)
+    assert cosine_classifier_loss(logits, torch.tensor([0, 1, 0, 1])).item() == pytest.approx(
+        -(2 - math.log(math.exp(2) + 1) + 3 - math.log(math.exp(1) + math.exp(3)) - math.log(2) * 2) / 4
+    )
+    q, k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
+    queue, queue_labels = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([3, 7])
+    logits = exemplar_logits(q, k, queue, queue_labels, torch.tensor([7]), temperature=0.5, same_class_penalty=300.0)
+    assert torch.allclose(logits, torch.tensor([[0.6, 0.0, 1.0 - 300.0]]) / 0.5)  # key 2 shares the query's class
+    plain = exemplar_logits(q, k, queue, queue_labels, torch.tensor([7]), temperature=0.5, same_class_penalty=None)
+    assert torch.allclose(plain, torch.tensor([[1.2, 0.0, 2.0]]))
+    assert exemplar_loss(plain).item() == pytest.approx(-(1.2 - math.log(math.exp(1.2) + 1 + math.exp(2))))
 
 
 def _episode(feats: torch.Tensor, n: int, k: int, q: int) -> dict:
@@ -105,7 +136,7 @@ def test_episode_loop_scores_proto_and_soc_in_the_class_major_layout(monkeypatch
     modules = {}
     for evaluator in ("proto", "soc"):
         # the greedy matching (the paper's): the reference's paired rounds add clutter (tests/test_soc_reference.py)
-        modules[evaluator] = CosineClassifierModule(num_classes=4, backbone_kwargs=TINY, evaluator=evaluator,
+        modules[evaluator] = CosineClassifierModule(tiny_backbone(), CosineClassifier(8, 4), evaluator=evaluator,
                                                     soc_matching="greedy")  # fmt: skip
         monkeypatch.setattr(modules[evaluator], "features", lambda images: images)
     # one clean view per image: prototypes classify every query; the labels follow the class-major layout
@@ -120,11 +151,29 @@ def test_episode_loop_scores_proto_and_soc_in_the_class_major_layout(monkeypatch
     assert (proto.argmax(1) == labels).float().mean() < 1.0
 
 
-def test_cos_needs_a_pretrained_backbone_and_draws_its_crops(tmp_path):
-    with pytest.raises(ConfigError, match="Exemplar stage's checkpoint"):
-        COSModule(backbone_kwargs=TINY)
+def test_cos_run_from_its_config_needs_the_exemplar_checkpoint(tmp_path, capfd, monkeypatch):
+    from experiments.__main__ import main
+
+    monkeypatch.chdir(REPO)
+    code = main(["predict", "--config", "configs/cosoc/toy_cos.yaml", "--runs_dir", str(tmp_path)])
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("error:")]
+    expected = "COS needs a pre-trained backbone: set --model.init_args.backbone.init_args.pretrained to the Exemplar"
+    assert code == 2 and len(lines) == 1 and expected in lines[0]
+    assert COSModule(tiny_backbone()).backbone.num_features == 8  # built in Python, the caller chose the weights
+
+
+def test_cos_draws_its_crops(tmp_path):
     Image.new("RGB", (40, 40), (0, 0, 0)).save(tmp_path / "a.png")
     drawn = draw_crops(str(tmp_path / "a.png"), torch.tensor([[10.0, 10.0, 20.0, 20.0]]), torch.tensor([0.5]),
                        size=40)  # fmt: skip
     pixels = torch.tensor(list(drawn.getdata())).view(40, 40, 3)
     assert pixels[10, 10:30, 0].min() == 255 and pixels[20, 20].sum() == 0  # outline drawn, inside untouched
+
+
+def test_the_classifier_must_match_the_backbone_width():
+    with pytest.raises(ConfigError, match=r"classifier\.init_args\.in_features is 640 but the backbone has 8 features; "
+                                          r"set it to 8"):  # fmt: skip
+        CosineClassifierModule(tiny_backbone(), CosineClassifier(num_classes=4))
+    module = CosineClassifierModule(tiny_backbone(), CosineClassifier(8, 4))
+    assert module.classifier.num_classes == 4 and module.feature_dim == 8
+    assert "backbone" not in module.hparams and "classifier" not in module.hparams  # modules are not hyper-parameters

@@ -128,9 +128,10 @@ def test_reid_ranked_lists_go_under_pictures(tmp_path):
 
 
 def test_fewshot_episode_rows_support_blue_queries_green_or_red(tmp_path):
+    from lightning_modules.backbones import registered_model
     from lightning_modules.fewshot import FewShotModule
 
-    module = FewShotModule(backbone="resnet12", backbone_kwargs=dict(channels=(4, 4, 4, 4)))
+    module = FewShotModule(registered_model("resnet12", num_classes=0, kwargs=dict(channels=(4, 4, 4, 4))))
     module.trainer = make_trainer(tmp_path)
     n, k, q = 2, 1, 2
     batch = {"image": torch.rand(n * k + n * q, 3, 16, 16), "n_way": n, "k_shot": k, "n_query": q}

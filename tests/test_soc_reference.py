@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from experiments.errors import ConfigError
+from lightning_modules.backbones import registered_model
 from lightning_modules.fewshot import CosineClassifierModule
+from lightning_modules.fewshot.heads import CosineClassifier
 from lightning_modules.fewshot.soc import class_prototypes, greedy_match, reference_match, soc_logits
 from tests.helpers import load_golden
 
@@ -87,16 +89,19 @@ def test_class_prototypes_batched_over_classes_equal_one_class_at_a_time():
     assert torch.equal(batched[:, -1], batched[:, -2])  # the official V-th prototype: a copy of the last one
 
 
+def tiny_backbone() -> torch.nn.Module:
+    return registered_model("resnet12", num_classes=0, kwargs={"channels": [8, 8, 8, 8]})
+
+
 def test_module_passes_soc_matching_to_the_episode_scores(monkeypatch):
     n, k, q, v, d = 3, 2, 2, 4, 12
     feats = torch.randn(n * k + n * q, v, d, generator=torch.Generator().manual_seed(1))
     batch = {"image": feats, "n_way": n, "k_shot": k, "n_query": q}
     for matching in ("reference", "greedy"):
-        module = CosineClassifierModule(num_classes=4, backbone_kwargs={"channels": [8, 8, 8, 8]}, evaluator="soc",
-                                        soc_matching=matching)  # fmt: skip
+        module = CosineClassifierModule(tiny_backbone(), CosineClassifier(8, 4), evaluator="soc", soc_matching=matching)
         monkeypatch.setattr(module, "features", lambda images: images)
         logits, _ = module.episode_logits(batch)
         assert torch.equal(logits, soc_logits(feats[: n * k], feats[n * k :], n, k, matching=matching))
-    assert CosineClassifierModule(num_classes=4, backbone_kwargs={"channels": [8, 8, 8, 8]}).soc_matching == "reference"
+    assert CosineClassifierModule(tiny_backbone(), CosineClassifier(8, 4)).soc_matching == "reference"
     with pytest.raises(ConfigError, match="model.soc_matching must be reference"):
-        CosineClassifierModule(num_classes=4, backbone_kwargs={"channels": [8, 8, 8, 8]}, soc_matching="official")
+        CosineClassifierModule(tiny_backbone(), CosineClassifier(8, 4), soc_matching="official")

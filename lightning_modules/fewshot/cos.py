@@ -23,19 +23,19 @@ import io
 import os
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from sklearn.cluster import KMeans
-from torch import Tensor
+from torch import Tensor, nn
 
-from lightning_modules.backbones import create_backbone
-from lightning_modules.base import save_picture
+from lightning_modules.base import SuiteModule, save_picture
 from lightning_modules.fewshot.heads import pooled_features
 from suite_base.cos import relative_key
 from suite_base.errors import ConfigError
 from suite_base.io import atomic_write_bytes
+
+PRETRAINED_KEY = "model.init_args.backbone.init_args.pretrained"  # where configs name the starting weights
 
 
 def seek_objects(features: Tensor, labels: Tensor, n_clusters: int = 5, threshold: float = 0.5, top_k: int = 3,
@@ -85,13 +85,12 @@ def draw_crops(path: str, boxes: Tensor, probs: Tensor, size: int = 128) -> Imag
     return image
 
 
-class COSModule(L.LightningModule):
+class COSModule(SuiteModule):
     """COS as a predict-stage module (module docstring).
 
     Args:
-        backbone: timm model name (``resnet12``).
-        backbone_kwargs: extra constructor arguments.
-        pretrained: the Exemplar stage's checkpoint (its ``backbone.`` weights); required.
+        backbone: the Exemplar stage's backbone; configs build it with ``registered_model`` and its ``pretrained``
+            (the Exemplar checkpoint, whose ``backbone.`` weights load), which a command-line run must set.
         output: where the COS file is written (``data.cos_file`` of the training stage).
         n_clusters: K of the per-class K-means (5).
         threshold: coverage a cluster needs to count as a shared object (0.5).
@@ -100,24 +99,18 @@ class COSModule(L.LightningModule):
         picture_images: images drawn with their kept crops in ``<run>/pictures/predict_cos_crops.png`` (0: none).
     """
 
-    def __init__(self, backbone: str = "resnet12", backbone_kwargs: dict | None = None, pretrained: str | None = None,
-                 output: str = "runs/cos/cos.pt", n_clusters: int = 5, threshold: float = 0.5, top_k: int = 3,
-                 seed: int = 0, picture_images: int = 16) -> None:  # fmt: skip
+    def __init__(self, backbone: nn.Module, *, output: str = "runs/cos/cos.pt", n_clusters: int = 5,
+                 threshold: float = 0.5, top_k: int = 3, seed: int = 0, picture_images: int = 16) -> None:  # fmt: skip
         super().__init__()
-        self.save_hyperparameters()
-        if not pretrained:
-            raise ConfigError("COS needs a pre-trained backbone: set --model.init_args.pretrained to the Exemplar "
-                              "stage's checkpoint (runs/<exemplar run>/version_*/checkpoints/last.ckpt)")  # fmt: skip
+        self.save_hyperparameters_with_networks()
+        config = self.hparams.get("backbone")  # the config form, when built from a config (module docstring)
+        if isinstance(config, dict) and not (config.get("init_args") or {}).get("pretrained"):
+            raise ConfigError(f"COS needs a pre-trained backbone: set --{PRETRAINED_KEY} to the Exemplar stage's "
+                              "checkpoint (runs/<exemplar run>/version_*/checkpoints/last.ckpt)")  # fmt: skip
         if not 0 <= threshold < 1 or n_clusters < 1 or top_k < 1:
             raise ConfigError(f"need 0 <= threshold < 1, n_clusters >= 1, top_k >= 1 "
                               f"(got {threshold}, {n_clusters}, {top_k})")  # fmt: skip
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            weights_key="model.init_args.pretrained",
-            num_classes=0,
-            **(backbone_kwargs or {}),
-        )
+        self.backbone = backbone
         self.output = output
         self.options = dict(n_clusters=n_clusters, threshold=threshold, top_k=top_k, seed=seed)
         self.picture_images = picture_images

@@ -15,16 +15,14 @@ norm sees the keys in a shuffled order, in two halves per device, as the officia
 from __future__ import annotations
 
 import copy
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules.ema import ema_update
+from lightning_modules.fewshot.losses import exemplar_logits, exemplar_loss
 from lightning_modules.fewshot.module import FewShotModule
-from lightning_modules.fewshot.soc import SocMatching
-from lightning_modules.optim import OptimConfig
 from suite_base.errors import ConfigError
 
 
@@ -33,24 +31,20 @@ class ExemplarMoCo(FewShotModule):
     episode loop (cosine prototypes).
 
     Args:
+        backbone: the online (query) encoder's backbone; the key encoder is a copy of it.
         queue_size: negatives kept (65,536).
         momentum: key-encoder EMA momentum (0.999).
         temperature: InfoNCE temperature (0.07).
         proj_dim: embedding size of the MLP head (128).
         suppress_same_class: Exemplar-v2 (True) or plain MoCo-v2 (False).
         same_class_penalty: added (negated) to the logits of same-class queued keys (300).
-        other arguments: :class:`~lightning_modules.fewshot.module.FewShotModule`.
+        other arguments: :class:`~lightning_modules.fewshot.module.FewShotModule` (episode pictures always on).
     """
 
-    def __init__(self, queue_size: int = 65536, momentum: float = 0.999, temperature: float = 0.07,
-                 proj_dim: int = 128, suppress_same_class: bool = True, same_class_penalty: float = 300.0,
-                 backbone: str = "resnet12", backbone_kwargs: dict | None = None, pretrained: str | None = None,
-                 evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
-                 soc_matching: SocMatching = "reference", test_runs: int = 5, optim: OptimConfig | None = None,
-                 channels_last: bool = False, compile: bool = False) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
-                         test_runs, optim, channels_last, compile)  # fmt: skip
-        self.save_hyperparameters()
+    def __init__(self, backbone: nn.Module, *, queue_size: int = 65536, momentum: float = 0.999,
+                 temperature: float = 0.07, proj_dim: int = 128, suppress_same_class: bool = True,
+                 same_class_penalty: float = 300.0, **kwargs) -> None:  # fmt: skip
+        super().__init__(backbone=backbone, pictures=True, **kwargs)
         if not 0 <= momentum < 1 or temperature <= 0 or queue_size < 1:
             raise ConfigError(f"need 0 <= momentum < 1, temperature > 0 and queue_size >= 1 "
                               f"(got {momentum}, {temperature}, {queue_size})")  # fmt: skip
@@ -63,6 +57,7 @@ class ExemplarMoCo(FewShotModule):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_labels", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.save_hyperparameters_with_networks()
 
     def embed(self, backbone: nn.Module, projector: nn.Module, images: Tensor) -> Tensor:
         """Normalised embeddings, computed in two halves (batch-norm statistics per half, as the official code)."""
@@ -92,12 +87,10 @@ class ExemplarMoCo(FewShotModule):
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.queue.shape[0])
 
     def contrastive_logits(self, q: Tensor, k: Tensor, labels: Tensor) -> Tensor:
-        """``[B, 1 + queue]`` logits (positive first), same-class negatives suppressed, divided by T."""
-        positive = (q * k).sum(1, keepdim=True)
-        negative = q @ self.queue.clone().T.to(q.dtype)  # a copy: the queue changes before backward
-        if self.suppress_same_class:
-            negative = negative - self.same_class_penalty * (labels[:, None] == self.queue_labels[None]).to(q.dtype)
-        return torch.cat([positive, negative], 1) / self.temperature
+        """``[B, 1 + queue]`` logits (positive first), same-class negatives suppressed, divided by T
+        (:func:`~lightning_modules.fewshot.losses.exemplar_logits` with this module's queue and settings)."""
+        penalty = self.same_class_penalty if self.suppress_same_class else None
+        return exemplar_logits(q, k, self.queue, self.queue_labels, labels, self.temperature, penalty)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         q = self.embed(self.backbone, self.projector, batch["image"])
@@ -107,8 +100,7 @@ class ExemplarMoCo(FewShotModule):
             k = torch.empty_like(q)
             k[order] = self.embed(self.key_backbone, self.key_projector, batch["image_k"][order])
         logits = self.contrastive_logits(q, k, batch["target"])
-        zeros = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-        loss = F.cross_entropy(logits, zeros)
+        loss = exemplar_loss(logits)
         self.enqueue(k, batch["target"])
         self.log_dict({"train/loss": loss, "train/acc": (logits.argmax(1) == 0).float().mean()}, prog_bar=True)
         return loss

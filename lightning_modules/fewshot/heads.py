@@ -21,10 +21,19 @@ def pooled_features(fmap: Tensor) -> Tensor:
 
 
 class CosineClassifier(nn.Module):
-    """``scale * normalize(x) @ normalize(W).T`` (bias-free; the scale starts at ``scale`` and is learned)."""
+    """``scale * normalize(x) @ normalize(W).T`` (bias-free; the scale starts at ``scale`` and is learned).
 
-    def __init__(self, in_features: int, num_classes: int, scale: float = 10.0, learn_scale: bool = True) -> None:
+    Args:
+        in_features: feature size (the backbone's ``num_features``: 640 for ResNet-12).
+        num_classes: base classes (64 for miniImageNet, 351 for tieredImageNet).
+        scale: initial scale of the cosine logits (10, official ``CC_head``).
+        learn_scale: learn the scale (True) or keep it fixed.
+    """
+
+    def __init__(self, in_features: int = 640, num_classes: int = 64, scale: float = 10.0,
+                 learn_scale: bool = True) -> None:  # fmt: skip
         super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
         self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learn_scale)

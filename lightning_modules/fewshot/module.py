@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.backbones import create_backbone
 from lightning_modules.base import BLUE, GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.fewshot.heads import CosineClassifier, pooled_features, proto_logits
+from lightning_modules.fewshot.losses import cosine_classifier_loss, episode_labels, prototype_loss
 from lightning_modules.fewshot.metrics import EpisodeAccuracy
 from lightning_modules.fewshot.soc import SOC_MATCHINGS, SocMatching, soc_logits
 from lightning_modules.optim import OptimConfig
@@ -35,12 +34,13 @@ from suite_base.errors import ConfigError
 
 
 class FewShotModule(SuiteModule):
-    """A backbone plus the episode evaluation loop (module docstring).
+    """A backbone plus the episode evaluation loop (module docstring). Subclasses call
+    ``save_hyperparameters_with_networks()`` at the end of their own ``__init__``.
 
     Args:
-        backbone: timm model name (``resnet12``).
-        backbone_kwargs: extra constructor arguments (``channels`` for the toy ResNet-12).
-        pretrained: checkpoint of a suite run (its ``backbone.`` weights; e.g. the Exemplar stage) or a hub id.
+        backbone: the feature extractor, headless (``forward_features`` and ``num_features``; configs build
+            ``resnet12`` with ``lightning_modules.backbones.registered_model``, whose ``pretrained`` takes a suite run's
+            checkpoint, e.g. the Exemplar stage's, or a hub id).
         evaluator: ``proto`` (cosine prototypes) or ``soc`` (needs ``data.eval_views > 1``; COSOC uses 7).
         soc_alpha: SOC's prototype weight decay (1.0).
         soc_beta: SOC's match weight decay (0.8).
@@ -60,9 +60,8 @@ class FewShotModule(SuiteModule):
 
     def __init__(
         self,
-        backbone: str = "resnet12",
-        backbone_kwargs: dict | None = None,
-        pretrained: str | None = None,
+        backbone: nn.Module,
+        *,
         evaluator: Literal["proto", "soc"] = "proto",
         soc_alpha: float = 1.0,
         soc_beta: float = 0.8,
@@ -79,13 +78,7 @@ class FewShotModule(SuiteModule):
         if soc_matching not in SOC_MATCHINGS:
             raise ConfigError(f"model.soc_matching must be reference (the released SOC.py) or greedy (the paper's "
                               f"description), got {soc_matching!r}")  # fmt: skip
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            weights_key="model.init_args.pretrained",
-            num_classes=0,
-            **(backbone_kwargs or {}),
-        )
+        self.backbone = backbone
         self.feature_dim = self.backbone.num_features
         self.evaluator, self.soc_alpha, self.soc_beta = evaluator, soc_alpha, soc_beta
         self.soc_matching = soc_matching
@@ -120,8 +113,7 @@ class FewShotModule(SuiteModule):
             logits = soc_logits(support, query, n, k, self.soc_alpha, self.soc_beta, self.soc_matching)
         else:
             logits = proto_logits(support.mean(1), query.mean(1), n, k)
-        labels = torch.arange(n, device=logits.device).repeat_interleave(q)
-        return logits, labels
+        return logits, episode_labels(n, q, logits.device)
 
     def _episode_step(self, batch: dict, batch_idx: int, metric: EpisodeAccuracy, stage: str) -> None:
         logits, labels = self.episode_logits(batch)
@@ -175,30 +167,29 @@ class CosineClassifierModule(FewShotModule):
     """Supervised base-class training with the cosine classifier (``CC_head``, scale 10); see the module docstring.
 
     Args:
-        num_classes: base (training) classes: 64 for miniImageNet, 351 for tieredImageNet.
-        scale: initial scale of the cosine logits (10, learned).
+        backbone: as :class:`FewShotModule`.
+        classifier: the cosine classifier over the base classes (64 for miniImageNet, 351 for tieredImageNet); its
+            ``in_features`` must be the backbone's ``num_features``.
         other arguments: :class:`FewShotModule`.
     """
 
-    def __init__(self, num_classes: int = 64, scale: float = 10.0, backbone: str = "resnet12",
-                 backbone_kwargs: dict | None = None, pretrained: str | None = None,
-                 evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0, soc_beta: float = 0.8,
-                 soc_matching: SocMatching = "reference", test_runs: int = 5, optim: OptimConfig | None = None,
-                 channels_last: bool = False, compile: bool = False, pictures: bool = True) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
-                         test_runs, optim, channels_last, compile, pictures)  # fmt: skip
-        self.save_hyperparameters()
-        self.classifier = CosineClassifier(self.feature_dim, num_classes, scale)
+    def __init__(self, backbone: nn.Module, classifier: CosineClassifier, **kwargs) -> None:
+        super().__init__(backbone=backbone, **kwargs)
+        if classifier.in_features != self.feature_dim:
+            raise ConfigError(f"model.init_args.classifier.init_args.in_features is {classifier.in_features} but the "
+                              f"backbone has {self.feature_dim} features; set it to {self.feature_dim}")  # fmt: skip
+        self.classifier = classifier
+        self.save_hyperparameters_with_networks()
 
     def on_fit_start(self) -> None:
         found = getattr(self.trainer.datamodule, "num_classes", None)
-        if found is not None and found != self.classifier.weight.shape[0]:
-            raise ConfigError(f"model.num_classes is {self.classifier.weight.shape[0]} but the training split has "
-                              f"{found} classes; set --model.init_args.num_classes {found}")  # fmt: skip
+        if found is not None and found != self.classifier.num_classes:
+            raise ConfigError(f"model.init_args.classifier.init_args.num_classes is {self.classifier.num_classes} but "
+                              f"the training split has {found} classes; set it to {found}")  # fmt: skip
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         logits = self.classifier(self.features(batch["image"]))
-        loss = F.cross_entropy(logits, batch["target"])
+        loss = cosine_classifier_loss(logits, batch["target"])
         acc = (logits.argmax(-1) == batch["target"]).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True)
         return loss
@@ -209,19 +200,15 @@ class ProtoNetModule(FewShotModule):
     scale starting at ``scale`` (official ``PN`` config: cosine, 10, features normalised).
 
     Args:
+        backbone: as :class:`FewShotModule`.
         scale: initial logit scale (10).
         other arguments: :class:`FewShotModule`.
     """
 
-    def __init__(self, scale: float = 10.0, backbone: str = "resnet12", backbone_kwargs: dict | None = None,
-                 pretrained: str | None = None, evaluator: Literal["proto", "soc"] = "proto", soc_alpha: float = 1.0,
-                 soc_beta: float = 0.8, soc_matching: SocMatching = "reference", test_runs: int = 5,
-                 optim: OptimConfig | None = None, channels_last: bool = False, compile: bool = False,
-                 pictures: bool = True) -> None:  # fmt: skip
-        super().__init__(backbone, backbone_kwargs, pretrained, evaluator, soc_alpha, soc_beta, soc_matching,
-                         test_runs, optim, channels_last, compile, pictures)  # fmt: skip
-        self.save_hyperparameters()
+    def __init__(self, backbone: nn.Module, *, scale: float = 10.0, **kwargs) -> None:
+        super().__init__(backbone=backbone, **kwargs)
         self.scale = nn.Parameter(torch.tensor(float(scale)))
+        self.save_hyperparameters_with_networks()
 
     def global_batch_size(self) -> int:
         """Episodes per optimizer step (one per device per batch): the unit of ``optim.base_batch_size`` here."""
@@ -231,7 +218,7 @@ class ProtoNetModule(FewShotModule):
         n, k, q = batch["n_way"], batch["k_shot"], batch["n_query"]
         feats = self.features(batch["image"])
         logits = proto_logits(feats[: n * k], feats[n * k :], n, k, self.scale)
-        labels = torch.arange(n, device=logits.device).repeat_interleave(q)
-        loss = F.cross_entropy(logits, labels)
+        loss = prototype_loss(logits, q)
+        labels = episode_labels(n, q, logits.device)
         self.log_dict({"train/loss": loss, "train/acc": (logits.argmax(-1) == labels).float().mean()}, prog_bar=True)
         return loss
