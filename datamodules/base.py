@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.images import collate_skipping_corrupt
@@ -22,6 +23,16 @@ def require_root(root: str | Path, layout: str, what: str = "your copy") -> Path
             "or use --data.dataset toy to write the toy dataset there."
         )
     return root
+
+
+def distributed_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: each given value as is, each ``None`` from torch.distributed when it is initialised
+    (``0`` and ``1`` when it is not). For samplers that shard their batches across ranks."""
+    dist = torch.distributed
+    ready = dist.is_available() and dist.is_initialized()
+    rank = rank if rank is not None else (dist.get_rank() if ready else 0)
+    world_size = world_size if world_size is not None else (dist.get_world_size() if ready else 1)
+    return rank, world_size
 
 
 class SuiteDataModule(L.LightningDataModule):
@@ -78,3 +89,8 @@ class SuiteDataModule(L.LightningDataModule):
             drop_last=drop_last,
             collate_fn=collate_fn,
         )
+
+    def trainer_rank(self) -> tuple[int, int]:
+        """``(global rank, world size)`` of the attached trainer; ``(0, 1)`` without one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)

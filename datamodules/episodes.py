@@ -47,7 +47,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
-from datamodules.base import SuiteDataModule
+from datamodules.base import SuiteDataModule, distributed_rank
 from datamodules.images import IMAGE_EXTENSIONS, list_classes, load_rgb, log_skipped
 from datamodules.toy import ensure_written
 from datamodules.toy.fewshot_scenes import OBJECT_SIZE, random_resized_box, write_fewshot_scenes
@@ -71,11 +71,7 @@ class EpisodeSampler(Sampler[list[int]]):
     def __init__(self, labels: Sequence[int], n_way: int = 5, k_shot: int = 1, n_query: int = 15,
                  episodes: int = 600, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None) -> None:  # fmt: skip
-        if rank is None or world_size is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            rank = dist.get_rank() if ready and rank is None else (rank or 0)
-            world_size = dist.get_world_size() if ready and world_size is None else (world_size or 1)
+        rank, world_size = distributed_rank(rank, world_size)
         labels = np.asarray(labels)
         self.classes = np.unique(labels)
         self.by_class = [np.flatnonzero(labels == c) for c in self.classes]
@@ -569,12 +565,8 @@ class FewShotDataModule(SuiteDataModule):
         return len(set(read_split(self.root, self.splits["train"], self.layout)[1]))
 
     # -- loaders --------------------------------------------------------------------------------------------------
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def episode_loader(self, data: FewShotImages, shape: dict, episodes: int, seed: int) -> DataLoader:
-        rank, world = self._rank()
+        rank, world = self.trainer_rank()
         sampler = EpisodeSampler(data.labels, episodes=episodes, seed=seed, rank=rank, world_size=world, **shape)
         return DataLoader(
             data, batch_sampler=sampler, num_workers=self.num_workers, pin_memory=self.pin_memory,
@@ -585,7 +577,7 @@ class FewShotDataModule(SuiteDataModule):
     def shard(self, data: Dataset, shuffle: bool) -> DistributedSampler | None:
         """This rank's share under DDP (the configs set ``trainer.use_distributed_sampler: false``, because
         Lightning cannot re-create the episode batch sampler; the image loaders shard here instead)."""
-        rank, world = self._rank()
+        rank, world = self.trainer_rank()
         if world == 1:
             return None
         return DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
+from datamodules.base import distributed_rank
 from suite_base.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,11 +73,7 @@ class PKSampler(Sampler[int]):
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
             raise ConfigError(f"data.batch_size ({batch_size}) must be a multiple of data.num_instances "
                               f"({num_instances}) >= 1: each batch is P identities x K tracklets")  # fmt: skip
-        if num_replicas is None or rank is None:
-            dist = torch.distributed
-            ready = dist.is_available() and dist.is_initialized()
-            num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
-            rank = rank if rank is not None else (dist.get_rank() if ready else 0)
+        rank, num_replicas = distributed_rank(rank, num_replicas)
         if not 0 <= rank < num_replicas:
             raise ConfigError(f"rank {rank} is not in [0, {num_replicas})")
         labels = np.asarray(labels)

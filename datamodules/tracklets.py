@@ -285,14 +285,10 @@ class TrackletDataModule(SuiteDataModule):
         return "\n".join(lines)
 
     # -- loaders --------------------------------------------------------------------------------------------------
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        rank, world = self._rank()
+        rank, world = self.trainer_rank()
         sampler = PKSampler(self.train_dataset.labels, self.batch_size, self.num_instances, self.seed,
                             num_replicas=world, rank=rank)  # fmt: skip
         return self.loader(self.train_dataset, train=True, sampler=sampler, drop_last=True)
@@ -300,7 +296,7 @@ class TrackletDataModule(SuiteDataModule):
     def eval_dataloader(self) -> DataLoader:
         if self.eval_dataset is None:
             self.setup("test")
-        rank, world = self._rank()
+        rank, world = self.trainer_rank()
         sampler = None
         if world > 1:
             sampler = DistributedSampler(self.eval_dataset, num_replicas=world, rank=rank, shuffle=False)

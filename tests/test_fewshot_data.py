@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from datamodules.episodes import (
     COSViews,
+    EpisodeSampler,
     FewShotDataModule,
     FusionSampling,
     check_episodes,
@@ -172,3 +174,20 @@ def test_object_share_of_a_box_by_hand():
     assert box_object_share([0, 0, 10, 10], [5, 5, 10, 10], 20) == 0.25
     assert box_object_share([-1, -1, -1, -1], [0, 0, 10, 10], 20) == 0.25
     assert box_object_share([0, 0, 4, 4], [10, 10, 5, 5], 20) == 0.0
+
+
+def test_rank_helpers_of_the_shared_data_module_base(tmp_path):
+    from datamodules.base import distributed_rank
+
+    assert distributed_rank() == (0, 1)  # no process group in the tests
+    assert distributed_rank(3, None) == (3, 1) and distributed_rank(None, 4) == (0, 4)
+    assert distributed_rank(2, 5) == (2, 5)
+    dm = FewShotDataModule(root=str(tmp_path / "toy"), dataset="toy", batch_size=4, num_workers=0)
+    assert dm.trainer_rank() == (0, 1)  # no trainer attached
+    dm.trainer = types.SimpleNamespace(global_rank=1, world_size=2)
+    assert dm.trainer_rank() == (1, 2)
+    labels = [c for c in range(5) for _ in range(4)]
+    shape = {"n_way": 2, "k_shot": 1, "n_query": 1}
+    default = EpisodeSampler(labels, **shape, episodes=4)
+    explicit = EpisodeSampler(labels, **shape, episodes=4, rank=0, world_size=1)
+    assert list(default) == list(explicit)
