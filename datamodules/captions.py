@@ -23,175 +23,70 @@ format, and read by the same code. Captions stay strings here; the model tokeniz
     <root>/images/<name>.jpg                 COCO
 
 Captions are tokenised as AttnGAN does (lower-case word characters) into ``wordtoix`` indices, at most 18 words.
+
+This module holds the two DataModules; the readers live in :mod:`datamodules.caption_formats`, the datasets and
+collates in :mod:`datamodules.caption_datasets`, and their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 import random
-import re
 from pathlib import Path
 from typing import Literal
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from torch import Tensor
-from torch.utils.data import Dataset, default_collate
 
 from datamodules.base import SuiteDataModule
-from datamodules.images import load_rgb
+from datamodules.caption_datasets import (
+    CaptionImages,
+    CaptionPairs,
+    EditingImages,
+    _decode_all,
+    collate_editing,
+    collate_images,
+    collate_pairs,
+    crop_around_box,
+)
+from datamodules.caption_formats import (
+    ATTNGAN_IMAGES,
+    ATTNGAN_LAYOUT,
+    IMAGE_DIRS,
+    JSON_NAMES,
+    SPLITS,
+    attngan_tokens,
+    cub_boxes,
+    encode_caption,
+    read_attngan,
+    read_karpathy,
+    read_vocabulary,
+)
 from datamodules.toy import ensure_written
 from datamodules.toy.scenes import write_toy_scenes
-from suite_base.errors import CorruptFileError, DataError
+from suite_base.errors import DataError
 
-JSON_NAMES = {"coco": "dataset_coco.json", "flickr30k": "dataset_flickr30k.json", "toy": "dataset_toy.json"}
-IMAGE_DIRS = {"coco": "", "flickr30k": "flickr30k-images", "toy": ""}
-SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
-
-
-def read_karpathy(json_path: Path, image_root: Path, split: str, check_files: bool = True,
-                  problems: list[str] | None = None) -> list[dict]:  # fmt: skip
-    """The entries of ``split`` as ``{"path", "imgid", "captions", "sentids"}``; every problem names its entry.
-
-    With a ``problems`` list, a malformed entry or a missing image is appended there (and the entry skipped) instead
-    of raising; a missing or unreadable JSON still raises."""
-    if not json_path.is_file():
-        raise DataError(
-            f"{json_path} does not exist. Expected the Karpathy split JSON ({', '.join(JSON_NAMES.values())})"
-        )
-    try:
-        spec = json.loads(json_path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{json_path} is not valid JSON ({err}); re-download the Karpathy split file") from err
-    if not isinstance(spec, dict) or not isinstance(spec.get("images"), list):
-        raise DataError(f"{json_path} has no 'images' list; it is not a Karpathy split file")
-    entries, missing = [], []
-    for index, image in enumerate(spec["images"]):
-        if image.get("split") not in SPLITS[split]:
-            continue
-        name = image.get("filename")
-        where = f"{json_path}: images[{index}] (filename {name!r}, imgid {image.get('imgid')})"
-        sentences = image.get("sentences") or []
-        raws = [s.get("raw", "").strip() for s in sentences if isinstance(s, dict)]
-        error = None
-        if not name:
-            error = f"{where} has no 'filename'"
-        elif not raws or not all(raws):
-            error = f"{where} has an empty caption list or an empty caption; fix or remove the entry"
-        if error is not None:
-            if problems is None:
-                raise DataError(error)
-            problems.append(error)
-            continue
-        path = image_root / image.get("filepath", "") / name
-        if check_files and not path.is_file():
-            if problems is not None:
-                problems.append(f"{path}: named in {where} but missing")
-                continue
-            missing.append(f"{where}: {path}")
-        entries.append(
-            {
-                "path": str(path),
-                "imgid": int(image.get("imgid", index)),
-                "captions": raws,
-                "sentids": [int(s.get("sentid", -1)) for s in sentences],
-            }
-        )
-    if missing:
-        raise DataError(
-            f"{len(missing)} images of split '{split}' are missing, e.g. {missing[0]}"
-            + (f" and {missing[1]}" if len(missing) > 1 else "")
-            + ". Point data.image_dir at the image folder or re-extract the images."
-        )
-    if not entries and problems is None:
-        raise DataError(f"{json_path} has no images in split '{split}' (split values: {SPLITS[split]})")
-    return entries
-
-
-class CaptionPairs(Dataset):
-    """Training items: one per (image, caption) pair -> ``{"image", "caption", "image_id", "text_id"}``."""
-
-    def __init__(self, entries: list[dict], transform) -> None:
-        self.entries = entries
-        self.pairs = [(i, j) for i, e in enumerate(entries) for j in range(len(e["captions"]))]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> dict:
-        i, j = self.pairs[index]
-        entry = self.entries[i]
-        return {
-            "image": self.transform(_load(entry["path"])),
-            "caption": entry["captions"][j],
-            "image_id": entry["imgid"],
-            "text_id": entry["sentids"][j],
-        }
-
-
-class CaptionImages(Dataset):
-    """Evaluation items: one per image with all its captions."""
-
-    def __init__(self, entries: list[dict], transform) -> None:
-        self.entries, self.transform = entries, transform
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> dict:
-        entry = self.entries[index]
-        return {
-            "image": self.transform(_load(entry["path"])),
-            "captions": entry["captions"],
-            "image_id": entry["imgid"],
-            "text_ids": entry["sentids"],
-        }
-
-
-def _load(path: str):
-    try:
-        return load_rgb(path)
-    except CorruptFileError as err:
-        raise DataError(f"{err}; replace the file or remove its entry from the JSON") from err
-
-
-def _decode_all(entries: list[dict]) -> list[str]:
-    """One problem per image of ``entries`` that PIL cannot decode."""
-    problems = []
-    for entry in entries:
-        try:
-            load_rgb(entry["path"])
-        except CorruptFileError as err:
-            problems.append(str(err).split(". Replace")[0])
-    return problems
-
-
-def collate_pairs(items: list[dict]) -> dict:
-    """Stack images and ids; captions stay a list of strings. Items that count the samples skipped before them
-    (tar shards) give the batch's ``skipped``."""
-    batch = {
-        "image": default_collate([it["image"] for it in items]),
-        "captions": [it["caption"] for it in items],
-        "image_ids": torch.tensor([it["image_id"] for it in items]),
-        "text_image_ids": torch.tensor([it["image_id"] for it in items]),
-        "text_ids": torch.tensor([it["text_id"] for it in items]),
-    }
-    if "skipped" in items[0]:
-        batch["skipped"] = torch.tensor(sum(it["skipped"] for it in items))
-    return batch
-
-
-def collate_images(items: list[dict]) -> dict:
-    """Stack images; flatten every image's captions into one list with the image id of each caption."""
-    return {
-        "image": default_collate([it["image"] for it in items]),
-        "image_ids": torch.tensor([it["image_id"] for it in items]),
-        "captions": [c for it in items for c in it["captions"]],
-        "text_image_ids": torch.tensor([it["image_id"] for it in items for _ in it["captions"]]),
-        "text_ids": torch.tensor([t for it in items for t in it["text_ids"]]),
-    }
+__all__ = [
+    "ATTNGAN_IMAGES",
+    "ATTNGAN_LAYOUT",
+    "CaptionImages",
+    "CaptionPairs",
+    "CaptionsDataModule",
+    "EditingImages",
+    "IMAGE_DIRS",
+    "JSON_NAMES",
+    "SPLITS",
+    "TextEditingDataModule",
+    "attngan_tokens",
+    "collate_editing",
+    "collate_images",
+    "collate_pairs",
+    "crop_around_box",
+    "cub_boxes",
+    "encode_caption",
+    "read_attngan",
+    "read_karpathy",
+    "read_vocabulary",
+]
 
 
 class CaptionsDataModule(SuiteDataModule):
@@ -306,203 +201,6 @@ class CaptionsDataModule(SuiteDataModule):
 
 
 # ---- AttnGAN / DF-GAN metadata layout (text-guided image generation and editing: DE-Net) -------------------------
-
-ATTNGAN_IMAGES = {"cub": ("CUB_200_2011/images", ".jpg"), "coco": ("images", ".jpg"), "toy": ("images", ".png")}
-ATTNGAN_LAYOUT = ("<root>/{train,test}/filenames.pickle, <root>/text/<name>.txt (one caption per line), "
-                  "<root>/captions_DAMSM.pickle, images under <root>/<image_dir>/<name><ext>")  # fmt: skip
-
-
-def _read_pickle(path: Path, what: str):
-    if not path.is_file():
-        raise DataError(f"{path} does not exist: expected {what}. Download the AttnGAN/DF-GAN metadata for this "
-                        f"dataset into {path.parent.parent if path.parent.name in ('train', 'test') else path.parent}"
-                        f" (layout: {ATTNGAN_LAYOUT})")  # fmt: skip
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError) as err:
-        raise DataError(f"{path} is not a readable pickle ({err}); re-download the metadata") from err
-
-
-def attngan_tokens(text: str) -> list[str]:
-    """AttnGAN's tokenisation: lower-case runs of word characters."""
-    return re.findall(r"\w+", text.lower())
-
-
-def read_attngan(root: Path, split: str, image_dir: str, image_ext: str, check_files: bool = True,
-                 problems: list[str] | None = None) -> list[dict]:  # fmt: skip
-    """The images of ``split`` (``train`` / ``test``) as ``{"name", "path", "captions", "class"}``.
-
-    Names come from ``<split>/filenames.pickle``; captions from ``text/<name>.txt`` (empty lines skipped); the class
-    is the name's folder (CUB: ``002.Laysan_Albatross``) or ``None``. Missing text files or images are listed; with a
-    ``problems`` list each of them (and each caption file without a caption) is appended there and its image skipped
-    instead of raising.
-    """
-    names = _read_pickle(root / split / "filenames.pickle", f"the list of {split} image names")
-    if not isinstance(names, list | tuple) or not names:
-        raise DataError(f"{root / split / 'filenames.pickle'} holds {type(names).__name__}, not a list of names")
-    entries, missing_text, missing_images = [], [], []
-    for name in names:
-        text_path = root / "text" / f"{name}.txt"
-        image_path = root / image_dir / f"{name}{image_ext}"
-        if not text_path.is_file():
-            missing_text.append(str(text_path))
-            continue
-        if check_files and not image_path.is_file():
-            missing_images.append(str(image_path))
-            continue
-        lines = [line.strip() for line in text_path.read_text(encoding="utf-8", errors="replace").splitlines()]
-        captions = [line for line in lines if line]
-        if not captions:
-            error = f"{text_path} has no caption; add its captions or remove {name} from the filenames"
-            if problems is None:
-                raise DataError(error)
-            problems.append(error)
-            continue
-        entries.append({"name": name, "path": str(image_path), "captions": captions,
-                        "class": name.split("/")[0] if "/" in name else None})  # fmt: skip
-    if problems is not None:
-        listed = root / split / "filenames.pickle"
-        problems += [f"{path}: named in {listed} but missing" for path in missing_text + missing_images]
-        return entries
-    for missing, what in ((missing_text, "caption files"), (missing_images, "images")):
-        if missing:
-            raise DataError(f"{root / split / 'filenames.pickle'} names {len(missing)} {what} that do not exist, "
-                            f"e.g. {', '.join(missing[:3])}. Put the files there (or fix data.image_dir).")  # fmt: skip
-    return entries
-
-
-def read_vocabulary(root: Path) -> dict[str, int]:
-    """``wordtoix`` of ``captions_DAMSM.pickle`` (AttnGAN's ``[train_caps, test_caps, ixtoword, wordtoix]``)."""
-    path = root / "captions_DAMSM.pickle"
-    data = _read_pickle(path, "AttnGAN's [train_captions, test_captions, ixtoword, wordtoix]")
-    if not isinstance(data, list | tuple) or len(data) != 4 or not isinstance(data[3], dict):
-        raise DataError(f"{path} is not AttnGAN's [train_captions, test_captions, ixtoword, wordtoix]")
-    return dict(data[3])
-
-
-def encode_caption(text: str, wordtoix: dict[str, int], max_words: int, where: str) -> list[int]:
-    """Word indices of ``text`` (unknown words dropped, the first ``max_words`` kept); no known word is an error."""
-    ids = [wordtoix[w] for w in attngan_tokens(text) if w in wordtoix]
-    if not ids:
-        raise DataError(f"{where}: the caption {text!r} has no word of the vocabulary (captions_DAMSM.pickle); "
-                        "fix the caption or rebuild the vocabulary")  # fmt: skip
-    return ids[:max_words]
-
-
-def cub_boxes(root: Path) -> dict[str, tuple[float, float, float, float]]:
-    """CUB's ``{name: (x, y, w, h)}`` from ``CUB_200_2011/images.txt`` and ``bounding_boxes.txt``."""
-    folder = root / "CUB_200_2011"
-    paths = {}
-    for line in _lines(folder / "images.txt"):
-        index, path = line.split(maxsplit=1)
-        paths[index] = path.rsplit(".", 1)[0]
-    boxes = {}
-    for number, line in enumerate(_lines(folder / "bounding_boxes.txt"), start=1):
-        parts = line.split()
-        if len(parts) != 5 or parts[0] not in paths:
-            raise DataError(f"{folder / 'bounding_boxes.txt'}:{number}: expected '<image id> x y w h' with an id "
-                            f"of images.txt, got {line!r}")  # fmt: skip
-        boxes[paths[parts[0]]] = tuple(float(v) for v in parts[1:])
-    return boxes
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist; CUB crops need CUB_200_2011/images.txt and bounding_boxes.txt")
-    return [line for line in path.read_text().splitlines() if line.strip()]
-
-
-def crop_around_box(image, box: tuple[float, float, float, float]):
-    """AttnGAN's CUB crop: a square of side 1.5 x max(w, h) around the box centre, clipped to the image."""
-    width, height = image.size
-    x, y, w, h = box
-    r = int(max(w, h) * 0.75)
-    cx, cy = int((2 * x + w) / 2), int((2 * y + h) / 2)
-    return image.crop((max(0, cx - r), max(0, cy - r), min(width, cx + r), min(height, cy + r)))
-
-
-class EditingImages(Dataset):
-    """Items ``{"image" [-1, 1], "caption", "tokens", "wrong_caption", "wrong_tokens", "target_caption",
-    "target_tokens", "index", "class_id"}`` (``class_id`` -1 without classes; DAMSM masks same-class negatives).
-
-    ``caption`` describes the image (training: a random one of its captions; evaluation: the first). ``wrong_caption``
-    describes another image (of another class when classes are known): the discriminator's mismatched pair.
-    ``target_caption`` is the editing target: a line of ``edits/<name>.txt`` when the dataset has one (the toy's
-    recolour edits), otherwise a caption of another image. Evaluation picks are fixed by ``seed``.
-    """
-
-    def __init__(self, entries: list[dict], transform, wordtoix: dict[str, int], max_words: int, train: bool,
-                 seed: int, root: Path, boxes: dict | None = None) -> None:  # fmt: skip
-        self.entries, self.transform, self.wordtoix = entries, transform, wordtoix
-        self.max_words, self.train, self.seed, self.boxes = max_words, train, seed, boxes
-        self.edits = {}
-        for e in entries:
-            path = root / "edits" / f"{e['name']}.txt"
-            if path.is_file():
-                self.edits[e["name"]] = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        for e in entries:  # every caption must encode: fail now, naming the file and line, not mid-epoch
-            for k, text in enumerate(e["captions"]):
-                encode_caption(text, wordtoix, max_words, f"{root / 'text' / e['name']}.txt line {k + 1}")
-        self.by_class: dict = {}
-        for i, e in enumerate(entries):
-            self.by_class.setdefault(e["class"], []).append(i)
-        self.class_ids = {c: k for k, c in enumerate(sorted(c for c in self.by_class if c is not None))}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def _rng(self, index: int) -> random.Random:
-        if self.train:  # drawn from torch's generator: seed_everything (and Lightning's worker seeding) fix it
-            return random.Random(int(torch.randint(2**62, (1,))))
-        return random.Random(self.seed * 1_000_003 + index)
-
-    def _other(self, index: int, rng: random.Random) -> int:
-        cls = self.entries[index]["class"]
-        if cls is not None and len(self.by_class) > 1:
-            while True:
-                j = rng.randrange(len(self.entries))
-                if self.entries[j]["class"] != cls:
-                    return j
-        j = rng.randrange(len(self.entries) - 1) if len(self.entries) > 1 else 0
-        return j + 1 if j >= index and len(self.entries) > 1 else j
-
-    def _encode(self, text: str, where: str) -> Tensor:
-        return torch.tensor(encode_caption(text, self.wordtoix, self.max_words, where))
-
-    def __getitem__(self, index: int) -> dict:
-        entry, rng = self.entries[index], self._rng(index)
-        image = _load(entry["path"])
-        if self.boxes is not None:
-            image = crop_around_box(image, self.boxes[entry["name"]])
-        caption = entry["captions"][rng.randrange(len(entry["captions"])) if self.train else 0]
-        other = self.entries[self._other(index, rng)]
-        wrong = other["captions"][rng.randrange(len(other["captions"]))]
-        edits = self.edits.get(entry["name"])
-        target = edits[rng.randrange(len(edits))] if edits else self.entries[self._other(index, rng)]["captions"][0]
-        return {
-            "image": self.transform(image),
-            "index": index,
-            "class_id": self.class_ids.get(entry["class"], -1),
-            "caption": caption, "tokens": self._encode(caption, entry["name"]),
-            "wrong_caption": wrong, "wrong_tokens": self._encode(wrong, other["name"]),
-            "target_caption": target, "target_tokens": self._encode(target, f"edit target of {entry['name']}"),
-        }  # fmt: skip
-
-
-def _pad(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
-    lengths = torch.tensor([len(s) for s in seqs])
-    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=0), lengths
-
-
-def collate_editing(items: list[dict]) -> dict:
-    """Stack images; pad each token list (0 = AttnGAN's ``<end>``) with its lengths."""
-    out = {"image": torch.stack([it["image"] for it in items]), "index": torch.tensor([it["index"] for it in items]),
-           "class_ids": torch.tensor([it["class_id"] for it in items])}  # fmt: skip
-    for key in ("", "wrong_", "target_"):
-        out[f"{key}captions"] = [it[f"{key}caption"] for it in items]
-        out[f"{key}tokens"], out[f"{key}lengths"] = _pad([it[f"{key}tokens"] for it in items])
-    return out
 
 
 class TextEditingDataModule(SuiteDataModule):
