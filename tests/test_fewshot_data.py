@@ -19,10 +19,9 @@ from datamodules.episodes import (
     enlarge_box,
     load_cos_file,
     match_cos_entries,
-    random_resized_box,
     read_split,
 )
-from datamodules.toy.fewshot_scenes import TEST_SHAPES, TRAIN_SHAPES, write_fewshot_scenes
+from datamodules.toy.fewshot_scenes import TEST_SHAPES, TRAIN_SHAPES, random_resized_box, write_fewshot_scenes
 from experiments.errors import ConfigError, DataError
 
 
