@@ -41,7 +41,10 @@ TOY_CONFIGS = [
 ]
 # second stages start from a first stage's checkpoint: (first stage's toy config, the key that names the checkpoint)
 FIRST_STAGE = {
-    "configs/cosoc/toy_cos.yaml": ("configs/cosoc/toy_exemplar.yaml", "--model.init_args.backbone.init_args.pretrained"),
+    "configs/cosoc/toy_cos.yaml": (
+        "configs/cosoc/toy_exemplar.yaml",
+        "--model.init_args.backbone.init_args.pretrained",
+    ),
     "configs/denet/toy.yaml": ("configs/denet/toy_damsm.yaml", "--model.init_args.damsm"),
 }
 
