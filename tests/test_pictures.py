@@ -104,6 +104,7 @@ def test_segmentation_draws_image_truth_and_prediction_rows(tmp_path):
 
 def test_reid_ranked_lists_go_under_pictures(tmp_path):
     from lightning_modules.reid.module import STTModule
+    from lightning_modules.reid.stt import SpatioTemporalTransformer
     from tests.test_stt_model import TOY
 
     torch.manual_seed(0)
@@ -119,7 +120,7 @@ def test_reid_ranked_lists_go_under_pictures(tmp_path):
         def test_dataloader(self):
             return one_batch(batch)
 
-    module = STTModule(num_classes=2, figure_queries=2, **TOY)
+    module = STTModule(SpatioTemporalTransformer(num_classes=2, **TOY), figure_queries=2)
     make_trainer(tmp_path).test(module, datamodule=Tracklets(), verbose=False)
     pictures = sorted(p.name for p in (tmp_path / "pictures").iterdir())
     assert pictures == ["test_ranked_lists_epoch000.png"]

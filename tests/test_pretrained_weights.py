@@ -82,7 +82,8 @@ def test_a_paper_config_naming_a_hub_id_fails_offline_with_one_line(monkeypatch,
     err = capfd.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "model.init_args.pretrained is the hub id 'timm/resnet50.tv_in1k'" in lines[0]
+    assert len(lines) == 1
+    assert "model.init_args.net.init_args.pretrained is the hub id 'timm/resnet50.tv_in1k'" in lines[0]
     assert "Traceback" not in err
     assert elapsed < 10  # Lightning is already imported in this process: the check itself is immediate
 

@@ -152,3 +152,58 @@ def test_init_from_keeps_everything_but_the_classifiers(tmp_path):
     other = small_model(num_classes=3, embed_dim=16)
     with pytest.raises(ConfigError, match="does not match"):
         load_stt_weights(other, str(tmp_path / "pre.ckpt"))
+
+
+def test_the_module_reads_its_network_and_checks_the_identities():
+    from types import SimpleNamespace
+
+    from lightning_modules.reid.module import STTModule
+
+    net = small_model(num_classes=7)
+    module = STTModule(net, label_smoothing=0.2, channels_last=True)
+    assert module.model is net and net.channels_last
+    weights = module.state_dict()
+    assert all(torch.equal(weights[f"model.{k}"], v) for k, v in net.state_dict().items())  # keys as before
+    assert module.hparams.label_smoothing == 0.2 and "net" not in module.hparams  # built in Python: not pickled
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(num_classes=9))
+    with pytest.raises(ConfigError, match=r"model\.init_args\.net\.init_args\.num_classes is 7 but the training "
+                                          r"split has 9 identities"):  # fmt: skip
+        module.on_fit_start()
+    with pytest.raises(TypeError):
+        STTModule(net, 0.1)  # every setting after the network is keyword-only
+
+
+def parse_fit(argv: list[str]):
+    """``fit`` parsed as ``python -m experiments fit`` parses it (bases expanded), nothing instantiated."""
+    import sys
+
+    from experiments.configs import expand_config_args
+    from tests.test_resolved_configs import fit_parser
+
+    saved = sys.argv
+    sys.argv = [saved[0], "fit", *expand_config_args(argv)]
+    try:
+        return fit_parser().parse_args(sys.argv[1:]).fit
+    finally:
+        sys.argv = saved
+
+
+@pytest.mark.parametrize(
+    "config,seq_len,override", [("configs/stt/mars.yaml", 8, 4), ("configs/stt/toy_finetune.yaml", 4, 5)]
+)
+def test_a_command_line_seq_len_and_img_size_reach_the_model_and_the_data(config, seq_len, override, monkeypatch):
+    """Issue 26's acceptance test: seq_len and img_size are written once (the network's) and the data section
+    interpolates them, so one override on the command line reaches every use."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    stored = parse_fit(["--config", config])
+    net, data = stored.model.init_args.net.init_args, stored.data.init_args
+    assert (net.seq_len, data.seq_len) == (seq_len, seq_len)
+    assert [data.height, data.width] == list(net.img_size)
+    fit = parse_fit(["--config", config, "--model.init_args.net.init_args.seq_len", str(override),
+                     "--model.init_args.net.init_args.img_size", "[96, 48]"])  # fmt: skip
+    net, data = fit.model.init_args.net.init_args, fit.data.init_args
+    assert net.seq_len == override and data.seq_len == override
+    assert list(net.img_size) == [96, 48] and (data.height, data.width) == (96, 48)
+    assert net.num_classes == stored.model.init_args.net.init_args.num_classes  # the rest is the config's

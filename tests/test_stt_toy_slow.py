@@ -59,7 +59,7 @@ def test_toy_synthetic_pretraining_against_scratch_over_seeds(tmp_path):
 VARIANTS = {
     "stt": [],
     "no_constraints": ["--model.init_args.spatial_weight", "0", "--model.init_args.temporal_weight", "0"],
-    "no_global": ["--model.init_args.global_depth", "0"],
+    "no_global": ["--model.init_args.net.init_args.global_depth", "0"],
 }
 
 

@@ -27,10 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def identity_loss(logits: Tensor, labels: Tensor, smoothing: float = 0.1) -> Tensor:
+    """``L_id`` of ``L`` (module docstring; STT Sec. 3): cross-entropy with label smoothing ``smoothing`` of the
+    clip feature's BNNeck logits ``[B, C]`` against identity ``labels [B]``."""
+    return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+
 def batch_hard_triplet(features: Tensor, labels: Tensor, margin: float = 0.3) -> Tensor:
-    """Batch-hard triplet loss (Hermans et al., 2017): for each anchor, the farthest positive and the closest negative
-    in Euclidean distance, ``mean(relu(d(a, p) - d(a, n) + margin))``. Anchors without a positive or a negative in
-    the batch are left out. ``features [N, D]``, ``labels [N]``."""
+    """``L_tri`` of ``L`` (module docstring; STT Sec. 3), the batch-hard triplet loss (Hermans et al., 2017): for
+    each anchor, the farthest positive and the closest negative in Euclidean distance,
+    ``mean(relu(d(a, p) - d(a, n) + margin))``. Anchors without a positive or a negative in the batch are left
+    out. ``features [N, D]``, ``labels [N]``."""
     dist = torch.cdist(features.float(), features.float())  # [N, N]
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
@@ -44,8 +51,9 @@ def batch_hard_triplet(features: Tensor, labels: Tensor, margin: float = 0.3) ->
 
 
 def spatial_constraint(frame_logits: Tensor, part_logits: Tensor, labels: Tensor, smoothing: float = 0.1) -> Tensor:
-    """``L_SpaC``: cross-entropy of every frame's cls logits ``[B, T, C]`` plus the mean over the ``P`` stripes of
-    their cross-entropy (``part_logits [B, T, P, C]``); ``labels [B]`` apply to all frames of a clip."""
+    """``L_SpaC`` of ``L`` (module docstring; STT Sec. 3, spatial perception constraint): cross-entropy of every
+    frame's cls logits ``[B, T, C]`` plus the mean over the ``P`` stripes of their cross-entropy
+    (``part_logits [B, T, P, C]``); ``labels [B]`` apply to all frames of a clip."""
     B, T, P, C = part_logits.shape
     frame_labels = labels[:, None].expand(B, T).reshape(-1)
     frame_loss = F.cross_entropy(frame_logits.reshape(-1, C), frame_labels, label_smoothing=smoothing)
@@ -55,7 +63,8 @@ def spatial_constraint(frame_logits: Tensor, part_logits: Tensor, labels: Tensor
 
 
 def temporal_attention_divergence(attention: Tensor) -> Tensor:
-    """``KL(a || uniform)`` of attention rows ``[B, T]`` over frames, averaged over the batch (0 when uniform)."""
+    """The attention term of ``L_TemC`` (module docstring; STT Sec. 3, temporal perception constraint):
+    ``KL(a || uniform)`` of attention rows ``[B, T]`` over frames, averaged over the batch (0 when uniform)."""
     T = attention.shape[-1]
     a = attention.clamp_min(1e-12)
     return ((a * a.log()).sum(-1) + math.log(T)).mean()
@@ -63,8 +72,9 @@ def temporal_attention_divergence(attention: Tensor) -> Tensor:
 
 def temporal_constraint(frame_features: Tensor, attention: Tensor, labels: Tensor, margin: float = 0.3,
                         attention_weight: float = 0.1) -> Tensor:  # fmt: skip
-    """``L_TemC``: batch-hard triplet over frame features ``[B, T, D]`` (each frame labelled with its clip's identity)
-    plus ``attention_weight`` times the attention divergence of ``attention [B, T]``."""
+    """``L_TemC`` of ``L`` (module docstring; STT Sec. 3, temporal perception constraint): batch-hard triplet over
+    frame features ``[B, T, D]`` (each frame labelled with its clip's identity) plus ``attention_weight`` times the
+    attention divergence of ``attention [B, T]``."""
     B, T, D = frame_features.shape
     frame_labels = labels[:, None].expand(B, T).reshape(-1)
     triplet = batch_hard_triplet(frame_features.reshape(B * T, D), frame_labels, margin)
@@ -77,7 +87,7 @@ def stt_loss(out: dict[str, Tensor], labels: Tensor, smoothing: float = 0.1, mar
     """Every term of the module docstring's ``L`` from the model's training outputs; ``loss`` is their weighted sum.
     A weight of 0 removes a constraint (the ablation without perception constraints)."""
     terms = {
-        "id": F.cross_entropy(out["logits"], labels, label_smoothing=smoothing),
+        "id": identity_loss(out["logits"], labels, smoothing),
         "triplet": batch_hard_triplet(out["feature"], labels, margin),
     }
     loss = terms["id"] + terms["triplet"]

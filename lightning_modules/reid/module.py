@@ -37,10 +37,8 @@ class STTModule(SuiteModule):
     """STT training and evaluation.
 
     Args:
-        num_classes: training identities (625 on MARS, 702 on DukeMTMC-VideoReID, 842 on LS-VID's train split; the
-            DataModule's ``num_classes``).
-        backbone / pretrained / backbone_kwargs / last_stride_one / img_size / seq_len / embed_dim / heads /
-            spatial_depth / temporal_depth / global_depth / parts: the model (:class:`SpatioTemporalTransformer`).
+        net: the model (:class:`SpatioTemporalTransformer`); its ``num_classes`` must be the training split's
+            identities (625 on MARS, 702 on DukeMTMC-VideoReID, 842 on LS-VID's train split).
         init_from: an STT run's checkpoint (e.g. synthetic pre-training) to start from; classifiers are new.
         label_smoothing: of every identity cross-entropy (0.1, the re-ID convention).
         triplet_margin: of both batch-hard triplet terms (0.3).
@@ -59,20 +57,8 @@ class STTModule(SuiteModule):
 
     def __init__(
         self,
-        num_classes: int,
-        backbone: str = "resnet50",
-        pretrained: str | None = None,
-        backbone_kwargs: dict | None = None,
-        last_stride_one: bool = True,
-        img_size: tuple[int, int] = (256, 128),
-        seq_len: int = 8,
-        embed_dim: int = 512,
-        heads: int = 8,
-        spatial_depth: int = 2,
-        temporal_depth: int = 2,
-        global_depth: int = 2,
-        parts: int = 4,
-        drop_path: float = 0.1,
+        net: SpatioTemporalTransformer,
+        *,
         init_from: str | None = None,
         label_smoothing: float = 0.1,
         triplet_margin: float = 0.3,
@@ -87,7 +73,7 @@ class STTModule(SuiteModule):
         compile: bool = False,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         for name, value in (("spatial_weight", spatial_weight), ("temporal_weight", temporal_weight),
                             ("attention_weight", attention_weight), ("label_smoothing", label_smoothing),
                             ("triplet_margin", triplet_margin)):  # fmt: skip
@@ -95,10 +81,7 @@ class STTModule(SuiteModule):
                 raise ConfigError(f"model.init_args.{name} must be >= 0, got {value}")
         if distance not in ("euclidean", "cosine"):
             raise ConfigError(f"model.init_args.distance must be 'euclidean' or 'cosine', got '{distance}'")
-        self.model = SpatioTemporalTransformer(
-            num_classes, backbone, pretrained, backbone_kwargs, last_stride_one, tuple(img_size), seq_len, embed_dim,
-            heads, spatial_depth, temporal_depth, global_depth, parts, drop_path=drop_path,
-        )  # fmt: skip
+        self.model = net  # the attribute name keeps the checkpoints' "model." keys
         if init_from:
             load_stt_weights(self.model, init_from)
         if channels_last:
@@ -111,10 +94,10 @@ class STTModule(SuiteModule):
 
     def on_fit_start(self) -> None:
         expected = getattr(self.trainer.datamodule, "num_classes", None)
-        if expected is not None and expected != self.hparams.num_classes:
+        if expected is not None and expected != self.model.num_classes:
             raise ConfigError(
-                f"model.init_args.num_classes is {self.hparams.num_classes} but the training split has {expected} "
-                f"identities; set --model.init_args.num_classes {expected}"
+                f"model.init_args.net.init_args.num_classes is {self.model.num_classes} but the training split has "
+                f"{expected} identities; set --model.init_args.net.init_args.num_classes {expected}"
             )
 
     def run_model(self, frames: Tensor) -> dict[str, Tensor]:
@@ -124,8 +107,9 @@ class STTModule(SuiteModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         out = self.run_model(batch["frames"])
         hp = self.hparams
-        terms = stt_loss(out, batch["pid"], hp.label_smoothing, hp.triplet_margin, hp.spatial_weight,
-                         hp.temporal_weight, hp.attention_weight)  # fmt: skip
+        terms = stt_loss(out, batch["pid"], smoothing=hp.label_smoothing, margin=hp.triplet_margin,
+                         spatial_weight=hp.spatial_weight, temporal_weight=hp.temporal_weight,
+                         attention_weight=hp.attention_weight)  # fmt: skip
         accuracy = (out["logits"].argmax(1) == batch["pid"]).float().mean()
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"})
         self.log("train/loss", terms["loss"].detach(), prog_bar=True)

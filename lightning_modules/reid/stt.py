@@ -151,7 +151,7 @@ class SpatioTemporalTransformer(nn.Module):
         self.cnn = create_backbone(
             backbone,
             pretrained,
-            weights_key="model.init_args.pretrained",
+            weights_key="model.init_args.net.init_args.pretrained",
             num_classes=0,
             global_pool="",
             **(backbone_kwargs or {}),
@@ -159,7 +159,7 @@ class SpatioTemporalTransformer(nn.Module):
         if last_stride_one:
             set_last_stride_one(self.cnn)
         with torch.no_grad():
-            probe = self.cnn(torch.zeros(1, 3, *img_size))
+            probe = self.cnn(torch.zeros(1, 3, *tuple(img_size)))
         channels, h, w = probe.shape[1:]
         if h < parts:
             raise ConfigError(
@@ -167,6 +167,8 @@ class SpatioTemporalTransformer(nn.Module):
                 f"{backbone}. Use taller frames or fewer parts."
             )
         self.grid = (h, w)
+        self.num_classes = num_classes
+        self.img_size = tuple(img_size)
         self.seq_len = seq_len
         self.parts = parts
         self.embed_dim = embed_dim
