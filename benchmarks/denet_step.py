@@ -13,29 +13,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
-import lightning
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments.io import append_table_rows  # noqa: E402
-from lightning_modules.editing.damsm import DAMSM  # noqa: E402
+from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder  # noqa: E402
 from lightning_modules.editing.module import DENet  # noqa: E402
+from lightning_modules.editing.networks import DENetDiscriminator, DENetGenerator  # noqa: E402
 
 
-def build(args, folder: Path) -> DENet:
-    damsm = DAMSM(text="bilstm", vocab_size=args.vocab, dim=args.cond_dim, image_backbone=args.damsm_backbone,
-                  image_input_size=args.damsm_input, train_backbone=False)  # fmt: skip
-    ckpt = folder / "damsm.ckpt"
-    torch.save({"state_dict": damsm.state_dict(), "hyper_parameters": dict(damsm.hparams),
-                "pytorch-lightning_version": lightning.__version__}, ckpt)  # fmt: skip
-    return DENet(damsm=str(ckpt), image_size=args.image_size, ngf=args.ngf, ndf=args.ngf, fid=False)
+def build(args) -> DENet:
+    text = TextEncoder("bilstm", args.vocab, args.cond_dim)
+    damsm = DAMSM(text, ImageEncoder(args.damsm_backbone, args.cond_dim, args.damsm_input, train_backbone=False))
+    generator = DENetGenerator(args.ngf, args.image_size, args.cond_dim)
+    return DENet(generator, DENetDiscriminator(args.ngf, args.image_size), damsm, fid=False)
 
 
 def batch_of(args, device) -> dict:
@@ -64,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = build(args, Path(tmp)).to(device).train()
+    model = build(args).to(device).train()
     opt_g, opt_d = model.configure_optimizers()
     batch = batch_of(args, device)
 

@@ -24,4 +24,4 @@ def test_step_benchmark_smallest_size(tmp_path, capsys):
 def test_reproduce_pretrains_damsm_then_passes_its_best_checkpoint():
     steps = reproduce_commands("denet", "toy")
     assert "configs/denet/toy_damsm.yaml" in steps[0]
-    assert "--model.init_args.damsm 'runs/toy_damsm/version_*/checkpoints/best.ckpt'" in steps[1]
+    assert "--model.init_args.damsm.init_args.checkpoint 'runs/toy_damsm/version_*/checkpoints/best.ckpt'" in steps[1]

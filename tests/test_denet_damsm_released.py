@@ -200,9 +200,9 @@ def test_wrong_shapes_and_keys_are_listed():
 
 def test_frozen_damsm_needs_both_released_files_or_a_checkpoint(released_files):
     text_path, image_path, _, _ = released_files
-    with pytest.raises(ConfigError, match="damsm_text_encoder is set but damsm_image_encoder is not"):
+    with pytest.raises(ConfigError, match="released_text_encoder is set but released_image_encoder is not"):
         frozen_damsm(None, str(text_path), None)
-    with pytest.raises(ConfigError, match="damsm_image_encoder is set but damsm_text_encoder is not"):
+    with pytest.raises(ConfigError, match="released_image_encoder is set but released_text_encoder is not"):
         frozen_damsm(None, None, str(image_path))
     with pytest.raises(ConfigError, match="DE-Net needs a DAMSM"):
         frozen_damsm(None)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from experiments.errors import ConfigError
-from lightning_modules.editing.damsm import BiLSTMTextEncoder, _posterior_loss, damsm_losses, word_relevance
-from lightning_modules.editing.module import hinge_d_loss, matching_aware_penalty
+from lightning_modules.editing import losses
+from lightning_modules.editing.damsm import BiLSTMTextEncoder
+from lightning_modules.editing.losses import damsm_losses, posterior_loss, word_relevance
 from tests.helpers import load_golden
 
 
@@ -57,10 +58,8 @@ def test_word_relevance_has_no_division_by_gamma2_as_attngan_words_loss():
 
 def test_same_class_pairs_are_not_negatives():
     scores = torch.tensor([[2.0, 5.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    free = sum(_posterior_loss(scores, None))
-    masked = sum(
-        _posterior_loss(scores, torch.tensor([7, 7, 3]))
-    )  # images 0 and 1 share a class: (0, 1) is no negative
+    free = sum(posterior_loss(scores, None))
+    masked = sum(posterior_loss(scores, torch.tensor([7, 7, 3])))  # images 0 and 1 share a class: no negative
     assert masked < free
     by_hand = (-torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0] - torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0]
                - torch.log_softmax(torch.tensor([1.0, 0.0, 0.0]), 0)[0]) / 3  # fmt: skip
@@ -91,27 +90,79 @@ def test_bilstm_shapes_and_an_unknown_index_is_a_clear_error():
 def test_hinge_and_matching_aware_penalty_by_hand():
     real, fake, mis = torch.tensor([0.5, 2.0]), torch.tensor([-2.0, 0.0]), torch.tensor([1.0, -1.0])
     # relu(1 - real) = 0.5, 0 -> 0.25; relu(1 + fake) = 0, 1 -> 0.5; relu(1 + mis) = 2, 0 -> 1
-    assert hinge_d_loss(real, fake, mis).item() == pytest.approx(0.25 + 0.5 * (0.5 + 1.0))
+    assert losses.hinge_d_loss(real, fake, mis).item() == pytest.approx(0.25 + 0.5 * (0.5 + 1.0))
     x = torch.tensor([[1.0, 2.0], [0.0, 1.0]], requires_grad=True)
     s = torch.tensor([[3.0], [1.0]], requires_grad=True)
     out = (x * torch.tensor([1.0, 1.0])).sum(1) + 2 * s[:, 0]  # gradient (1, 1, 2) for each sample: norm sqrt(6)
-    assert matching_aware_penalty(out, x, s, power=6.0).item() == pytest.approx(6.0**3, rel=1e-5)
+    assert losses.matching_aware_penalty(out, x, s, power=6.0).item() == pytest.approx(6.0**3, rel=1e-5)
 
 
 def test_damsm_with_the_offline_transformers_text_encoder(tmp_path):
     from datamodules.captions import TextEditingDataModule
     from datamodules.toy.edit_scenes import write_toy_edit_scenes
-    from lightning_modules.editing.damsm import DAMSM
+    from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder
 
     write_toy_edit_scenes(tmp_path / "toy", train=8, test=2, img_size=16)
     dm = TextEditingDataModule(root=str(tmp_path / "toy"), dataset="toy", image_size=16, val_images=0, batch_size=4,
                                num_workers=0, pin_memory=False)  # fmt: skip
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    model = DAMSM(text="minilm-offline", dim=32, image_backbone="resnet10t", image_input_size=32, train_backbone=True)
+    model = DAMSM(TextEncoder("minilm-offline", dim=32), ImageEncoder("resnet10t", 32, 32, train_backbone=True))
     words, sentence, mask = model.text_encoder(batch, "target_")
     assert sentence.shape == (4, 32) and words.shape[:2] == mask.shape and mask.any(1).all()
     losses = model.losses(batch)
     losses["loss"].backward()
     assert model.text_encoder.net.sent_proj.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.text_encoder.net.encoder.parameters())  # the transformer stays frozen
+
+
+def test_generator_and_discriminator_objectives_by_hand():
+    assert losses.hinge_g_loss(torch.tensor([1.0, -3.0])).item() == pytest.approx(1.0)
+    assert losses.l1_distance(torch.tensor([[1.0, -1.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(1.5)
+    one = torch.tensor(1.0)
+    assert losses.discriminator_objective(one, torch.tensor(0.5), gp_weight=2.0).item() == pytest.approx(2.0)
+    # adv 1 + 0.5 * damsm 2 + 5 * rec 0.1 + 3 * keep 0.25
+    terms = (one, torch.tensor(2.0), torch.tensor(0.1), torch.tensor(0.25))
+    weights = {"lambda_damsm": 0.5, "lambda_rec": 5.0}
+    assert losses.generator_objective(*terms, **weights, lambda_keep=3.0).item() == pytest.approx(3.25)
+    assert losses.generator_objective(*terms, **weights, lambda_keep=0.0).item() == pytest.approx(2.5)
+
+
+def small_damsm(vocab: int = 7, dim: int = 8):
+    from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder
+
+    return DAMSM(TextEncoder("bilstm", vocab, dim), ImageEncoder("resnet10t", dim, 32, train_backbone=True))
+
+
+def test_denet_refuses_networks_that_do_not_fit_its_damsm():
+    from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder
+    from lightning_modules.editing.module import DENet
+    from lightning_modules.editing.networks import DENetDiscriminator, DENetGenerator
+
+    damsm = small_damsm()
+    with pytest.raises(ConfigError, match=r"takes 256-d sentences but the DAMSM gives 8-d: set "
+                       r"model.init_args.generator.init_args.cond_dim to 8"):  # fmt: skip
+        DENet(DENetGenerator(2, 16), DENetDiscriminator(2, 16), damsm, fid=False)
+    with pytest.raises(ConfigError, match=r"discriminator is built for 32 px, the generator for 16 px"):
+        DENet(DENetGenerator(2, 16, 8), DENetDiscriminator(2, 32), damsm, fid=False)
+    with pytest.raises(ConfigError, match=r"image encoder's is 4-d: set model.init_args.image_encoder.init_args.dim"):
+        DAMSM(TextEncoder("bilstm", 7, 8), ImageEncoder("resnet10t", 4, 32))
+    model = DENet(DENetGenerator(2, 16, 8), DENetDiscriminator(2, 16), damsm, fid=False)
+    assert model.head.joint[0].in_channels == 2 * 2 + 8  # the discriminator's 2 ndf channels + the sentence
+    assert not model.damsm.training and not any(p.requires_grad for p in model.damsm.parameters())
+    assert "generator" not in model.hparams and model.hparams.lambda_rec == 1.0  # networks built in Python stay out
+
+
+def test_a_damsm_checkpoint_from_before_the_injected_encoders_loads(tmp_path):
+    from lightning_modules.editing.damsm import load_damsm
+
+    damsm = small_damsm()
+    old_hparams = {"text": "bilstm", "vocab_size": 7, "dim": 8, "image_backbone": "resnet10t", "image_input_size": 32,
+                   "pretrained_backbone": "/no/such/weights.pth", "train_backbone": True, "gamma3": 9.0}  # fmt: skip
+    torch.save({"state_dict": damsm.state_dict(), "hyper_parameters": old_hparams}, tmp_path / "old.ckpt")
+    loaded = load_damsm(str(tmp_path / "old.ckpt"))
+    assert loaded.gammas == (4.0, 5.0, 9.0) and not loaded.training
+    assert all(torch.equal(v, damsm.state_dict()[k]) for k, v in loaded.state_dict().items())
+    torch.save({"state_dict": damsm.state_dict(), "hyper_parameters": {"gamma1": 4.0}}, tmp_path / "python.ckpt")
+    with pytest.raises(ConfigError, match="python.ckpt does not say how its DAMSM encoders were built"):
+        load_damsm(str(tmp_path / "python.ckpt"))

@@ -117,25 +117,23 @@ def test_clip_scorer_loads_a_folder_offline_and_names_a_missing_model(tmp_path):
 
 
 def test_denet_logs_rmp_and_the_clip_metrics(tmp_path, monkeypatch):
-    import lightning as L
 
     from datamodules.captions import TextEditingDataModule
     from datamodules.toy.edit_scenes import write_toy_edit_scenes
-    from lightning_modules.editing.damsm import DAMSM
+    from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder
     from lightning_modules.editing.module import DENet
+    from lightning_modules.editing.networks import DENetDiscriminator, DENetGenerator
 
     write_toy_edit_scenes(tmp_path / "toy", train=8, test=2, img_size=16)
     dm = TextEditingDataModule(root=str(tmp_path / "toy"), dataset="toy", image_size=16, val_images=0, batch_size=4,
                                num_workers=0, pin_memory=False)  # fmt: skip
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    damsm = DAMSM(vocab_size=dm.vocab_size, dim=16, image_backbone="resnet10t", image_input_size=32)
-    torch.save({"state_dict": damsm.state_dict(), "hyper_parameters": dict(damsm.hparams),
-                "pytorch-lightning_version": L.__version__}, tmp_path / "damsm.ckpt")  # fmt: skip
+    damsm = DAMSM(TextEncoder("bilstm", dm.vocab_size, 16), ImageEncoder("resnet10t", 16, 32))
     model, tokenizer = tiny_clip()
     model.save_pretrained(tmp_path / "clip")
     tokenizer.save_pretrained(tmp_path / "clip")
-    denet = DENet(damsm=str(tmp_path / "damsm.ckpt"), image_size=16, ngf=2, ndf=2, grid_examples=0, fid=False,
+    denet = DENet(DENetGenerator(2, 16, 16), DENetDiscriminator(2, 16), damsm, grid_examples=0, fid=False,
                   clip_model=str(tmp_path / "clip")).eval()  # fmt: skip
     assert not any(k.startswith("clip") for k in denet.state_dict())  # CLIP stays out of the checkpoints
     with torch.no_grad():

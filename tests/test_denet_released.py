@@ -231,20 +231,17 @@ def test_wrong_files_get_named_errors(tmp_path):
 
 
 def test_denet_module_starts_from_a_released_checkpoint(tmp_path):
-    import lightning as L
 
-    from lightning_modules.editing.damsm import DAMSM
+    from lightning_modules.editing.damsm import DAMSM, ImageEncoder, TextEncoder
     from lightning_modules.editing.module import DENet
 
     golden = load_golden(GOLDEN)
-    damsm = DAMSM(vocab_size=12, dim=256, image_backbone="resnet10t", image_input_size=32)
-    torch.save({"state_dict": damsm.state_dict(), "hyper_parameters": dict(damsm.hparams),
-                "pytorch-lightning_version": L.__version__}, tmp_path / "damsm.ckpt")  # fmt: skip
+    damsm = DAMSM(TextEncoder("bilstm", 12, 256), ImageEncoder("resnet10t", 256, 32))
     torch.save({"model": released(golden), "epoch": 1}, tmp_path / "state_epoch_001.pth")
-    model = DENet(damsm=str(tmp_path / "damsm.ckpt"), image_size=256, ngf=2, ndf=2, grid_examples=0, fid=False,
+    model = DENet(DENetGenerator(2, 256), DENetDiscriminator(2, 256), damsm, grid_examples=0, fid=False,
                   init_from=str(tmp_path / "state_epoch_001.pth"))  # fmt: skip
     fake, _, logits = run(model.generator, model.discriminator, model.head, golden["images"], golden["sentence"], False)
     assert max_error(fake, golden["fake_eval"]) < TOL and max_error(logits, golden["C_logits_eval"]) < TOL
     with pytest.raises(ConfigError, match=r"shape mismatches.*ngf=2"):
-        DENet(damsm=str(tmp_path / "damsm.ckpt"), image_size=256, ngf=4, ndf=2, grid_examples=0, fid=False,
+        DENet(DENetGenerator(4, 256), DENetDiscriminator(2, 256), damsm, grid_examples=0, fid=False,
               init_from=str(tmp_path / "state_epoch_001.pth"))  # fmt: skip

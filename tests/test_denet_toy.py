@@ -21,7 +21,8 @@ def run_toy(tmp_path, damsm_epochs: int = 6, denet_epochs: int = 20, seed: int =
     damsm = json.loads(next((runs / "damsm").glob("version_*/metrics.json")).read_text())
     cli_main(["fit", "--config", "configs/denet/toy.yaml", "--runs_dir", str(runs), "--run_name", "denet",
               "--seed_everything", str(seed), "--data.init_args.root", str(root),
-              "--model.init_args.damsm", str(runs / "damsm" / "version_*" / "checkpoints" / "best.ckpt"),
+              "--model.init_args.damsm.init_args.checkpoint",
+              str(runs / "damsm" / "version_*" / "checkpoints" / "best.ckpt"),
               "--trainer.max_epochs", str(denet_epochs), "--trainer.check_val_every_n_epoch", str(denet_epochs),
               *COMMON, *extra])  # fmt: skip
     run = next((runs / "denet").glob("version_*"))

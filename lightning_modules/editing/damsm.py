@@ -8,16 +8,16 @@ their matching losses, and the pre-training step (``python -m experiments fit --
 * **Image encoder** (``CNN_ENCODER``): a timm backbone (AttnGAN: Inception-v3 at 299 px) read at two depths: the
   stride-16 map (Mixed_6e, 17x17) through a 1x1 conv gives region features ``v [B, R, 256]``; the last map pooled
   through a linear layer gives the global feature ``vbar [B, 256]``.
-* **Losses** (AttnGAN Eqs. 7-13 as ``code/miscc/losses.py`` and ``code/GlobalAttention.py`` compute them), for a
-  batch of ``B`` matching pairs: word-region attention ``alpha = softmax_r(gamma1 * softmax_l(v_r . e_l))``, region
-  context ``c_l = sum_r alpha_lr v_r``, relevance ``R(Q, D) = log(sum_l exp(gamma2 cos(c_l, e_l)))`` and the
-  posterior over the batch with ``gamma3``: ``L_w = -sum_i log P(D_i|Q_i) - sum_i log P(Q_i|D_i)``, each a
+* **Losses** (``losses.py``; AttnGAN Eqs. 7-13 as ``code/miscc/losses.py`` and ``code/GlobalAttention.py`` compute
+  them), for a batch of ``B`` matching pairs: word-region attention ``alpha = softmax_r(gamma1 * softmax_l(v_r .
+  e_l))``, region context ``c_l = sum_r alpha_lr v_r``, relevance ``R(Q, D) = log(sum_l exp(gamma2 cos(c_l, e_l)))`` and
+  the posterior over the batch with ``gamma3``: ``L_w = -sum_i log P(D_i|Q_i) - sum_i log P(Q_i|D_i)``, each a
   cross-entropy of ``gamma3 * R`` (``words_loss0``: images -> captions, ``words_loss1``: captions -> images); the
-  sentence loss ``L_s`` replaces ``R`` by ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes
-  ``R = log(...)^(1/gamma2)``; the released ``words_loss`` does not divide by ``gamma2``, and the released DAMSM
-  encoders (and every DF-GAN / DE-Net model trained with them) were trained without it, so neither do we
-  (``tests/test_denet_losses.py`` checks the losses against the reference's numbers). Pairs of the same class
-  (CUB) are not negatives (masked, as AttnGAN masks them). All pairs of the batch are scored at once.
+  sentence loss ``L_s`` replaces ``R`` by ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes ``R =
+  log(...)^(1/gamma2)``; the released ``words_loss`` does not divide by ``gamma2``, and the released DAMSM encoders (and
+  every DF-GAN / DE-Net model trained with them) were trained without it, so neither do we
+  (``tests/test_denet_losses.py`` checks the losses against the reference's numbers). Pairs of the same class (CUB) are
+  not negatives (masked, as AttnGAN masks them). All pairs of the batch are scored at once.
 * **Released encoders**: :func:`load_attngan_damsm` converts AttnGAN / DF-GAN ``text_encoder*.pth`` (an
   ``RNN_ENCODER`` state dict) and ``image_encoder*.pth`` (a ``CNN_ENCODER`` state dict: torchvision's Inception-v3
   blocks ``Conv2d_1a_3x3`` ... ``Mixed_7c``, ``emb_features`` 1x1 conv 768 -> nef, ``emb_cnn_code`` linear
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lightning_modules.base import SuiteModule
+from lightning_modules.editing.losses import damsm_losses
 from lightning_modules.optim import OptimConfig
 from suite_base.errors import ConfigError
 
@@ -100,8 +101,8 @@ class TextEncoder(nn.Module):
         self.kind = kind
         if kind == "bilstm":
             if not vocab_size:
-                raise ConfigError("the BiLSTM text encoder needs model.init_args.vocab_size: the number of words of "
-                                  "captions_DAMSM.pickle (max index + 1)")  # fmt: skip
+                raise ConfigError("the BiLSTM text encoder needs model.init_args.text_encoder.init_args.vocab_size: "
+                                  "the number of words of captions_DAMSM.pickle (max index + 1)")  # fmt: skip
             if dim % 2:
                 raise ConfigError(f"the BiLSTM's joint dimension must be even (two directions), got {dim}")
             self.net = BiLSTMTextEncoder(vocab_size, hidden=dim // 2)
@@ -140,7 +141,7 @@ class ImageEncoder(nn.Module):
         cfg = self.backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1))
-        self.input_size, self.train_backbone = input_size, train_backbone
+        self.input_size, self.train_backbone, self.dim = input_size, train_backbone, dim
         if not train_backbone:
             self.backbone.requires_grad_(False)
 
@@ -159,57 +160,6 @@ class ImageEncoder(nn.Module):
         return regions, self.glob(maps[-1].mean(dim=(2, 3)))
 
 
-def _posterior_loss(scores: Tensor, class_ids: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``(images -> captions, captions -> images)``: cross-entropy of ``scores [B_img, B_txt]`` over each row and each
-    column with the diagonal as targets (AttnGAN's ``loss0`` / ``loss1``); other pairs of a same class are masked."""
-    if class_ids is not None:
-        same = (class_ids[:, None] == class_ids[None, :]) & (class_ids[:, None] >= 0)
-        same.fill_diagonal_(False)
-        scores = scores.masked_fill(same, float("-inf"))
-    target = torch.arange(scores.shape[0], device=scores.device)
-    return F.cross_entropy(scores, target), F.cross_entropy(scores.t(), target)
-
-
-def word_relevance(regions: Tensor, words: Tensor, mask: Tensor, gamma1: float, gamma2: float) -> Tensor:
-    """``R(Q_i, D_j) = log(sum_l exp(gamma2 * cos(c_l, e_l)))`` for every image ``i`` and caption ``j``:
-    ``[B_img, B_txt]`` (AttnGAN Eqs. 7-10 as ``words_loss`` / ``func_attention`` compute them: no ``1/gamma2``).
-
-    ``regions [B, R, D]``, ``words [B, L, D]``, ``mask [B, L]`` (True on the real words of each caption).
-    """
-    logits = torch.einsum("ird,jld->ijrl", regions, words)  # region-word dot products (Eq. 7)
-    word_mask = mask[None, :, None, :]
-    attn = logits.masked_fill(~word_mask, float("-inf")).softmax(-1)  # normalised over words (Eq. 8)
-    attn = (gamma1 * attn).masked_fill(~word_mask, float("-inf")).softmax(2)  # then over regions, per word (Eq. 9)
-    context = torch.einsum("ijrl,ird->ijld", attn.nan_to_num(0.0), regions)
-    cos = F.cosine_similarity(context, words[None].expand_as(context), dim=-1)  # [B_img, B_txt, L]
-    summed = (torch.exp(gamma2 * cos) * mask[None].to(cos.dtype)).sum(-1)
-    return torch.log(summed)  # Eq. 10 without the paper's 1/gamma2 exponent, as the released code
-
-
-def damsm_losses(regions: Tensor, image_global: Tensor, words: Tensor, sentence: Tensor, mask: Tensor,
-                 class_ids: Tensor | None = None, gamma1: float = 4.0, gamma2: float = 5.0,
-                 gamma3: float = 10.0) -> dict[str, Tensor]:  # fmt: skip
-    """AttnGAN's DAMSM word and sentence losses over a batch of matching pairs (Eqs. 11-13, ``words_loss`` and
-    ``sent_loss``): ``word_i2t`` / ``word_t2i`` (``words_loss0`` / ``words_loss1``), ``sentence_i2t`` /
-    ``sentence_t2i`` (``sent_loss0`` / ``sent_loss1``), and their sums ``word`` and ``sentence``.
-
-    ``regions [B, R, D]`` (AttnGAN's ``img_features [B, D, 17, 17]`` flattened), ``image_global [B, D]``,
-    ``words [B, L, D]`` (its ``words_emb [B, D, L]`` transposed), ``sentence [B, D]``, ``mask [B, L]`` (from
-    ``cap_lens``), ``class_ids [B]`` or None.
-    """
-    word_i2t, word_t2i = _posterior_loss(gamma3 * word_relevance(regions, words, mask, gamma1, gamma2), class_ids)
-    sim = F.normalize(image_global, dim=-1) @ F.normalize(sentence, dim=-1).t()
-    sentence_i2t, sentence_t2i = _posterior_loss(gamma3 * sim, class_ids)
-    return {
-        "word": word_i2t + word_t2i,
-        "sentence": sentence_i2t + sentence_t2i,
-        "word_i2t": word_i2t,
-        "word_t2i": word_t2i,
-        "sentence_i2t": sentence_i2t,
-        "sentence_t2i": sentence_t2i,
-    }
-
-
 def check_vocabulary(text_encoder: TextEncoder, trainer, fix: str) -> None:
     """The BiLSTM's vocabulary must be the data's (``captions_DAMSM.pickle``); ``fix`` tells the user what to set."""
     dm = getattr(trainer, "datamodule", None) if trainer is not None else None
@@ -226,13 +176,11 @@ class DAMSM(SuiteModule):
     """Pre-trains the DAMSM text and image encoders on matching (image, caption) pairs.
 
     Args:
-        text: ``bilstm`` (AttnGAN's) or a transformers id / folder (``minilm-offline``: the offline MiniLM).
-        vocab_size: words of ``captions_DAMSM.pickle`` (BiLSTM; CUB 5,450, COCO 27,297 in AttnGAN's metadata).
-        dim: joint space width (256).
-        image_backbone: timm CNN (``inception_v3`` as AttnGAN).
-        image_input_size: images are resized to this side before the backbone (299 for Inception-v3).
-        pretrained_backbone: ``True`` (timm's cache), a local weights file, or ``False``.
-        train_backbone: train the backbone too (AttnGAN keeps Inception-v3 frozen; the toy trains a small one).
+        text_encoder: :class:`TextEncoder` (``kind: bilstm``, AttnGAN's, with ``vocab_size`` the words of
+            ``captions_DAMSM.pickle``: CUB 5,450, COCO 27,297 in AttnGAN's metadata; or a transformers id / folder,
+            ``minilm-offline``: the offline MiniLM) with ``dim`` the joint space width (256).
+        image_encoder: :class:`ImageEncoder` (a timm CNN, ``inception_v3`` at 299 px as AttnGAN, frozen unless
+            ``train_backbone``) with the text encoder's ``dim``.
         gamma1, gamma2, gamma3: attention sharpness, word-relevance and posterior smoothing factors.
         optim: optimiser and schedule (AttnGAN: Adam 2e-3, betas 0.5/0.999).
     """
@@ -242,26 +190,26 @@ class DAMSM(SuiteModule):
 
     def __init__(
         self,
-        text: str = "bilstm",
-        vocab_size: int | None = None,
-        dim: int = 256,
-        image_backbone: str = "inception_v3",
-        image_input_size: int = 299,
-        pretrained_backbone: str | bool = False,
-        train_backbone: bool = False,
+        text_encoder: TextEncoder,
+        image_encoder: ImageEncoder,
+        *,
         gamma1: float = 4.0,
         gamma2: float = 5.0,
         gamma3: float = 10.0,
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
-        self.text_encoder = TextEncoder(text, vocab_size, dim)
-        self.image_encoder = ImageEncoder(image_backbone, dim, image_input_size, pretrained_backbone, train_backbone)
+        self.save_hyperparameters_with_networks()
+        if text_encoder.dim != image_encoder.dim:
+            raise ConfigError(f"the DAMSM text encoder's joint space is {text_encoder.dim}-d but the image encoder's "
+                              f"is {image_encoder.dim}-d: set model.init_args.image_encoder.init_args.dim to "
+                              f"{text_encoder.dim}")  # fmt: skip
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
         self.gammas = (gamma1, gamma2, gamma3)
 
     def setup(self, stage: str) -> None:
-        check_vocabulary(self.text_encoder, self._trainer, "set model.init_args.vocab_size: {n}")
+        check_vocabulary(self.text_encoder, self._trainer, "set model.init_args.text_encoder.init_args.vocab_size: {n}")
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
         words, sentence, mask = self.text_encoder(batch)
@@ -294,15 +242,40 @@ class DAMSM(SuiteModule):
 
 
 def load_damsm(checkpoint: str, map_location="cpu") -> DAMSM:
-    """A frozen DAMSM from a pre-training checkpoint (``<run>/checkpoints/best.ckpt``)."""
+    """A frozen DAMSM from a pre-training checkpoint (``<run>/checkpoints/best.ckpt``). A checkpoint written before
+    the encoders were injected (its hyper-parameters name ``text``, ``vocab_size``, ``dim`` ...) loads too."""
     import os
 
     if not os.path.isfile(checkpoint):
         raise ConfigError(f"{checkpoint} does not exist: pre-train DAMSM first (python -m experiments fit "
                           "--config configs/denet/<dataset>_damsm.yaml) and pass its best.ckpt as "
-                          "model.init_args.damsm")  # fmt: skip
-    model = DAMSM.load_from_checkpoint(checkpoint, map_location=map_location)
+                          f"{DAMSM_CHECKPOINT_KEY}")  # fmt: skip
+    saved = torch.load(checkpoint, map_location=map_location, weights_only=False)
+    hparams = saved.get("hyper_parameters", {})
+    if "text_encoder" in hparams:
+        model = DAMSM.load_from_checkpoint(checkpoint, map_location=map_location)
+    elif LEGACY_KEYS & set(hparams):
+        model = _legacy_damsm(hparams)
+        model.load_state_dict(saved["state_dict"])
+    else:
+        raise ConfigError(f"{checkpoint} does not say how its DAMSM encoders were built (a DAMSM built in Python): "
+                          "save it from a run of configs/denet/<dataset>_damsm.yaml, or pass the DAMSM module itself "
+                          "as DENet's damsm")  # fmt: skip
     return model.eval().requires_grad_(False)
+
+
+LEGACY_KEYS = {"text", "vocab_size", "dim", "image_backbone"}  # DAMSM's arguments before the encoders were injected
+
+
+def _legacy_damsm(hparams: dict) -> DAMSM:
+    """A DAMSM built from the hyper-parameters of a checkpoint saved before the encoders were injected (the
+    backbone's weights come from the checkpoint, so none are loaded here)."""
+    dim = hparams.get("dim", 256)
+    text = TextEncoder(hparams.get("text", "bilstm"), hparams.get("vocab_size"), dim)
+    image = ImageEncoder(hparams.get("image_backbone", "inception_v3"), dim, hparams.get("image_input_size", 299),
+                         False, hparams.get("train_backbone", False))  # fmt: skip
+    gammas = {k: hparams[k] for k in ("gamma1", "gamma2", "gamma3") if k in hparams}
+    return DAMSM(text, image, **gammas)
 
 
 # ---- released AttnGAN / DF-GAN DAMSM encoders -------------------------------------------------------------------
@@ -310,10 +283,12 @@ def load_damsm(checkpoint: str, map_location="cpu") -> DAMSM:
 # ``DAMSMencoders/``; DF-GAN's README links the same two archives as its pre-trained text encoders). AttnGAN's and
 # DF-GAN's configs load ``DAMSMencoders/bird/text_encoder200.pth`` and ``DAMSMencoders/coco/text_encoder100.pth``,
 # with the ``image_encoder*.pth`` of the same epoch beside each.
+DAMSM_CHECKPOINT_KEY = "model.init_args.damsm.init_args.checkpoint"
 RELEASED_DAMSM_FIX = (
-    "give AttnGAN's / DF-GAN's released DAMSM: model.init_args.damsm_text_encoder: DAMSMencoders/bird/"
-    "text_encoder200.pth (COCO: DAMSMencoders/coco/text_encoder100.pth) and model.init_args.damsm_image_encoder: the "
-    "image_encoder*.pth beside it (AttnGAN's README, Pretrained Model: DAMSM for bird / coco)"
+    "give AttnGAN's / DF-GAN's released DAMSM: model.init_args.damsm.init_args.released_text_encoder: DAMSMencoders/"
+    "bird/text_encoder200.pth (COCO: DAMSMencoders/coco/text_encoder100.pth) and model.init_args.damsm.init_args."
+    "released_image_encoder: the image_encoder*.pth beside it (AttnGAN's README, Pretrained Model: DAMSM for bird / "
+    "coco)"
 )
 _LSTM_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
@@ -339,7 +314,7 @@ def _read_state_dict(path: str, what: str) -> dict[str, Tensor]:
         raise ConfigError(f"{what} '{path}' is not a PyTorch state dict ({err}): {RELEASED_DAMSM_FIX}") from err
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         raise ConfigError(f"{what} '{path}' is a Lightning checkpoint, not AttnGAN's state dict: pass a suite "
-                          f"DAMSM checkpoint as model.init_args.damsm instead, or {RELEASED_DAMSM_FIX}")  # fmt: skip
+                          f"DAMSM checkpoint as {DAMSM_CHECKPOINT_KEY} instead, or {RELEASED_DAMSM_FIX}")  # fmt: skip
     if not isinstance(state, Mapping) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise ConfigError(f"{what} '{path}' is not a state dict of tensors (found {type(state).__name__}): "
                           f"{RELEASED_DAMSM_FIX}")  # fmt: skip
@@ -417,24 +392,26 @@ def convert_attngan_image_encoder(state: dict[str, Tensor], encoder: ImageEncode
     return converted
 
 
-def frozen_damsm(checkpoint: str | None, text_encoder: str | None = None, image_encoder: str | None = None) -> DAMSM:
-    """The frozen DAMSM that DE-Net conditions on and scores with: AttnGAN's / DF-GAN's released encoders when
-    ``text_encoder`` and ``image_encoder`` are given (:func:`load_attngan_damsm`; ``checkpoint`` is then not read),
-    else this suite's DAMSM pre-training checkpoint ``checkpoint`` (a path, or a glob whose newest match loads)."""
+def frozen_damsm(checkpoint: str | None = None, released_text_encoder: str | None = None,
+                 released_image_encoder: str | None = None) -> DAMSM:  # fmt: skip
+    """The frozen DAMSM that DE-Net conditions on and scores with (its injected ``damsm`` network): AttnGAN's /
+    DF-GAN's released encoders when ``released_text_encoder`` and ``released_image_encoder`` are given
+    (:func:`load_attngan_damsm`; ``checkpoint`` is then not read), else this suite's DAMSM pre-training checkpoint
+    ``checkpoint`` (a path, or a glob whose newest match loads)."""
     import logging
 
     from lightning_modules.backbones import resolve_checkpoint_path
 
-    if bool(text_encoder) != bool(image_encoder):
-        given, absent = ("damsm_text_encoder", "damsm_image_encoder")[:: 1 if text_encoder else -1]
-        raise ConfigError(f"model.init_args.{given} is set but {absent} is not: the released DAMSM comes as a pair "
-                          f"of files; {RELEASED_DAMSM_FIX}")  # fmt: skip
-    if text_encoder:
+    if bool(released_text_encoder) != bool(released_image_encoder):
+        given, absent = ("released_text_encoder", "released_image_encoder")[:: 1 if released_text_encoder else -1]
+        raise ConfigError(f"model.init_args.damsm.init_args.{given} is set but {absent} is not: the released DAMSM "
+                          f"comes as a pair of files; {RELEASED_DAMSM_FIX}")  # fmt: skip
+    if released_text_encoder:
         if checkpoint:
             logging.getLogger(__name__).info("released DAMSM encoders given: %s is not loaded", checkpoint)
-        return load_attngan_damsm(text_encoder, image_encoder)  # DF-GAN / DE-Net's gammas 4, 5, 10
+        return load_attngan_damsm(released_text_encoder, released_image_encoder)  # DF-GAN / DE-Net's gammas 4, 5, 10
     if not checkpoint:
-        raise ConfigError("DE-Net needs a DAMSM: model.init_args.damsm (a DAMSM pre-training checkpoint: "
+        raise ConfigError(f"DE-Net needs a DAMSM: {DAMSM_CHECKPOINT_KEY} (a DAMSM pre-training checkpoint: "
                           "python -m experiments fit --config configs/denet/<dataset>_damsm.yaml), or "
                           f"{RELEASED_DAMSM_FIX}")  # fmt: skip
     return load_damsm(resolve_checkpoint_path(checkpoint))
@@ -448,8 +425,8 @@ def load_attngan_damsm(text_encoder: str, image_encoder: str, gamma1: float = 4.
     text_state = _read_state_dict(text_encoder, "text encoder")
     text = convert_attngan_text_encoder(text_state, f"'{text_encoder}'")
     vocab_size, dim = text["embed.weight"].shape[0], 2 * text["rnn.weight_hh_l0"].shape[1]
-    model = DAMSM(text="bilstm", vocab_size=vocab_size, dim=dim, image_backbone="inception_v3",
-                  image_input_size=299, gamma1=gamma1, gamma2=gamma2, gamma3=gamma3)  # fmt: skip
+    model = DAMSM(TextEncoder("bilstm", vocab_size, dim), ImageEncoder("inception_v3", dim, 299), gamma1=gamma1,
+                  gamma2=gamma2, gamma3=gamma3)  # fmt: skip
     model.text_encoder.net.load_state_dict(text)
     image_state = _read_state_dict(image_encoder, "image encoder")
     image = convert_attngan_image_encoder(image_state, model.image_encoder, f"'{image_encoder}'")

@@ -38,25 +38,23 @@ from torch import Tensor
 
 from lightning_modules.backbones import resolve_checkpoint_path
 from lightning_modules.base import SuiteModule
-from lightning_modules.editing.damsm import check_vocabulary, damsm_losses, frozen_damsm
+from lightning_modules.editing.damsm import DAMSM, DAMSM_CHECKPOINT_KEY, check_vocabulary
+from lightning_modules.editing.losses import (
+    damsm_losses,
+    discriminator_objective,
+    generator_objective,
+    hinge_d_loss,
+    hinge_g_loss,
+    l1_distance,
+    matching_aware_penalty,
+)
 from lightning_modules.editing.metrics import ClipEditScorer, ManipulativePrecision, fid_metric
 from lightning_modules.editing.networks import ConditionalHead, DENetDiscriminator, DENetGenerator
 from lightning_modules.editing.released import load_released_denet
+from suite_base.errors import ConfigError
 
 # (sources [N, 3, S, S], edited [N, 3, S, S] in [0, 1], the scenes' objects, target captions) -> named scores
 EditScorer = Callable[[Tensor, Tensor, list[dict], list[str]], dict[str, float]]
-
-
-def hinge_d_loss(real: Tensor, fake: Tensor, mismatched: Tensor) -> Tensor:
-    """DF-GAN's discriminator hinge loss: real-matched up, fake and real-mismatched down (half weight each)."""
-    return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + F.relu(1 + mismatched).mean())
-
-
-def matching_aware_penalty(out: Tensor, image: Tensor, sentence: Tensor, power: float = 6.0) -> Tensor:
-    """``E[||grad_(x, s) out||_2^p]`` over the batch (each sample's gradient w.r.t. its image and its sentence)."""
-    grads = torch.autograd.grad(out.sum(), (image, sentence), create_graph=True)
-    norm = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
-    return norm.pow(power).mean()
 
 
 def text_panel(texts: list[str], size: int, width_scale: int = 3) -> Tensor:
@@ -79,13 +77,14 @@ class DENet(SuiteModule):
     """DE-Net: text-guided image editing GAN.
 
     Args:
-        damsm: the pre-trained DAMSM checkpoint (a path or a glob such as
-            ``runs/toy_damsm/version_*/checkpoints/best.ckpt``; the newest match loads), frozen; its text encoder
-            conditions G and D, its encoders score edits.
-        damsm_text_encoder, damsm_image_encoder: AttnGAN's / DF-GAN's released DAMSM instead (``text_encoder*.pth``
-            and ``image_encoder*.pth``, the encoders the paper used; both or neither; ``damsm`` is then not read).
-        image_size: image side (256 for CUB and COCO).
-        ngf, ndf: generator and discriminator widths (32 in the official COCO config).
+        generator: :class:`DENetGenerator` (``ngf``, ``image_size``; its ``cond_dim`` must be the DAMSM's width).
+        discriminator: :class:`DENetDiscriminator` (``ndf``, the generator's ``image_size``); the conditional head
+            is built from it and the DAMSM's width.
+        damsm: the pre-trained DAMSM, frozen (in configs :func:`~lightning_modules.editing.damsm.frozen_damsm`: a
+            pre-training ``checkpoint``, a path or a glob such as ``runs/toy_damsm/version_*/checkpoints/best.ckpt``
+            whose newest match loads, or AttnGAN's / DF-GAN's ``released_text_encoder`` and
+            ``released_image_encoder``, the encoders the paper used); its text encoder conditions G and D, its
+            encoders score edits.
         lambda_damsm: weight of the DAMSM matching loss of edited images.
         lambda_rec: weight of the reconstruction under the image's own caption.
         lambda_keep: weight of the L1 between edited and source images (0: off).
@@ -107,12 +106,10 @@ class DENet(SuiteModule):
 
     def __init__(
         self,
-        damsm: str | None = None,
-        damsm_text_encoder: str | None = None,
-        damsm_image_encoder: str | None = None,
-        image_size: int = 256,
-        ngf: int = 32,
-        ndf: int = 32,
+        generator: DENetGenerator,
+        discriminator: DENetDiscriminator,
+        damsm: DAMSM,
+        *,
         lambda_damsm: float = 0.1,
         lambda_rec: float = 1.0,
         lambda_keep: float = 0.0,
@@ -130,13 +127,20 @@ class DENet(SuiteModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__(None)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         self.automatic_optimization = False
-        self.damsm = frozen_damsm(damsm, damsm_text_encoder, damsm_image_encoder)
-        cond = self.damsm.text_encoder.dim  # (not hparams: under the CLI a nested module sees the outer's)
-        self.generator = DENetGenerator(ngf, image_size, cond)
-        self.discriminator = DENetDiscriminator(ndf, image_size)
-        self.head = ConditionalHead(self.discriminator.out_channels, cond, ndf)
+        self.damsm = damsm.eval().requires_grad_(False)
+        cond = self.damsm.text_encoder.dim
+        if generator.cond_dim != cond:
+            raise ConfigError(f"the generator takes {generator.cond_dim}-d sentences but the DAMSM gives {cond}-d: set "
+                              f"model.init_args.generator.init_args.cond_dim to {cond}")  # fmt: skip
+        if discriminator.image_size != generator.image_size:
+            raise ConfigError(f"the discriminator is built for {discriminator.image_size} px, the generator for "
+                              f"{generator.image_size} px: give model.init_args.discriminator.init_args.image_size "
+                              "the generator's")  # fmt: skip
+        self.generator = generator
+        self.discriminator = discriminator
+        self.head = ConditionalHead(discriminator.out_channels, cond, discriminator.ndf)
         if init_from:  # networks the file lacks (a generator-only release) keep their initialisation
             load_released_denet(resolve_checkpoint_path(init_from), self.generator, self.discriminator, self.head,
                                 strict=False)  # fmt: skip
@@ -149,7 +153,7 @@ class DENet(SuiteModule):
 
     def setup(self, stage: str) -> None:
         check_vocabulary(self.damsm.text_encoder, self._trainer, "pre-train DAMSM on this dataset's vocabulary "
-                         "({n} entries) and pass that checkpoint as model.init_args.damsm")  # fmt: skip
+                         f"({{n}} entries) and pass that checkpoint as {DAMSM_CHECKPOINT_KEY}")  # fmt: skip
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -184,23 +188,22 @@ class DENet(SuiteModule):
             "adv": hinge_d_loss(real, self.head(self.discriminator(fake), t), self.head(features, w)),
             "gp": matching_aware_penalty(real, x, s, self.hparams.gp_power),
         }
-        out["loss"] = out["adv"] + self.hparams.gp_weight * out["gp"]
+        out["loss"] = discriminator_objective(out["adv"], out["gp"], self.hparams.gp_weight)
         return out
 
     def generator_loss(self, x: Tensor, batch: dict, s: Tensor, t_words, t: Tensor, t_mask) -> dict[str, Tensor]:
         hp = self.hparams
         fake = self.generator(x, t)
-        out = {"adv": -self.head(self.discriminator(fake), t).mean()}
+        out = {"adv": hinge_g_loss(self.head(self.discriminator(fake), t))}
         regions, image_global = self.damsm.image_encoder(fake)
         # pairs whose target captions are the same word sequence are not negatives of each other (their class)
         same_text = torch.unique(batch["target_tokens"], dim=0, return_inverse=True)[1]
         match = damsm_losses(regions, image_global, t_words, t, t_mask, same_text, *self.damsm.gammas)
         out["damsm"] = match["word"] + match["sentence"]
-        out["rec"] = (self.generator(x, s) - x).abs().mean() if hp.lambda_rec > 0 else x.new_zeros(())
-        out["keep"] = (fake - x).abs().mean()
-        out["loss"] = out["adv"] + hp.lambda_damsm * out["damsm"] + hp.lambda_rec * out["rec"]
-        if hp.lambda_keep > 0:
-            out["loss"] = out["loss"] + hp.lambda_keep * out["keep"]
+        out["rec"] = l1_distance(self.generator(x, s), x) if hp.lambda_rec > 0 else x.new_zeros(())
+        out["keep"] = l1_distance(fake, x)
+        out["loss"] = generator_objective(out["adv"], out["damsm"], out["rec"], out["keep"], hp.lambda_damsm,
+                                          hp.lambda_rec, hp.lambda_keep)  # fmt: skip
         return out
 
     def update(self, batch: dict, opt_g, opt_d, backward, amp=contextlib.nullcontext) -> tuple[dict, dict]:

@@ -223,7 +223,7 @@ class DENetDiscriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(ch[i + 1]))
             layers.append(nn.LeakyReLU(0.2))
         self.blocks = nn.Sequential(*layers)
-        self.out_channels = ch[-1]
+        self.out_channels, self.ndf, self.image_size = ch[-1], ndf, image_size
 
     def forward(self, image: Tensor) -> Tensor:
         return self.blocks(image)
