@@ -9,15 +9,16 @@ their matching losses, and the pre-training step (``python -m experiments fit --
   stride-16 map (Mixed_6e, 17x17) through a 1x1 conv gives region features ``v [B, R, 256]``; the last map pooled
   through a linear layer gives the global feature ``vbar [B, 256]``.
 * **Losses** (``losses.py``; AttnGAN Eqs. 7-13 as ``code/miscc/losses.py`` and ``code/GlobalAttention.py`` compute
-  them), for a batch of ``B`` matching pairs: word-region attention ``alpha = softmax_r(gamma1 * softmax_l(v_r .
-  e_l))``, region context ``c_l = sum_r alpha_lr v_r``, relevance ``R(Q, D) = log(sum_l exp(gamma2 cos(c_l, e_l)))`` and
-  the posterior over the batch with ``gamma3``: ``L_w = -sum_i log P(D_i|Q_i) - sum_i log P(Q_i|D_i)``, each a
-  cross-entropy of ``gamma3 * R`` (``words_loss0``: images -> captions, ``words_loss1``: captions -> images); the
-  sentence loss ``L_s`` replaces ``R`` by ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes ``R =
-  log(...)^(1/gamma2)``; the released ``words_loss`` does not divide by ``gamma2``, and the released DAMSM encoders (and
-  every DF-GAN / DE-Net model trained with them) were trained without it, so neither do we
-  (``tests/test_denet_losses.py`` checks the losses against the reference's numbers). Pairs of the same class (CUB) are
-  not negatives (masked, as AttnGAN masks them). All pairs of the batch are scored at once.
+  them), for a batch of ``B`` matching pairs: word-region attention
+  ``alpha = softmax_r(gamma1 * softmax_l(v_r . e_l))``, region context ``c_l = sum_r alpha_lr v_r``, relevance
+  ``R(Q, D) = log(sum_l exp(gamma2 cos(c_l, e_l)))`` and the posterior over the batch with ``gamma3``:
+  ``L_w = -sum_i log P(D_i|Q_i) - sum_i log P(Q_i|D_i)``, each a cross-entropy of ``gamma3 * R`` (``words_loss0``:
+  images -> captions, ``words_loss1``: captions -> images); the sentence loss ``L_s`` replaces ``R`` by
+  ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes ``R = log(...)^(1/gamma2)``; the released
+  ``words_loss`` does not divide by ``gamma2``, and the released DAMSM encoders (and every DF-GAN / DE-Net model
+  trained with them) were trained without it, so neither do we (``tests/test_denet_losses.py`` checks the losses
+  against the reference's numbers). Pairs of the same class (CUB) are not negatives (masked, as AttnGAN masks them).
+  All pairs of the batch are scored at once.
 * **Released encoders**: :func:`load_attngan_damsm` converts AttnGAN / DF-GAN ``text_encoder*.pth`` (an
   ``RNN_ENCODER`` state dict) and ``image_encoder*.pth`` (a ``CNN_ENCODER`` state dict: torchvision's Inception-v3
   blocks ``Conv2d_1a_3x3`` ... ``Mixed_7c``, ``emb_features`` 1x1 conv 768 -> nef, ``emb_cnn_code`` linear
