@@ -89,11 +89,12 @@ def test_compression_reconstructions_through_log_image_grid(tmp_path):
 
 
 def test_segmentation_draws_image_truth_and_prediction_rows(tmp_path):
-    from lightning_modules.segmentation import SegmentationModule
+    from lightning_modules.segmentation import SegmentationModule, headless_backbone
 
     torch.manual_seed(0)
-    module = SegmentationModule("resnet18", dict(channels=[8, 16, 32, 64], stem_width=8), num_classes=3, channels=8,
-                                aux_channels=8, slide_crop=None, num_logged=2)  # fmt: skip
+    backbone = headless_backbone("resnet18", dict(channels=[8, 16, 32, 64], stem_width=8))
+    module = SegmentationModule(backbone, num_classes=3, channels=8, aux_channels=8, slide_crop=None,
+                                num_logged=2)  # fmt: skip
     batch = {"image": torch.randn(3, 3, 32, 32), "mask": torch.randint(0, 3, (3, 32, 32))}
     make_trainer(tmp_path).validate(module, one_batch(batch), verbose=False)
     pixels = read_png(tmp_path / "pictures" / "val_predictions_epoch000.png")

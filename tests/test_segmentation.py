@@ -9,16 +9,21 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-import yaml
 
 from datamodules.ade20k import ADE20KDataModule
+from experiments.configs import load_config
 from experiments.errors import ConfigError
 from lightning_modules.backbones import create_backbone
 from lightning_modules.optim import OptimConfig, param_groups
-from lightning_modules.segmentation import MultiScaleFeatures, SegmentationModule, UPerHead
+from lightning_modules.segmentation import MultiScaleFeatures, SegmentationModule, UPerHead, headless_backbone
+from lightning_modules.segmentation.losses import pixel_cross_entropy, upernet_loss
 from tests.helpers import validate_fit_validate
 
 TINY_ITPN = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, num_outs=4)
+
+
+def tiny_resnet() -> torch.nn.Module:
+    return headless_backbone("resnet18", dict(channels=[8, 16, 32, 64], stem_width=8))
 
 
 def test_uperhead_shapes_and_stride():
@@ -88,10 +93,19 @@ def test_itpn_adapter_concatenates_pyramid_and_backbone_per_stride():
     assert [256 + c for c in (128, 256, 512, 512)] == [384, 512, 768, 768]
 
 
+def test_hivit_without_pyramid_gives_its_stage_maps_through_timms_feature_api():
+    plain = create_backbone("itpn_base_3324_patch16_224", num_classes=0, **dict(TINY_ITPN, num_outs=1)).eval()
+    feats = MultiScaleFeatures(plain, "plain_hivit")
+    assert feats.kind == "timm" and feats.strides == [4, 8, 16] and feats.out_channels == [16, 32, 64]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps, stages = feats(x), plain.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4)]
+    for got, want in zip(maps, stages, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_backbone_without_multiscale_outputs_is_a_config_error():
-    plain = create_backbone("itpn_base_3324_patch16_224", num_classes=0, **dict(TINY_ITPN, num_outs=1))
-    with pytest.raises(ConfigError, match="'plain_hivit'.*num_outs: 4"):
-        MultiScaleFeatures(plain, "plain_hivit")
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=0)
     with pytest.raises(ConfigError, match="'vit_tiny_patch16_224'.*at least two strides"):
         MultiScaleFeatures(vit, "vit_tiny_patch16_224")
@@ -107,8 +121,7 @@ def test_timm_adapter_levels():
 
 
 def _metrics(num_classes: int):
-    module = SegmentationModule("resnet18", dict(channels=[8, 16, 32, 64], stem_width=8), num_classes=num_classes,
-                                channels=8, aux_channels=8, slide_crop=None)  # fmt: skip
+    module = SegmentationModule(tiny_resnet(), num_classes=num_classes, channels=8, aux_channels=8, slide_crop=None)
     return module.val_metrics
 
 
@@ -138,7 +151,8 @@ def test_miou_three_classes_absent_class_left_out():
 
 
 def test_layer_decay_backbone_layers_heads_full_lr():
-    module = SegmentationModule("itpn_base_3324_patch16_224", TINY_ITPN, num_classes=4, channels=8, aux_channels=8)
+    backbone = headless_backbone("itpn_base_3324_patch16_224", TINY_ITPN)
+    module = SegmentationModule(backbone, num_classes=4, channels=8, aux_channels=8)
     groups = param_groups(module, OptimConfig(layer_decay=0.9))
     scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     names = dict(module.named_parameters())
@@ -152,7 +166,7 @@ def test_layer_decay_backbone_layers_heads_full_lr():
 
 def test_sliding_window_eval_resizes_to_mask():
     kwargs = dict(channels=8, aux_channels=8, slide_crop=(32, 32), slide_stride=(21, 21))
-    module = SegmentationModule("resnet18", dict(channels=[8, 16, 32, 64], stem_width=8), num_classes=3, **kwargs)
+    module = SegmentationModule(tiny_resnet(), num_classes=3, **kwargs)
     module.eval()
     logits = module.predict_logits(torch.randn(2, 3, 40, 53), (20, 26))
     assert logits.shape == (2, 3, 20, 26)
@@ -161,8 +175,9 @@ def test_sliding_window_eval_resizes_to_mask():
 def test_toy_fit_beats_untrained(tmp_path):
     """A few dozen steps of the toy config (its model and data, fewer steps) lift the toy validation mIoU clearly
     above the untrained model's."""
-    cfg = yaml.safe_load(open("configs/downstream/toy_upernet.yaml"))
+    cfg = load_config("configs/downstream/toy_upernet.yaml")
     init = dict(cfg["model"]["init_args"])
+    init["backbone"] = headless_backbone(**init["backbone"]["init_args"])
     init["optim"] = OptimConfig(**init["optim"])
     data = dict(cfg["data"]["init_args"], root=str(tmp_path / "ade"), num_workers=0, persistent_workers=False,
                 toy_train=120, toy_val=20)  # fmt: skip
@@ -184,7 +199,7 @@ TINY_BEIT = dict(img_size=64, embed_dim=32, depth=4, num_heads=2, use_rel_pos_bi
 def test_vit_neck_gives_beit_strides_from_plain_vit_blocks():
     """MVP / BEiT: four stride-16 block outputs -> strides 4, 8, 16, 32 through BEiT's neck, into UPerHead."""
     torch.manual_seed(0)
-    module = SegmentationModule(backbone="beit_base_patch16_224", backbone_kwargs=TINY_BEIT, num_classes=5,
+    module = SegmentationModule(headless_backbone("beit_base_patch16_224", TINY_BEIT), num_classes=5,
                                 channels=16, aux_channels=8, vit_out_indices=[0, 1, 2, 3]).eval()  # fmt: skip
     images = torch.randn(2, 3, 64, 64)
     maps = module.neck(module.features(images))
@@ -196,9 +211,9 @@ def test_vit_neck_gives_beit_strides_from_plain_vit_blocks():
     torch.testing.assert_close(maps[3], F.max_pool2d(raw[3], 2))
     assert module(images).shape == (2, 5, 64, 64)
     with pytest.raises(ConfigError, match="must name 4 blocks"):
-        SegmentationModule(backbone="beit_base_patch16_224", backbone_kwargs=TINY_BEIT, vit_out_indices=[3, 5, 7, 11])
+        SegmentationModule(headless_backbone("beit_base_patch16_224", TINY_BEIT), vit_out_indices=[3, 5, 7, 11])
     with pytest.raises(ConfigError, match="plain ViT"):
-        SegmentationModule(backbone="resnet18", backbone_kwargs={}, vit_out_indices=[0, 1, 2, 3])
+        SegmentationModule(headless_backbone("resnet18"), vit_out_indices=[0, 1, 2, 3])
 
 
 def test_beit_checkpoint_loads_at_a_larger_grid_with_resized_position_tables(tmp_path):
@@ -218,3 +233,24 @@ def test_beit_checkpoint_loads_at_a_larger_grid_with_resized_position_tables(tmp
     # the (0, 0) offset sits in the middle of the (2w-1)^2 grid; the last 3 rows (cls tokens) are copied as they are
     torch.testing.assert_close(new[(15 * 15) // 2], old[(7 * 7) // 2], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(new[-3:], old[-3:])
+
+
+def test_upernet_loss_on_hand_computed_cases():
+    """Uniform logits over K classes: cross-entropy log K at every labelled pixel; logits at half the mask's size are
+    upsampled first; ignored pixels count nowhere; the auxiliary term enters with its weight."""
+    masks = torch.tensor([[[0, 1, 2, 255], [1, 1, 0, 255]]])
+    uniform = torch.zeros(1, 3, 1, 2)
+    assert pixel_cross_entropy(uniform, masks, 255).item() == pytest.approx(float(torch.log(torch.tensor(3.0))))
+    sure = torch.full((1, 3, 2, 4), -20.0)
+    sure[0, 0] = 20.0  # class 0 everywhere: right on 2 of the 6 labelled pixels, each miss costs ~40
+    miss = F.cross_entropy(torch.tensor([[20.0, -20.0, -20.0]]), torch.tensor([1])).item()  # ~40
+    out = upernet_loss(uniform, sure, masks, aux_weight=0.4, ignore_index=255)
+    assert out["aux"].item() == pytest.approx(4 * miss / 6, rel=1e-5)
+    assert out["loss"].item() == pytest.approx(out["decode"].item() + 0.4 * out["aux"].item())
+    no_aux = upernet_loss(uniform, None, masks, aux_weight=0.4, ignore_index=255)
+    assert set(no_aux) == {"decode", "loss"} and no_aux["loss"].item() == pytest.approx(no_aux["decode"].item())
+
+
+def test_starting_weights_name_the_key_when_not_a_local_file():
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.pretrained 'timm/resnet18\.a1_in1k' is no local file"):
+        SegmentationModule(tiny_resnet(), pretrained="timm/resnet18.a1_in1k", num_classes=3)

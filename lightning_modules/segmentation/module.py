@@ -5,7 +5,7 @@
   stride 4, upsampled bilinearly to the input) plus an optional auxiliary ``FCNHead`` on the stride-16 level
   (mmseg: weight 0.4; training only).
 * Loss: cross-entropy with ``ignore_index`` (255: ADE20K's "other" and padding) on the upsampled logits, plus
-  ``aux_weight`` times the auxiliary head's.
+  ``aux_weight`` times the auxiliary head's (:func:`~lightning_modules.segmentation.losses.upernet_loss`).
 * Validation / test: sliding-window inference (mmseg's ``mode='slide'``) or whole-image inference, logits resized
   to the mask's size, then torchmetrics ``MulticlassJaccardIndex(average="macro", ignore_index)`` as ``val/mIoU``
   (classes absent from both prediction and ground truth are left out of the mean, as mmseg's nan-mean) and the
@@ -18,20 +18,44 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from lightning_modules.backbones import create_backbone
+from lightning_modules.backbones import load_checkpoint_file
 from lightning_modules.base import SuiteModule
 from lightning_modules.optim import OptimConfig, nested_layer_matcher
 from lightning_modules.segmentation.inference import sliding_window_inference
-from lightning_modules.segmentation.upernet import FCNHead, MultiScaleFeatures, UPerHead, ViTMultiLevelNeck, resize
+from lightning_modules.segmentation.losses import upernet_loss
+from lightning_modules.segmentation.upernet import (
+    FCNHead,
+    MultiScaleFeatures,
+    UPerHead,
+    ViTMultiLevelNeck,
+    backbone_name,
+    resize,
+)
 from suite_base.errors import ConfigError
 
 IGNORE_INDEX = 255
+
+
+def load_starting_weights(backbone: nn.Module, pretrained: str, key: str = "model.init_args.pretrained") -> None:
+    """Load a local checkpoint (a glob loads its newest match) into ``backbone``: a suite run's Lightning checkpoint
+    (its ``encoder.`` / ``backbone.`` weights) or official weights mapped by the family's filter. Anything else (a
+    hub id) is refused with the fix: hub weights load where the backbone is built (``registered_model``)."""
+    if not os.path.exists(pretrained) and not any(ch in pretrained for ch in "*?["):
+        raise ConfigError(
+            f"{key} '{pretrained}' is no local file or glob; give a checkpoint path (for hub weights build the "
+            "backbone with them: model.init_args.backbone.class_path lightning_modules.backbones.registered_model, "
+            f"init_args {{name: ..., num_classes: 0, pretrained: <hub id>}}, and {key} null)"
+        )
+    load_checkpoint_file(backbone, pretrained)
 
 
 def palette(num_classes: int, seed: int = 0) -> torch.Tensor:
@@ -52,12 +76,12 @@ class SegmentationModule(SuiteModule):
     """UPerNet semantic segmentation over any suite backbone.
 
     Args:
-        backbone: timm registry name (ours included: ``itpn_base_3324_patch16_224`` ...; timm's ``resnet50`` ...).
-        backbone_kwargs: backbone constructor arguments (iTPN: ``img_size: 512``, ``num_outs: 4``,
-            ``drop_path_rate``, ``rpe`` ...; a timm CNN: ``channels``, ``output_stride`` ...).
+        backbone: the injected headless backbone
+            (:func:`~lightning_modules.segmentation.upernet.headless_backbone`: a timm registry model, ours included,
+            ``itpn_base_3324_patch16_224`` ...; timm's ``resnet50`` ...).
         pretrained: checkpoint of any suite run (a Lightning ``.ckpt`` whose ``encoder.`` / ``backbone.`` weights
-            load; a glob picks the newest), official weights (mapped by the family's filter), or a hub id; None:
-            random init. Loaded by :func:`~lightning_modules.backbones.create_backbone`.
+            load; a glob picks the newest) or official weights (mapped by the family's filter), loaded into the
+            backbone by :func:`load_starting_weights`; None: the backbone as built.
         num_classes: predicted classes (150 for ADE20K; the toy's count for the toy).
         channels: UPerHead width (mmseg UPerNet 512; iTPN's official ADE20K configs 768).
         pool_scales: PPM scales.
@@ -80,8 +104,8 @@ class SegmentationModule(SuiteModule):
 
     def __init__(
         self,
-        backbone: str = "itpn_base_3324_patch16_224",
-        backbone_kwargs: dict | None = None,
+        backbone: nn.Module,
+        *,
         pretrained: str | None = None,
         num_classes: int = 150,
         channels: int = 512,
@@ -97,15 +121,11 @@ class SegmentationModule(SuiteModule):
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            weights_key="model.init_args.pretrained",
-            num_classes=0,
-            **(backbone_kwargs or {}),
-        )
-        self.features = MultiScaleFeatures(self.backbone, backbone, vit_out_indices=vit_out_indices)
+        self.save_hyperparameters_with_networks()
+        if pretrained:
+            load_starting_weights(backbone, pretrained)
+        self.backbone = backbone
+        self.features = MultiScaleFeatures(backbone, backbone_name(backbone), vit_out_indices=vit_out_indices)
         self.neck = ViTMultiLevelNeck(self.features.out_channels[0]) if self.features.kind == "vit" else None
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.decode_head = UPerHead(self.features.out_channels, channels, num_classes, tuple(pool_scales), dropout)
@@ -168,7 +188,7 @@ class SegmentationModule(SuiteModule):
         iTPN: HiViT's matcher puts the pyramid (and norms) in its last group, above the last block; mmseg's
         LayerDecayOptimizerConstructor (iTPN's seg configs, num_layers 30 for B) trains those with the heads at the
         full rate, the last block at decay ** 1 and the patch embedding at decay ** (num_layers + 1)."""
-        what = f"backbone {self.hparams.backbone}"
+        what = f"backbone {self.features.name}"
         return nested_layer_matcher(self.backbone, "backbone.", self.features.kind != "itpn", what)
 
     # ---- steps -------------------------------------------------------------------------------------------------
@@ -183,11 +203,7 @@ class SegmentationModule(SuiteModule):
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         logits, aux = self.forward_heads(images)
-        out = {"decode": F.cross_entropy(resize(logits, masks.shape[-2:]), masks, ignore_index=self.ignore_index)}
-        if aux is not None:
-            out["aux"] = F.cross_entropy(resize(aux, masks.shape[-2:]), masks, ignore_index=self.ignore_index)
-        out["loss"] = out["decode"] + self.aux_weight * out.get("aux", 0.0)
-        return out
+        return upernet_loss(logits, aux, masks, aux_weight=self.aux_weight, ignore_index=self.ignore_index)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]

@@ -23,9 +23,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.backbones import create_backbone
 from suite_base.errors import ConfigError
 
-__all__ = ["ConvModule", "PPM", "UPerHead", "FCNHead", "MultiScaleFeatures", "ViTMultiLevelNeck"]
+__all__ = [
+    "ConvModule",
+    "PPM",
+    "UPerHead",
+    "FCNHead",
+    "MultiScaleFeatures",
+    "ViTMultiLevelNeck",
+    "headless_backbone",
+    "backbone_name",
+]
+
+
+def headless_backbone(name: str = "itpn_base_3324_patch16_224", kwargs: dict | None = None) -> nn.Module:
+    """A model of timm's registry (the suite's included) without its classifier (``num_classes=0``), as a config
+    injects it (``model.init_args.backbone``); ``kwargs``: its constructor arguments (iTPN: ``img_size: 512``,
+    ``num_outs: 4``, ``drop_path_rate``, ``rpe`` ...; a timm CNN: ``channels``, ``output_stride`` ...)."""
+    return create_backbone(name, num_classes=0, **(kwargs or {}))
+
+
+def backbone_name(backbone: nn.Module) -> str:
+    """The registry name a timm model was built as (its ``pretrained_cfg``), else its class name."""
+    return (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture") or type(backbone).__name__
 
 
 def resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -134,15 +156,17 @@ class MultiScaleFeatures:
     Not an ``nn.Module``: it only reads the backbone (which its owner registers), so the owner's state_dict keeps the
     backbone weights under one prefix.
 
-    * **iTPN / HiViT with pyramid** (``num_outs`` 3..5): the official seg backbone (``seg/backbone/iTPN.py``).
+    * **iTPN / HiViT with pyramid** (``num_outs`` 3..5): the official seg backbone (``seg/backbone/iTPN.py``), the
+      one path that reads iTPN's own pyramid (timm's feature API gives HiViT's stage maps, not the pyramid).
       Each pyramid output is concatenated along channels with the backbone feature of the same stride: stride 4 =
       stage-1 output (the lateral taken just before the first PatchMerge, ``C/4`` channels), stride 8 = stage-2
       output (before the second merge, ``C/2``), stride 16 = stage-3 output tokens (``C``). With ``num_outs >= 4`` a
       stride-32 level is the 2x2 max-pool of the stride-16 concatenation. Channels: ``fpn_dim + (C/4, C/2, C, C)``,
       i.e. [384, 512, 768, 768] for iTPN-B, [448, 640, 1024, 1024] for iTPN-L (fpn_dim 256). ``num_outs = 5``
       (the detection setting) gives the same four levels: segmentation has no stride-64 level.
-    * **any timm model** with ``feature_info`` and ``forward_intermediates`` (resnet*, visformer, convnext ...): its
-      feature levels at stride >= 4 (the stride-2 stem is dropped), at most the last four.
+    * **any timm model** with ``feature_info`` and ``forward_intermediates`` (resnet*, visformer, convnext ..., and
+      a HiViT without pyramid: its stages at strides 4, 8, 16): its feature levels at stride >= 4 (the stride-2 stem
+      is dropped), at most the last four.
 
     * **a plain ViT** (BEiT / MVP, ``vit_out_indices``, e.g. ``[3, 5, 7, 11]``): the NCHW token maps of those blocks,
       all at stride 16; :class:`ViTMultiLevelNeck` (owned by the segmentation module) turns them into strides
@@ -160,9 +184,7 @@ class MultiScaleFeatures:
         max_levels: int = 4,
         vit_out_indices: Sequence[int] | None = None,
     ) -> None:
-        from lightning_modules.backbones.hivit import HiViT
-
-        name = name or type(backbone).__name__
+        name = name or backbone_name(backbone)
         self.backbone, self.name = backbone, name
         if vit_out_indices is not None:
             depth = len(getattr(backbone, "blocks", []))
@@ -181,13 +203,7 @@ class MultiScaleFeatures:
             self.out_channels = [int(backbone.num_features)] * 4
             self.strides = [4, 8, 16, 32]
             return
-        if isinstance(backbone, HiViT):
-            if backbone.pyramid is None:
-                raise ConfigError(
-                    f"backbone '{name}' is a HiViT without the iTPN pyramid (num_outs={backbone.num_outs}), so it "
-                    "gives no multi-scale outputs for UPerHead; set model.init_args.backbone_kwargs.num_outs: 4 "
-                    "(the official iTPN ADE20K setting)"
-                )
+        if getattr(backbone, "pyramid", None) is not None:  # iTPN: its pre-trained pyramid, not in timm's feature API
             self.kind = "itpn"
             fpn, dim = backbone.pyramid.fpn_dim, backbone.embed_dim
             levels = min(max(backbone.num_outs, 3), 4, max_levels)
@@ -200,7 +216,7 @@ class MultiScaleFeatures:
             raise ConfigError(
                 f"backbone '{name}' ({type(backbone).__name__}) gives no multi-scale outputs: it has no {missing}. "
                 "UPerHead needs feature maps at several strides: use a timm model with features "
-                "(resnet*, visformer_*, convnext_* ...) or an iTPN/HiViT with backbone_kwargs.num_outs: 4"
+                "(resnet*, visformer_*, convnext_* ...) or an iTPN/HiViT with num_outs: 4"
             )
         picked = [i for i, f in enumerate(info) if int(f["reduction"]) >= 4][-max_levels:]
         strides = [int(info[i]["reduction"]) for i in picked]
@@ -218,6 +234,8 @@ class MultiScaleFeatures:
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.kind in ("timm", "vit"):
             return list(self.backbone.forward_intermediates(images, indices=self.indices, intermediates_only=True))
+        # iTPN: each pyramid level concatenated with the stage output of its stride. One pass of forward_tokens gives
+        # both (forward_intermediates would give the stage maps only and run the trunk a second time for the pyramid)
         from lightning_modules.backbones.hivit import tokens_to_map
 
         backbone = self.backbone
