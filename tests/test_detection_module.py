@@ -9,16 +9,16 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import yaml
 from pycocotools import mask as mask_utils
 from torchmetrics.detection import MeanAveragePrecision
 
 from datamodules.coco import CocoDataModule
+from experiments.configs import load_config
 from experiments.errors import ConfigError
-from lightning_modules.detection import DetectionModule, coco_results, draw_detections
+from lightning_modules.detection import DetectionModule, coco_results, detection_backbone, draw_detections
 from lightning_modules.detection.module import metric_predictions, metric_targets
 from lightning_modules.optim import OptimConfig, param_groups
-from tests.helpers import TOY_HIVIT, validate_fit_validate
+from tests.helpers import ITPN, TOY_HIVIT, validate_fit_validate
 
 SMALL = dict(
     head_channels=16,
@@ -101,11 +101,13 @@ def test_draw_detections_draws_boxes_above_the_score_threshold_only():
     assert drawn[:, 35, 35].sum() == 0, "outside box and mask stays untouched"
 
 
-def tiny_module(**kwargs) -> DetectionModule:
+def tiny_module(
+    kind: str = "itpn_pyramid", name: str = ITPN, kwargs: dict = TOY_HIVIT, **module_args
+) -> DetectionModule:
     torch.manual_seed(0)
-    args = dict(backbone_kind="itpn_pyramid", backbone_kwargs=TOY_HIVIT, num_classes=3, **SMALL)
-    args.update(kwargs)
-    return DetectionModule(**args)
+    args = dict(num_classes=3, **SMALL)
+    args.update(module_args)
+    return DetectionModule(detection_backbone(kind, name, kwargs), **args)
 
 
 def test_layer_decay_scales_trunk_layers_and_keeps_heads_and_pyramid_at_full_rate():
@@ -125,7 +127,7 @@ def test_layer_decay_scales_trunk_layers_and_keeps_heads_and_pyramid_at_full_rat
     assert scale[id(named["detector.roi_heads.box_predictor.cls_score.weight"])] == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="resnet_c4"):
         param_groups(
-            tiny_module(backbone_kind="resnet_c4", backbone="resnet18", backbone_kwargs={}),
+            tiny_module("resnet_c4", "resnet18", {}),
             OptimConfig(layer_decay=0.9),
         )
 
@@ -171,8 +173,9 @@ def test_evaluation_resizes_to_test_size_and_answers_in_the_original_frame(tmp_p
 def test_toy_mask_rcnn_learns_box_ap_above_zero(tmp_path):
     """The toy config (its model and data; fewer images) trained for a few dozen steps: box and mask AP clearly
     above zero on the toy validation scenes, where the untrained detector scores ~0."""
-    cfg = yaml.safe_load(open("configs/downstream/toy_mask_rcnn.yaml"))
+    cfg = load_config("configs/downstream/toy_mask_rcnn.yaml")
     init = dict(cfg["model"]["init_args"])
+    init["backbone"] = detection_backbone(**init["backbone"]["init_args"])
     optim = dict(init.pop("optim"), decay_steps=[STEPS - 20])  # the config's step decay, counted in steps
     init["optim"] = OptimConfig(**optim)
     data = dict(cfg["data"]["init_args"], root=str(tmp_path / "coco"), num_workers=0, persistent_workers=False,

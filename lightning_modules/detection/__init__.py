@@ -8,7 +8,9 @@ from lightning_modules.detection.backbones import (
     ResNetC5BoxHead,
     TimmFPNBackbone,
     build_mask_rcnn,
+    detection_backbone,
     load_backbone_weights,
+    mask_rcnn,
 )
 from lightning_modules.detection.module import DetectionModule, coco_results, draw_detections
 
@@ -23,5 +25,7 @@ __all__ = [
     "ResNetC5BoxHead",
     "TimmFPNBackbone",
     "build_mask_rcnn",
+    "detection_backbone",
     "load_backbone_weights",
+    "mask_rcnn",
 ]

@@ -1,6 +1,7 @@
 """Backbones for torchvision's Mask R-CNN built from the suite's registry (COCO detection / instance segmentation).
 
-Three kinds (``build_mask_rcnn(backbone_kind=...)``):
+Three kinds (:func:`detection_backbone`, the network a config injects as ``model.init_args.backbone``, or
+``build_mask_rcnn(backbone_kind=...)`` in Python):
 
 ``itpn_pyramid``
     A suite HiViT with iTPN's pre-trained feature pyramid (:class:`PyramidBackbone`). The pyramid *is* the FPN, as in
@@ -50,7 +51,6 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from lightning_modules.backbones import create_backbone, read_backbone_state
-from lightning_modules.backbones.hivit import HiViT
 from suite_base.errors import ConfigError
 
 __all__ = [
@@ -61,6 +61,8 @@ __all__ = [
     "ResNetC4Backbone",
     "ResNetC5BoxHead",
     "load_backbone_weights",
+    "detection_backbone",
+    "mask_rcnn",
     "build_mask_rcnn",
 ]
 
@@ -118,15 +120,23 @@ def pyramid_names(num_levels: int) -> list[str]:
 
 class PyramidBackbone(nn.Module):
     """A suite HiViT whose iTPN pyramid is the detector's FPN: ``forward(x)`` -> ``{"0": P4, "1": P8, "2": P16,
-    "3": P32, "pool": P64}`` (``num_outs=5``), each with ``out_channels = fpn_dim`` channels. No extra FPN."""
+    "3": P32, "pool": P64}`` (``num_outs=5``), each with ``out_channels = fpn_dim`` channels. No extra FPN.
 
-    def __init__(self, body: HiViT, num_outs: int | None = None):
+    This is the one path that reads iTPN's own pyramid (``forward_pyramid``): timm's feature API
+    (``feature_info`` / ``forward_intermediates``) returns HiViT's three stage maps, which ``timm_fpn`` takes, not
+    the pre-trained pyramid that the iTPN recipe fine-tunes as its FPN."""
+
+    kind = "itpn_pyramid"
+
+    def __init__(self, body: nn.Module, num_outs: int | None = None, name: str = ""):
         super().__init__()
-        if not isinstance(body, HiViT):
-            raise ConfigError(f"itpn_pyramid needs a HiViT/iTPN backbone, got {type(body).__name__}")
+        name = name or type(body).__name__
+        if not hasattr(body, "forward_pyramid"):
+            raise ConfigError(f"itpn_pyramid needs an iTPN/HiViT backbone; '{name}' is {type(body).__name__}")
         if body.pyramid is None:
             raise ConfigError("itpn_pyramid: the HiViT has no pyramid; build it with num_outs 4 or 5")
         self.body = body
+        self.name = name
         self.num_outs = body.num_outs if num_outs is None else num_outs
         if self.num_outs not in (4, 5):
             raise ConfigError(f"itpn_pyramid needs num_outs 4 or 5 (strides 4..32 or 4..64), got {self.num_outs}")
@@ -137,6 +147,10 @@ class PyramidBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         maps = self.body.forward_pyramid(x, num_outs=self.num_outs)
         return OrderedDict(zip(self.names, maps, strict=True))
+
+    def weights_target(self) -> nn.Module:
+        """The network pre-trained weights load into, by its own key names (HiViT with its pyramid)."""
+        return self.body
 
 
 # ---- (b) timm stages + torchvision FPN ---------------------------------------------------------------------------
@@ -168,12 +182,15 @@ class TimmFPNBackbone(nn.Module):
     """Multi-scale stages of a timm / suite model -> torchvision ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``.
 
     Args:
-        body: the timm model (its classifier is unused); it needs ``feature_info`` and ``forward_intermediates``.
+        body: the timm model (its classifier is unused); it needs ``feature_info`` and ``forward_intermediates``
+            (HiViT has them too: its three stages at strides 4, 8, 16, without iTPN's pyramid).
         name: the backbone's name for error messages.
         out_channels: FPN width (256).
         min_stride: stages with a smaller stride are skipped (the stride-2 stem output of ResNets).
         out_indices: ``feature_info`` indices to use instead of all stages with stride >= ``min_stride``.
     """
+
+    kind = "timm_fpn"
 
     def __init__(
         self,
@@ -189,7 +206,8 @@ class TimmFPNBackbone(nn.Module):
         if not info or not hasattr(body, "forward_intermediates"):
             raise ConfigError(
                 f"backbone '{name}' has no multi-scale outputs (missing timm feature_info / forward_intermediates); "
-                "use backbone_kind 'itpn_pyramid' for iTPN/HiViT or a hierarchical model (ResNet, Visformer ...)"
+                "use kind 'itpn_pyramid' (model.init_args.backbone.init_args.kind) for iTPN or a hierarchical model "
+                "(ResNet, Visformer ...)"
             )
         info = [dict(i) for i in info] if not hasattr(info, "get_dicts") else info.get_dicts()
         if out_indices is None:
@@ -198,7 +216,7 @@ class TimmFPNBackbone(nn.Module):
         if len(set(strides)) < 2 or sorted(strides) != strides or len(set(strides)) != len(strides):
             raise ConfigError(
                 f"backbone '{name}' has no multi-scale outputs: its stages have strides {strides} (at least 2 "
-                "increasing strides are needed for an FPN); a plain ViT needs a pyramid (backbone_kind 'itpn_pyramid')"
+                "increasing strides are needed for an FPN); a plain ViT needs a pyramid (kind 'itpn_pyramid')"
             )
         self.body = body
         self.name = name
@@ -224,6 +242,10 @@ class TimmFPNBackbone(nn.Module):
         feats = self.features(x)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
+    def weights_target(self) -> nn.Module:
+        """The network pre-trained weights load into, by its own key names (the timm model)."""
+        return self.body
+
 
 # ---- (c) ResNet C4 -----------------------------------------------------------------------------------------------
 def _resnet_parts(body: nn.Module, name: str) -> tuple[list[nn.Module], list[nn.Module], nn.Module]:
@@ -241,15 +263,36 @@ def _resnet_parts(body: nn.Module, name: str) -> tuple[list[nn.Module], list[nn.
 
 class ResNetC4Backbone(nn.Module):
     """Stem + res2-res4 of a ResNet (Detectron2's C4 backbone): ``{"0": C4}`` at stride 16 (1024 channels for
-    ResNet-50). Build it together with its box head by :meth:`split`."""
+    ResNet-50). Build it together with its box head by :meth:`split` (or :meth:`from_resnet`)."""
 
-    def __init__(self, stem: Sequence[nn.Module], layers: Sequence[nn.Module], out_channels: int):
+    kind = "resnet_c4"
+
+    def __init__(self, stem: Sequence[nn.Module], layers: Sequence[nn.Module], out_channels: int, name: str = "resnet"):
         super().__init__()
         self.stem = nn.Sequential(*stem)
         self.layer1, self.layer2, self.layer3 = layers
         self.out_channels = out_channels
         self.strides = [16]
         self.names = ["0"]
+        self.name = name
+
+    @classmethod
+    def from_resnet(cls, body: nn.Module, name: str = "resnet") -> ResNetC4Backbone:
+        """The C4 backbone of ``body`` carrying its res5 box head (``res5_head``) and ``body`` itself, for
+        :func:`mask_rcnn` and the loading of pre-trained weights. Neither is registered as a submodule: res5's
+        weights belong to the detector's box head, and ``body``'s are the C4 backbone's and the box head's own."""
+        net, head = cls.split(body, name)
+        net.__dict__["res5_head"] = head
+        net.__dict__["resnet"] = body
+        return net
+
+    def weights_target(self) -> nn.Module:
+        """The whole ResNet (its modules shared with this backbone and the res5 head): pre-trained ResNet weights
+        load into it by the ResNet's key names."""
+        resnet = self.__dict__.get("resnet")
+        if resnet is None:
+            raise ConfigError("this C4 backbone was built by split(); build it with from_resnet() to load weights")
+        return resnet
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
@@ -270,7 +313,7 @@ class ResNetC4Backbone(nn.Module):
             c4 = probe.shape[1]
             c5 = layer4(probe).shape[1]
             body.train(was_training)
-        return ResNetC4Backbone(stem, layers, c4), ResNetC5BoxHead(layer4, c5)
+        return ResNetC4Backbone(stem, layers, c4, name), ResNetC5BoxHead(layer4, c5)
 
 
 class ResNetC5BoxHead(nn.Module):
@@ -297,6 +340,106 @@ def _anchor_generator(strides: Sequence[int], single_level: bool, anchor_sizes, 
     if len(anchor_sizes) != len(strides):
         raise ConfigError(f"anchor_sizes {list(anchor_sizes)} must give one size per level ({len(strides)} levels)")
     return AnchorGenerator(tuple((int(s),) for s in anchor_sizes), (ratios,) * len(strides))
+
+
+def detection_backbone(
+    kind: BackboneKind = "itpn_pyramid",
+    name: str = "itpn_base_3324_patch16_224",
+    kwargs: dict | None = None,
+    fpn_channels: int = 256,
+) -> nn.Module:
+    """The detector's backbone as a config injects it (``model.init_args.backbone``): a headless model of timm's
+    registry (``num_classes=0`` is forced) in the wrapper of ``kind``.
+
+    Args:
+        kind: ``itpn_pyramid`` (:class:`PyramidBackbone`: HiViT + iTPN's pyramid as the FPN; ``num_outs``
+            defaults to 5), ``timm_fpn`` (:class:`TimmFPNBackbone`: timm stages + torchvision FPN) or ``resnet_c4``
+            (:class:`ResNetC4Backbone` carrying its res5 box head).
+        name: registry name (``itpn_base_3324_patch16_224``, ``visformer_small``, ``resnet50`` ...).
+        kwargs: the model's constructor arguments (iTPN det: ``rpe: false``, ``drop_path_rate``, ``fpn_depth: 1``
+            ...; ``timm_fpn`` also takes ``out_indices``, the ``feature_info`` levels to use).
+        fpn_channels: width of the torchvision FPN of ``timm_fpn`` (256); iTPN's pyramid width is ``kwargs.fpn_dim``.
+    Every wrapper has ``kind``, ``name``, ``out_channels``, ``strides``, ``names`` and ``weights_target()``."""
+    kwargs = dict(kwargs or {})
+    kwargs["num_classes"] = 0
+    if kind == "itpn_pyramid":
+        kwargs.setdefault("num_outs", 5)
+        return PyramidBackbone(create_backbone(name, **kwargs), name=name)
+    if kind == "timm_fpn":
+        out_indices = kwargs.pop("out_indices", None)
+        body = create_backbone(name, **kwargs)
+        return TimmFPNBackbone(body, name, out_channels=fpn_channels, out_indices=out_indices)
+    if kind == "resnet_c4":
+        return ResNetC4Backbone.from_resnet(create_backbone(name, **kwargs), name)
+    raise ConfigError(f"backbone kind must be itpn_pyramid, timm_fpn or resnet_c4, got {kind!r}")
+
+
+def mask_rcnn(
+    net: nn.Module,
+    num_classes: int = 81,
+    min_size: int | Sequence[int] = 800,
+    max_size: int = 1333,
+    box_head: Literal["2fc", "4conv1fc"] | None = None,
+    anchor_sizes: Sequence[int] | None = None,
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    head_channels: int = 256,
+    representation_size: int = 1024,
+    **rcnn_kwargs,
+) -> MaskRCNN:
+    """torchvision ``MaskRCNN`` on ``net``, a backbone of :func:`detection_backbone`; arguments as
+    :func:`build_mask_rcnn`'s. The RPN, RoI heads and their predictors are built here for ``net``'s levels."""
+    kind = net.kind
+    if kind == "resnet_c4":
+        res5_head = net.__dict__.get("res5_head")
+        if res5_head is None:
+            raise ConfigError(
+                "a resnet_c4 backbone needs its res5 box head: build it with ResNetC4Backbone.from_resnet"
+            )
+    box_head = box_head or ("4conv1fc" if kind == "itpn_pyramid" else "2fc")
+    mask_roi_pool = mask_head = mask_predictor = None
+    anchors = _anchor_generator(net.strides, kind == "resnet_c4", anchor_sizes, aspect_ratios)
+    rcnn_kwargs.setdefault("size_divisible", max(32, net.strides[-1]))
+    if kind == "resnet_c4":
+        box_roi_pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0)
+        box_head_module = res5_head
+        box_predictor = FastRCNNPredictor(res5_head.out_channels, num_classes)
+        mask_roi_pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0)
+        mask_head = res5_head.res5  # shared res5 weights (Detectron2's Res5ROIHeads)
+        # Detectron2's C4 mask head: deconv 2x2/s2 (7 -> 14) -> ReLU -> 1x1 class logits
+        mask_predictor = MaskRCNNPredictor(res5_head.out_channels, head_channels, num_classes)
+    else:
+        roi_names = net.names[:-1]  # RoIs pool from strides 4 ... 32; "pool" feeds the RPN only
+        box_roi_pool = MultiScaleRoIAlign(roi_names, output_size=7, sampling_ratio=2)
+        channels = net.out_channels
+        if box_head == "4conv1fc":
+            box_head_module = FastRCNNConvFCHead(
+                (channels, 7, 7), [head_channels] * 4, [representation_size], norm_layer=nn.BatchNorm2d
+            )
+        elif box_head == "2fc":
+            box_head_module = TwoMLPHead(channels * 7 * 7, representation_size)
+        else:
+            raise ConfigError(f"box_head must be '2fc' or '4conv1fc', got {box_head!r}")
+        box_predictor = FastRCNNPredictor(representation_size, num_classes)
+        mask_roi_pool = MultiScaleRoIAlign(roi_names, output_size=14, sampling_ratio=2)
+        mask_head = MaskRCNNHeads(channels, [head_channels] * 4, 1)
+        mask_predictor = MaskRCNNPredictor(head_channels, head_channels, num_classes)
+
+    detector = MaskRCNN(
+        net,
+        num_classes=None,
+        min_size=min_size,
+        max_size=max_size,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=box_roi_pool,
+        box_head=box_head_module,
+        box_predictor=box_predictor,
+        mask_roi_pool=mask_roi_pool,
+        mask_head=mask_head,
+        mask_predictor=mask_predictor,
+        **rcnn_kwargs,
+    )
+    detector.backbone_kind = kind
+    return detector
 
 
 def build_mask_rcnn(
@@ -340,75 +483,19 @@ def build_mask_rcnn(
         rcnn_kwargs: passed to ``MaskRCNN`` (``box_detections_per_img``, ``image_mean``, ``size_divisible`` ...).
             ``size_divisible`` defaults to the coarsest stride (64 for 5 levels) so pooled levels stay aligned.
     """
-    kwargs = dict(backbone_kwargs or {})
-    kwargs["num_classes"] = 0
-    report = PretrainedReport()
-    mask_roi_pool = mask_head = mask_predictor = None
-    if backbone_kind == "itpn_pyramid":
-        kwargs.setdefault("num_outs", 5)
-        body = create_backbone(backbone, **kwargs)
-        if not isinstance(body, HiViT):
-            raise ConfigError(f"itpn_pyramid needs an iTPN/HiViT backbone; '{backbone}' is {type(body).__name__}")
-        if pretrained:
-            report = load_backbone_weights(body, pretrained, strict_pretrained)
-        net = PyramidBackbone(body)
-        box_head = box_head or "4conv1fc"
-    elif backbone_kind == "timm_fpn":
-        out_indices = kwargs.pop("out_indices", None)
-        body = create_backbone(backbone, **kwargs)
-        if pretrained:
-            report = load_backbone_weights(body, pretrained, strict_pretrained)
-        net = TimmFPNBackbone(body, backbone, out_channels=fpn_channels, out_indices=out_indices)
-        box_head = box_head or "2fc"
-    elif backbone_kind == "resnet_c4":
-        body = create_backbone(backbone, **kwargs)
-        if pretrained:
-            report = load_backbone_weights(body, pretrained, strict_pretrained)
-        net, res5_head = ResNetC4Backbone.split(body, backbone)
-    else:
-        raise ConfigError(f"backbone_kind must be itpn_pyramid, timm_fpn or resnet_c4, got {backbone_kind!r}")
-
-    anchors = _anchor_generator(net.strides, backbone_kind == "resnet_c4", anchor_sizes, aspect_ratios)
-    rcnn_kwargs.setdefault("size_divisible", max(32, net.strides[-1]))
-    if backbone_kind == "resnet_c4":
-        box_roi_pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0)
-        box_head_module = res5_head
-        box_predictor = FastRCNNPredictor(res5_head.out_channels, num_classes)
-        mask_roi_pool = MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0)
-        mask_head = res5_head.res5  # shared res5 weights (Detectron2's Res5ROIHeads)
-        # Detectron2's C4 mask head: deconv 2x2/s2 (7 -> 14) -> ReLU -> 1x1 class logits
-        mask_predictor = MaskRCNNPredictor(res5_head.out_channels, head_channels, num_classes)
-    else:
-        roi_names = net.names[:-1]  # RoIs pool from strides 4 ... 32; "pool" feeds the RPN only
-        box_roi_pool = MultiScaleRoIAlign(roi_names, output_size=7, sampling_ratio=2)
-        channels = net.out_channels
-        if box_head == "4conv1fc":
-            box_head_module = FastRCNNConvFCHead(
-                (channels, 7, 7), [head_channels] * 4, [representation_size], norm_layer=nn.BatchNorm2d
-            )
-        elif box_head == "2fc":
-            box_head_module = TwoMLPHead(channels * 7 * 7, representation_size)
-        else:
-            raise ConfigError(f"box_head must be '2fc' or '4conv1fc', got {box_head!r}")
-        box_predictor = FastRCNNPredictor(representation_size, num_classes)
-        mask_roi_pool = MultiScaleRoIAlign(roi_names, output_size=14, sampling_ratio=2)
-        mask_head = MaskRCNNHeads(channels, [head_channels] * 4, 1)
-        mask_predictor = MaskRCNNPredictor(head_channels, head_channels, num_classes)
-
-    detector = MaskRCNN(
+    net = detection_backbone(backbone_kind, backbone, backbone_kwargs, fpn_channels)
+    report = load_backbone_weights(net.weights_target(), pretrained, strict_pretrained) if pretrained else None
+    detector = mask_rcnn(
         net,
-        num_classes=None,
-        min_size=min_size,
-        max_size=max_size,
-        rpn_anchor_generator=anchors,
-        box_roi_pool=box_roi_pool,
-        box_head=box_head_module,
-        box_predictor=box_predictor,
-        mask_roi_pool=mask_roi_pool,
-        mask_head=mask_head,
-        mask_predictor=mask_predictor,
+        num_classes,
+        min_size,
+        max_size,
+        box_head=box_head,
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        head_channels=head_channels,
+        representation_size=representation_size,
         **rcnn_kwargs,
     )
-    detector.pretrained_report = report
-    detector.backbone_kind = backbone_kind
+    detector.pretrained_report = report or PretrainedReport()
     return detector

@@ -1,7 +1,8 @@
 """COCO detection and instance segmentation fine-tuning (Mask R-CNN / Cascade Mask R-CNN) of any suite backbone.
 
-* Model: :func:`~lightning_modules.detection.backbones.build_mask_rcnn` (torchvision ``MaskRCNN`` on the iTPN
-  pyramid, timm stages + FPN, or R50-C4), optionally with Cascade R-CNN's three box/mask stages
+* Model: the injected backbone (:func:`~lightning_modules.detection.backbones.detection_backbone`: the iTPN
+  pyramid, timm stages + FPN, or R50-C4) under torchvision's ``MaskRCNN``
+  (:func:`~lightning_modules.detection.backbones.mask_rcnn`), optionally with Cascade R-CNN's three box/mask stages
   (:func:`~lightning_modules.detection.cascade.make_cascade`, IoU 0.5 / 0.6 / 0.7).
 * Loss: torchvision's RPN (objectness BCE + smooth-L1) and RoI losses (cross-entropy, smooth-L1 box regression,
   per-pixel mask BCE), summed; every term is logged under ``train/``.
@@ -32,11 +33,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
+from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks, make_grid
 
 from lightning_modules.base import SuiteModule
-from lightning_modules.detection.backbones import BackboneKind, build_mask_rcnn
+from lightning_modules.detection.backbones import PretrainedReport, load_backbone_weights, mask_rcnn
 from lightning_modules.detection.cascade import make_cascade
 from lightning_modules.optim import OptimConfig, nested_layer_matcher
 from lightning_modules.segmentation.module import palette
@@ -152,11 +154,10 @@ class DetectionModule(SuiteModule):
     """Mask R-CNN (or Cascade Mask R-CNN) on COCO (or the toy COCO) over any suite backbone.
 
     Args:
-        backbone_kind: ``itpn_pyramid`` (HiViT + iTPN's pre-trained pyramid as the FPN), ``timm_fpn`` (ResNet,
-            Visformer ... + torchvision FPN) or ``resnet_c4`` (Detectron2's R50-C4 for the SSL comparisons).
-        backbone: registry name (``itpn_base_3324_patch16_224``, ``visformer_small``, ``resnet50`` ...).
-        backbone_kwargs: backbone constructor arguments (iTPN det: ``rpe: false``, ``drop_path_rate``,
-            ``fpn_depth: 1`` ...).
+        backbone: the injected backbone (:func:`~lightning_modules.detection.backbones.detection_backbone`):
+            ``itpn_pyramid`` (HiViT + iTPN's pre-trained pyramid as the FPN), ``timm_fpn`` (ResNet, Visformer ... +
+            torchvision FPN) or ``resnet_c4`` (Detectron2's R50-C4 for the SSL comparisons); the RPN and RoI heads
+            are built for its levels.
         pretrained: checkpoint of any suite run (Lightning ``.ckpt``; a glob picks the newest) or official weights
             (mapped by the family's filter) loaded into the trunk and, for iTPN, the pyramid; None: random init.
         strict_pretrained: raise when backbone keys are missing from ``pretrained`` (they would stay random).
@@ -167,7 +168,6 @@ class DetectionModule(SuiteModule):
         box_head: ``4conv1fc`` (BatchNorm; iTPN) or ``2fc``; None: the kind's default.
         head_channels: conv width of the box / mask heads (256).
         representation_size: fc width of the box head (1024).
-        fpn_channels: FPN width for ``timm_fpn`` (256; iTPN's pyramid width is ``backbone_kwargs.fpn_dim``).
         anchor_sizes: one anchor size per level (default 8 x stride) or, for C4, all sizes of its one level.
         min_size, max_size: the detector's evaluation resize when it runs without a DataModule; with one, its
             ``test_size`` and ``max_size`` are used.
@@ -184,9 +184,8 @@ class DetectionModule(SuiteModule):
 
     def __init__(
         self,
-        backbone_kind: BackboneKind = "itpn_pyramid",
-        backbone: str = "itpn_base_3324_patch16_224",
-        backbone_kwargs: dict | None = None,
+        backbone: nn.Module,
+        *,
         pretrained: str | None = None,
         strict_pretrained: bool = True,
         num_classes: int = 80,
@@ -196,7 +195,6 @@ class DetectionModule(SuiteModule):
         box_head: str | None = None,
         head_channels: int = 256,
         representation_size: int = 1024,
-        fpn_channels: int = 256,
         anchor_sizes: list[int] | None = None,
         min_size: int = 800,
         max_size: int = 1333,
@@ -206,27 +204,25 @@ class DetectionModule(SuiteModule):
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         if num_classes < 1:
             raise ConfigError(f"model.num_classes must be >= 1 (categories without background), got {num_classes}")
         self.num_classes = num_classes
-        self.detector = build_mask_rcnn(
-            backbone_kind,
+        self.pretrained_report = PretrainedReport()
+        if pretrained:
+            self.pretrained_report = load_backbone_weights(backbone.weights_target(), pretrained, strict_pretrained)
+        self.detector = mask_rcnn(
             backbone,
-            backbone_kwargs=backbone_kwargs,
-            num_classes=num_classes + 1,
-            pretrained=pretrained,
-            strict_pretrained=strict_pretrained,
-            min_size=min_size,
-            max_size=max_size,
+            num_classes + 1,
+            min_size,
+            max_size,
             box_head=box_head,
             anchor_sizes=anchor_sizes,
             head_channels=head_channels,
             representation_size=representation_size,
-            fpn_channels=fpn_channels,
             **(rcnn_kwargs or {}),
         )
-        self.pretrained_report = self.detector.pretrained_report
+        self.detector.pretrained_report = self.pretrained_report
         if cascade:
             make_cascade(self.detector, stage_ious=tuple(cascade_ious), stage_weights=tuple(cascade_weights))
         # the DataModule resizes (multi-scale) and flips training images; the detector only normalises and pads them
@@ -271,13 +267,13 @@ class DetectionModule(SuiteModule):
     def group_matcher(self, coarse: bool = False):
         """Layer ids for layer-wise lr decay: the trunk's ``group_matcher`` layers, the rest (RPN, RoI heads, FPN)
         on top. iTPN: HiViT's matcher puts its pyramid in its last group, above the last block (full rate)."""
-        kind = self.hparams.backbone_kind
+        kind = self.detector.backbone.kind
         if kind == "resnet_c4":
             raise ConfigError(
-                "optim.layer_decay is not supported with backbone_kind resnet_c4 (its res5 lives in the box head; the "
+                "optim.layer_decay is not supported with backbone kind resnet_c4 (its res5 lives in the box head; the "
                 "SSL detection protocol trains all layers at one rate). Set model.init_args.optim.layer_decay: null."
             )
-        what = f"backbone {self.hparams.backbone}"
+        what = f"backbone {self.detector.backbone.name}"
         return nested_layer_matcher(self.trunk(), "detector.backbone.body.", kind != "itpn_pyramid", what)
 
     # ---- steps -------------------------------------------------------------------------------------------------
