@@ -3,6 +3,8 @@ step of each module and the config checks."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -13,14 +15,36 @@ from torch.utils.data import DataLoader
 
 from datamodules.transforms import BYOLTwoViewTransform
 from experiments.errors import ConfigError
+from lightning_modules.backbones import registered_model
 from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
 from lightning_modules.ssl import BYOLModule, EDIYModule
-from lightning_modules.ssl.byol import byol_loss, cosine_momentum
-from lightning_modules.ssl.ediy import diversity_loss, invariance_loss, match_most_similar, region_collapse
+from lightning_modules.ssl.byol import MLPHead, cosine_momentum
+from lightning_modules.ssl.ediy import DenseHead, region_collapse
+from lightning_modules.ssl.losses import (
+    byol_loss,
+    diversity_loss,
+    ediy_loss,
+    invariance_loss,
+    match_most_similar,
+    symmetrised_byol_loss,
+)
 
-TINY = dict(backbone="resnet18", backbone_kwargs={"channels": [8, 8, 16, 16], "stem_width": 8, "output_stride": 16},
-            proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=32, log_views=False)  # fmt: skip
+
+def tiny_networks(dense: bool = False, proj_dim: int = 16, pred_dim: int = 16) -> dict:
+    """A tiny ResNet-18 backbone and the heads as a config would inject them (heads take their input width)."""
+    kwargs = {"channels": [8, 8, 16, 16], "stem_width": 8, "output_stride": 16}
+    networks = dict(backbone=registered_model("resnet18", num_classes=0, kwargs=kwargs),
+                    projector=partial(MLPHead, hidden_dim=32, out_dim=proj_dim),
+                    predictor=partial(MLPHead, hidden_dim=32, out_dim=pred_dim))  # fmt: skip
+    if dense:
+        networks.update(dense_projector=partial(DenseHead, hidden_dim=32, out_dim=16),
+                        dense_predictor=partial(DenseHead, hidden_dim=32, out_dim=16))  # fmt: skip
+    return networks
+
+
+def tiny(cls, **kwargs):
+    return cls(**tiny_networks(dense=cls is EDIYModule), log_views=False, **kwargs)
 
 
 def offdiag_stats(r: torch.Tensor) -> dict:
@@ -53,6 +77,28 @@ def test_byol_loss_is_two_minus_two_cos_on_a_hand_case():
     assert byol_loss(p, z).item() == pytest.approx(2 - 2 * 2**-0.5)
     assert byol_loss(p, 5 * p).item() == pytest.approx(0.0, abs=1e-6)
     assert byol_loss(p, -p).item() == pytest.approx(4.0)
+
+
+def test_symmetrised_byol_and_ediy_totals_on_a_hand_case():
+    """Each view's prediction against the other view's target: p1 = (1, 0) vs z2 = (0, 1) is 90 degrees (L = 2),
+    p2 = (1, 1) vs z1 = (1, 1) is 0 degrees (L = 0); the swapped pairing would give 2 - 2 cos 45 twice."""
+    p1, p2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]])
+    z1, z2 = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 1.0]])
+    assert symmetrised_byol_loss(p1, p2, z1, z2).item() == pytest.approx(2.0, abs=1e-6)
+    total = ediy_loss(torch.tensor(2.0), torch.tensor(-0.5), torch.tensor(0.25), lambda_div=2.0, lambda_inv=4.0)
+    assert total.item() == pytest.approx(2.0 - 1.0 + 1.0)
+
+
+def test_heads_are_built_from_the_width_that_feeds_them():
+    model = tiny(EDIYModule)
+    assert model.backbone.num_features == 16
+    assert model.projector[0].in_features == 16 and model.predictor[0].in_features == model.projector.out_dim == 16
+    assert model.dense_projector[0].in_channels == 16 and model.dense_predictor[0].in_channels == 16
+    assert "backbone" not in model.hparams and model.hparams["lambda_div"] == 1.0  # built in Python: no module stored
+    with pytest.raises(
+        ConfigError, match=r"predictor.init_args.out_dim \(8\) must equal the projector's out_dim \(16\)"
+    ):
+        BYOLModule(**tiny_networks(pred_dim=8))
 
 
 def test_cosine_momentum_endpoints_and_midpoint():
@@ -89,7 +135,7 @@ def test_diversity_term_default_is_the_abstracts_reading_on_a_hand_case():
     assert diversity_loss(r, partner="most_similar").item() == pytest.approx(2**0.5 / 3, abs=1e-6)
     loss.backward()
     torch.testing.assert_close(r.grad[0, 0], torch.tensor([0.0, -1 / 3]))
-    assert EDIYModule(**TINY).div_partner == "least_similar"
+    assert tiny(EDIYModule).div_partner == "least_similar"
 
 
 def test_diversity_gradient_moves_each_region_away_from_its_least_similar_partner(collapsed_regions):
@@ -169,11 +215,11 @@ def test_region_collapse_is_one_for_identical_regions():
 
 def test_bad_lambda_names_the_key():
     with pytest.raises(ConfigError, match="lambda_div"):
-        EDIYModule(lambda_div=-0.5, **TINY)
+        tiny(EDIYModule, lambda_div=-0.5)
     with pytest.raises(ConfigError, match="lambda_inv"):
-        EDIYModule(lambda_inv=float("nan"), **TINY)
+        tiny(EDIYModule, lambda_inv=float("nan"))
     with pytest.raises(ConfigError, match="div_partner must be least_similar or most_similar, got 'nearest'"):
-        EDIYModule(div_partner="nearest", **TINY)
+        tiny(EDIYModule, div_partner="nearest")
 
 
 def test_two_view_transform_gives_two_different_views():
@@ -198,7 +244,7 @@ class ViewsData(L.LightningDataModule):
 def test_one_training_step_moves_the_target_by_the_ema(cls):
     torch.manual_seed(0)
     optim = OptimConfig(name="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_steps=0, min_lr=0.0, no_weight_decay=[])
-    model = cls(optim=optim, **TINY)
+    model = tiny(cls, optim=optim)
     targets = [t for t, _ in model.online_pairs()]
     for t in targets:  # start the target away from the online weights so the EMA is visible
         for p in t.parameters():
@@ -229,9 +275,10 @@ SMALL = [
     "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "2",
     "--trainer.enable_progress_bar", "false", "--data.init_args.batch_size", "32",
     "--data.init_args.toy_train_per_class", "40", "--data.init_args.toy_eval_per_class", "8",
-    "--model.init_args.backbone_kwargs", "{channels: [16, 32, 64, 128], stem_width: 16, output_stride: 16}",
-    "--model.init_args.proj_hidden_dim", "128", "--model.init_args.pred_hidden_dim", "128",
-    "--model.init_args.proj_dim", "64",
+    "--model.init_args.backbone.init_args.kwargs", "{channels: [16, 32, 64, 128], stem_width: 16, output_stride: 16}",
+    "--model.init_args.projector.init_args.hidden_dim", "128",
+    "--model.init_args.predictor.init_args.hidden_dim", "128",
+    "--model.init_args.projector.init_args.out_dim", "64",
 ]  # fmt: skip
 
 
@@ -247,7 +294,9 @@ def test_toy_ediy_keeps_regions_more_diverse_than_byol(tmp_path):
     common = ["--runs_dir", str(tmp_path / "runs"), "--data.init_args.root", str(tmp_path / "shapes"), *SMALL]
     cli_main(["fit", "--config", "configs/ediy/toy_byol.yaml", *common, "--run_name", "byol"])
     cli_main(["fit", "--config", "configs/ediy/toy_ediy.yaml", *common, "--run_name", "ediy",
-              "--model.init_args.dense_hidden_dim", "128", "--model.init_args.dense_dim", "64"])  # fmt: skip
+              "--model.init_args.dense_projector.init_args.hidden_dim", "128",
+              "--model.init_args.dense_predictor.init_args.hidden_dim", "128",
+              "--model.init_args.dense_projector.init_args.out_dim", "64"])  # fmt: skip
     byol, ediy = (
         json.loads(next((tmp_path / "runs" / name).glob("version_*/metrics.json")).read_text())["val"]
         for name in ("byol", "ediy")

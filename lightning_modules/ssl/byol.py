@@ -1,11 +1,9 @@
-"""BYOL building blocks (Grill et al., "Bootstrap your own latent", NeurIPS 2020): MLP heads, the loss, the target
-network's momentum schedule and its EMA update.
+"""BYOL building blocks (Grill et al., "Bootstrap your own latent", NeurIPS 2020): the MLP heads and the target
+network's momentum schedule.
 
 * Projector ``g`` and predictor ``q``: ``Linear -> BatchNorm1d -> ReLU -> Linear`` (4096 hidden -> 256 out in the
   paper; sizes are arguments).
-* Loss between the online prediction ``p`` and the target projection ``z`` (stop-gradient) of the other view
-  (BYOL Eq. 2): ``|| p/|p| - z/|z| ||^2 = 2 - 2 cos(p, z)``; the module symmetrises it by swapping the views and
-  summing (``L + L~``).
+* The loss (BYOL Eq. 2, symmetrised over the views): :mod:`lightning_modules.ssl.losses`.
 * Target weights ``xi <- m xi + (1 - m) theta`` after every optimizer step, with ``m`` rising from ``base`` (0.996) to 1
   on a half cosine over the run: ``m_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2``.
 """
@@ -14,8 +12,7 @@ from __future__ import annotations
 
 import math
 
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from suite_base.errors import ConfigError
 
@@ -33,16 +30,9 @@ class MLPHead(nn.Sequential):
             nn.Linear(hidden_dim, out_dim),
         )
 
-
-def byol_loss(p: Tensor, z: Tensor, dim: int = -1) -> Tensor:
-    """BYOL's normalised mean squared error, averaged over all other dimensions:
-
-        L(p, z) = || p / ||p|| - z / ||z|| ||_2^2 = 2 - 2 <p, z> / (||p|| ||z||) = 2 - 2 cos(p, z)
-
-    ``p``: online predictions, ``z``: target projections (detached by the caller), both ``[..., D]`` (features on
-    ``dim``). One direction only; :class:`~lightning_modules.ssl.module.BYOLModule` adds the swapped views.
-    """
-    return (2 - 2 * F.cosine_similarity(p, z, dim=dim, eps=1e-6)).mean()
+    @property
+    def out_dim(self) -> int:
+        return self[-1].out_features
 
 
 def cosine_momentum(step: int, total: int, base: float = 0.996) -> float:

@@ -28,17 +28,15 @@ view 2, ``j*(i) = argmax_j cos(p_i, z_j)``, is its match, and ``L_inv = mean_{b,
 the module adds the swapped direction (view 2 -> view 1), as BYOL does for its global loss.
 
 Total: ``L = L_BYOL + lambda_div * (L_div(view 1) + L_div(view 2)) + lambda_inv * (L_inv(1->2) + L_inv(2->1))``.
+The terms are pure functions in :mod:`lightning_modules.ssl.losses`; this file holds the dense heads and the metric.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.ssl.byol import byol_loss
+from lightning_modules.ssl.losses import similarity_matrix
 from suite_base.errors import ConfigError
 
 
@@ -55,56 +53,14 @@ class DenseHead(nn.Sequential):
             nn.Conv2d(hidden_dim, out_dim, 1),
         )
 
+    @property
+    def out_dim(self) -> int:
+        return self[-1].out_channels
+
 
 def regions(fmap: Tensor) -> Tensor:
     """``[B, D, H, W]`` map -> ``[B, N = H*W, D]`` region vectors (row-major cells)."""
     return fmap.flatten(2).transpose(1, 2)
-
-
-def similarity_matrix(a: Tensor, b: Tensor) -> Tensor:
-    """``[B, N, M]`` cosine similarities between the regions of ``a [B, N, D]`` and ``b [B, M, D]``."""
-    return F.normalize(a, dim=-1, eps=1e-6) @ F.normalize(b, dim=-1, eps=1e-6).transpose(1, 2)
-
-
-def diversity_loss(
-    r: Tensor, top_k: int = 1, partner: Literal["least_similar", "most_similar"] = "least_similar"
-) -> Tensor:
-    """E-DIY diversity term of one view (module docstring): mean over regions of the cosine similarity to their
-    ``top_k`` least similar (default, the abstract's reading) or most similar (ablation) other regions of the same
-    image. ``r``: ``[B, N, D]``.
-
-    Vectorised: one ``[B, N, N]`` similarity matrix, the diagonal masked out, ``topk`` along the last dimension.
-    """
-    n = r.shape[1]
-    if n < 2:
-        raise ConfigError(f"the diversity term needs at least 2 regions per view, got a {n}-region map")
-    if not 1 <= top_k <= n - 1:
-        raise ConfigError(f"model.init_args.div_top_k must be in [1, regions - 1 = {n - 1}], got {top_k}")
-    sim = similarity_matrix(r, r)
-    eye = torch.eye(n, dtype=torch.bool, device=r.device)
-    if partner == "least_similar":
-        picked = sim.masked_fill(eye, 2.0).topk(top_k, dim=-1, largest=False).values
-    elif partner == "most_similar":
-        picked = sim.masked_fill(eye, -2.0).topk(top_k, dim=-1, largest=True).values
-    else:
-        raise ConfigError(f"model.init_args.div_partner must be least_similar or most_similar, got {partner!r}")
-    return picked.mean()
-
-
-@torch.no_grad()
-def match_most_similar(a: Tensor, b: Tensor) -> Tensor:
-    """For each region of ``a [B, N, D]``, the index of the most similar (cosine) region of ``b [B, M, D]``:
-    ``[B, N]`` long tensor, ``argmax_j cos(a_i, b_j)`` (ties: the lowest index)."""
-    return similarity_matrix(a, b).argmax(dim=-1)
-
-
-def invariance_loss(p: Tensor, z: Tensor) -> Tensor:
-    """E-DIY invariance term, one direction: ``mean_{b,i} 2 - 2 cos(p_i, z_{j*(i)})`` with
-    ``j*(i) = argmax_j cos(p_i, z_j)`` (:func:`match_most_similar`). ``p``: online predicted regions of one view,
-    ``z``: target projected regions of the other (no gradient flows into the matching)."""
-    idx = match_most_similar(p.detach(), z)
-    matched = torch.gather(z, 1, idx[..., None].expand(-1, -1, z.shape[-1]))
-    return byol_loss(p, matched)
 
 
 @torch.no_grad()

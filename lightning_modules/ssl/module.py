@@ -2,9 +2,13 @@
 
 * :class:`BYOLModule`: online network (backbone -> global average pool -> projector -> predictor) and an EMA target
   (backbone + projector, no gradient). Each view goes through the networks on its own (batch-norm statistics per
-  view, as BYOL). Loss ``byol_loss(p1, z2') + byol_loss(p2, z1')`` (:mod:`lightning_modules.ssl.byol`). After each
+  view, as BYOL). Loss ``byol_loss(p1, z2') + byol_loss(p2, z1')`` (:mod:`lightning_modules.ssl.losses`). After each
   optimizer step the target moves towards the online weights with the cosine momentum ``0.996 -> 1``.
-* :class:`EDIYModule`: BYOL plus the region branch and the two region terms of :mod:`lightning_modules.ssl.ediy`.
+* :class:`EDIYModule`: BYOL plus the region branch (:mod:`lightning_modules.ssl.ediy`) and the two region terms of
+  :mod:`lightning_modules.ssl.losses`.
+
+The networks are injected: the config builds the backbone (``registered_model``) and names the heads' classes and
+sizes; each head is built here from the width of what feeds it, so no width is written twice.
 
 Batches carry ``views`` ``[B, 2, 3, H, W]`` (``data.init_args.train_transform: byol``); validation batches also carry
 the centre-cropped ``image``, on which the "region collapse" of the backbone's last map is logged
@@ -15,24 +19,18 @@ checkpoint's ``backbone.`` weights load into a classifier (:func:`lightning_modu
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.backbones import create_backbone
 from lightning_modules.base import SuiteModule
 from lightning_modules.ema import ema_update
 from lightning_modules.optim import OptimConfig
-from lightning_modules.ssl.byol import MLPHead, byol_loss, cosine_momentum
-from lightning_modules.ssl.ediy import (
-    DenseHead,
-    check_lambdas,
-    diversity_loss,
-    invariance_loss,
-    region_collapse,
-    regions,
-)
+from lightning_modules.ssl.byol import MLPHead, cosine_momentum
+from lightning_modules.ssl.ediy import DenseHead, check_lambdas, region_collapse, regions
+from lightning_modules.ssl.losses import diversity_loss, ediy_loss, invariance_loss, symmetrised_byol_loss
 from suite_base.errors import ConfigError
 
 
@@ -43,22 +41,38 @@ def byol_optim() -> OptimConfig:
                        no_weight_decay=[], warmup_epochs=10, warmup_lr=0.0, min_lr=0.0)  # fmt: skip
 
 
+def build_heads(projector: Callable, predictor: Callable, in_dim: int, key: str) -> tuple[nn.Module, nn.Module]:
+    """``projector(in_dim)`` and ``predictor(projector.out_dim)``; the predictor must give the projector's width (its
+    output is compared with the target's projection). ``key``: the predictor's argument, named in the error."""
+    proj = projector(in_dim)
+    pred = predictor(proj.out_dim)
+    if pred.out_dim != proj.out_dim:
+        raise ConfigError(
+            f"model.init_args.{key}.init_args.out_dim ({pred.out_dim}) must equal the projector's out_dim "
+            f"({proj.out_dim}): the loss compares predictions with target projections"
+        )
+    return proj, pred
+
+
 class BYOLModule(SuiteModule):
     """BYOL pre-training (module docstring).
 
     Args:
-        backbone: timm model name (``resnet50``); its ``forward_features`` map is pooled for the global branch.
-        backbone_kwargs: extra constructor arguments (toy: ``channels``, ``stem_width``, ``output_stride``).
-        pretrained: checkpoint path or hub id to start from (None: random init, as BYOL).
-        proj_hidden_dim: projector hidden width (4096).
-        proj_dim: projection / prediction size (256).
-        pred_hidden_dim: predictor hidden width (4096).
+        backbone: the online backbone (``lightning_modules.backbones.registered_model``, e.g. ``resnet50`` with
+            ``num_classes: 0``); its ``forward_features`` map is pooled for the global branch and its
+            ``num_features`` is the projector's input width.
+        projector: the projector ``g`` given its input width (``MLPHead`` with ``hidden_dim`` 4096, ``out_dim`` 256;
+            in a config its ``class_path`` / ``init_args`` without ``in_dim``).
+        predictor: the predictor ``q`` given the projection width (``MLPHead``, 4096 hidden, ``out_dim`` = the
+            projector's).
         base_momentum: target EMA momentum at step 0 (0.996), rising to 1 on a cosine over the run's steps.
         log_views: log a grid of the two augmented views (view 1 above view 2) of the first training batch of each
             epoch to TensorBoard; the first epoch's is also saved as ``<run>/pictures/train_views_epoch000.png``.
         optim: optimizer and schedule (default :func:`byol_optim`).
         channels_last: channels-last memory format (faster convolutions on GPUs).
         compile: ``torch.compile`` the online and target backbones' ``forward_features``.
+
+    The target network (``target_backbone``, ``target_projector``) is a momentum copy of the online one made here.
     """
 
     monitor = "val/loss"
@@ -66,12 +80,10 @@ class BYOLModule(SuiteModule):
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        backbone_kwargs: dict | None = None,
-        pretrained: str | None = None,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
+        backbone: nn.Module,
+        projector: Callable[[int], MLPHead],
+        predictor: Callable[[int], MLPHead],
+        *,
         base_momentum: float = 0.996,
         log_views: bool = True,
         optim: OptimConfig | None = None,
@@ -79,19 +91,12 @@ class BYOLModule(SuiteModule):
         compile: bool = False,
     ) -> None:
         super().__init__(optim if optim is not None else byol_optim())
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         if not 0 <= base_momentum <= 1:
             raise ConfigError(f"model.init_args.base_momentum must be in [0, 1], got {base_momentum!r}")
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            weights_key="model.init_args.pretrained",
-            num_classes=0,
-            **(backbone_kwargs or {}),
-        )
+        self.backbone = backbone
         self.feature_dim = self.backbone.num_features
-        self.projector = MLPHead(self.feature_dim, proj_hidden_dim, proj_dim)
-        self.predictor = MLPHead(proj_dim, pred_hidden_dim, proj_dim)
+        self.projector, self.predictor = build_heads(projector, predictor, self.feature_dim, "predictor")
         self.base_momentum = base_momentum
         self.momentum = base_momentum
         self.log_views = log_views
@@ -129,7 +134,7 @@ class BYOLModule(SuiteModule):
 
     def loss_terms(self, on1: dict, on2: dict, tg1: dict, tg2: dict) -> dict:
         """BYOL's symmetrised loss ``L(p1, z2') + L(p2, z1')``; subclasses add their terms to ``loss``."""
-        loss_byol = byol_loss(on1["p"], tg2["z"]) + byol_loss(on2["p"], tg1["z"])
+        loss_byol = symmetrised_byol_loss(on1["p"], on2["p"], tg1["z"], tg2["z"])
         return {"loss": loss_byol, "loss_byol": loss_byol}
 
     @staticmethod
@@ -213,34 +218,35 @@ class BYOLModule(SuiteModule):
 
 
 class EDIYModule(BYOLModule):
-    """E-DIY pre-training: BYOL plus the region diversity and invariance terms (:mod:`lightning_modules.ssl.ediy`).
+    """E-DIY pre-training: BYOL plus the region diversity and invariance terms (:mod:`lightning_modules.ssl.losses`).
 
     Args:
+        backbone, projector, predictor: as :class:`BYOLModule`.
+        dense_projector: the region projector given the backbone's width (``DenseHead``, a 1x1-conv MLP; 4096
+            hidden, ``out_dim`` 256 as the global projection).
+        dense_predictor: the region predictor given the region projection width (``DenseHead``, ``out_dim`` = the
+            dense projector's).
         lambda_div: weight of the diversity term (>= 0).
         lambda_inv: weight of the invariance term (>= 0).
-        dense_dim: region embedding size (256, as the global projection).
-        dense_hidden_dim: hidden width of the dense projector / predictor (4096, as the global MLPs).
         div_top_k: most (or least) similar partners averaged per region in the diversity term (1).
         div_partner: ``least_similar`` (default, the abstract's reading: each region is pushed away from the region of
             its view it is least similar to) or ``most_similar`` (ablation: pushed from its nearest neighbours in the
             view); see :mod:`lightning_modules.ssl.ediy`.
-        other arguments: :class:`BYOLModule`.
+        other arguments: :class:`BYOLModule`, by keyword.
     """
 
     def __init__(
         self,
+        backbone: nn.Module,
+        projector: Callable[[int], MLPHead],
+        predictor: Callable[[int], MLPHead],
+        dense_projector: Callable[[int], DenseHead],
+        dense_predictor: Callable[[int], DenseHead],
+        *,
         lambda_div: float = 1.0,
         lambda_inv: float = 1.0,
-        dense_dim: int = 256,
-        dense_hidden_dim: int = 4096,
         div_top_k: int = 1,
         div_partner: Literal["least_similar", "most_similar"] = "least_similar",
-        backbone: str = "resnet50",
-        backbone_kwargs: dict | None = None,
-        pretrained: str | None = None,
-        proj_hidden_dim: int = 4096,
-        proj_dim: int = 256,
-        pred_hidden_dim: int = 4096,
         base_momentum: float = 0.996,
         log_views: bool = True,
         optim: OptimConfig | None = None,
@@ -248,15 +254,24 @@ class EDIYModule(BYOLModule):
         compile: bool = False,
     ) -> None:
         check_lambdas(lambda_div=lambda_div, lambda_inv=lambda_inv)
-        super().__init__(backbone, backbone_kwargs, pretrained, proj_hidden_dim, proj_dim, pred_hidden_dim,
-                         base_momentum, log_views, optim, channels_last, compile)  # fmt: skip
-        self.save_hyperparameters()
+        super().__init__(
+            backbone,
+            projector,
+            predictor,
+            base_momentum=base_momentum,
+            log_views=log_views,
+            optim=optim,
+            channels_last=channels_last,
+            compile=compile,
+        )
+        self.save_hyperparameters_with_networks()
         if div_partner not in ("least_similar", "most_similar"):
             raise ConfigError(f"model.init_args.div_partner must be least_similar or most_similar, got {div_partner!r}")
         self.lambda_div, self.lambda_inv = float(lambda_div), float(lambda_inv)
         self.div_top_k, self.div_partner = div_top_k, div_partner
-        self.dense_projector = DenseHead(self.feature_dim, dense_hidden_dim, dense_dim)
-        self.dense_predictor = DenseHead(dense_dim, dense_hidden_dim, dense_dim)
+        self.dense_projector, self.dense_predictor = build_heads(
+            dense_projector, dense_predictor, self.feature_dim, "dense_predictor"
+        )
         self.target_dense_projector = copy.deepcopy(self.dense_projector).requires_grad_(False)
 
     def online_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -281,7 +296,9 @@ class EDIYModule(BYOLModule):
         loss_div = diversity_loss(on1["dense_z"], k, partner) + diversity_loss(on2["dense_z"], k, partner)
         loss_inv = invariance_loss(on1["dense_p"], tg2["dense_z"]) + invariance_loss(on2["dense_p"], tg1["dense_z"])
         terms.update(loss_div=loss_div, loss_inv=loss_inv)
-        terms["loss"] = terms["loss_byol"] + self.lambda_div * loss_div + self.lambda_inv * loss_inv
+        terms["loss"] = ediy_loss(
+            terms["loss_byol"], loss_div, loss_inv, lambda_div=self.lambda_div, lambda_inv=self.lambda_inv
+        )
         return terms
 
     def collapse_metrics(self, fmap: Tensor) -> dict:
