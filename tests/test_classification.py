@@ -4,7 +4,9 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
+from lightning_modules.backbones import registered_model
 from lightning_modules.classification import ImageClassifier
 from lightning_modules.optim import OptimConfig
 
@@ -22,7 +24,7 @@ def test_toy_visformer_fit_learns_above_chance(tmp_path, monkeypatch):
     shutil.copy(Path(__file__).parents[1] / TOY, tmp_path / "toy.yaml")
     cli = main([
         "fit", "--config", "toy.yaml",
-        "--data.root", str(tmp_path / "shapes4"), "--data.toy_num_classes", "4", "--model.num_classes", "4",
+        "--data.root", str(tmp_path / "shapes4"), "--model.init_args.net.init_args.num_classes", "4",
         "--data.toy_train_per_class", "400", "--data.toy_eval_per_class", "50", "--data.batch_size", "32",
         "--data.num_workers", "0", "--trainer.max_epochs", "7", "--trainer.enable_progress_bar", "false",
         "--test_after_fit", "true",
@@ -33,16 +35,14 @@ def test_toy_visformer_fit_learns_above_chance(tmp_path, monkeypatch):
     assert metrics["val"]["val/top1"] >= 0.5, metrics
 
 
-def tiny_classifier(**kwargs) -> ImageClassifier:
-    defaults = dict(
-        backbone="visformer_tiny",
-        num_classes=4,
-        backbone_kwargs=dict(img_size=32, embed_dim=48, depth=[1, 1, 1], num_heads=3, init_channels=8),
-        mixup_alpha=0.0,
-        cutmix_alpha=0.0,
-        optim=OptimConfig(warmup_steps=0),
-    )
-    return ImageClassifier(**{**defaults, **kwargs})
+def tiny_net(num_classes: int = 4) -> nn.Module:
+    tiny = dict(img_size=32, embed_dim=48, depth=[1, 1, 1], num_heads=3, init_channels=8)
+    return registered_model("visformer_tiny", num_classes=num_classes, drop_path_rate=0.1, kwargs=tiny)
+
+
+def tiny_classifier(num_classes: int = 4, **kwargs) -> ImageClassifier:
+    defaults = dict(mixup_alpha=0.0, cutmix_alpha=0.0, optim=OptimConfig(warmup_steps=0))
+    return ImageClassifier(tiny_net(num_classes), **{**defaults, **kwargs})
 
 
 def test_soft_target_loss_under_mixup_matches_hand_computation():
@@ -103,3 +103,34 @@ def test_fewer_model_classes_than_data_classes_is_a_config_error(toy_imagenet):
     trainer = L.Trainer(accelerator="cpu", fast_dev_run=1, logger=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match="num_classes=3 but the dataset has 4"):
         trainer.fit(tiny_classifier(num_classes=3), datamodule=dm)
+
+
+def test_the_network_is_injected_and_its_num_classes_is_the_modules():
+    model = tiny_classifier(num_classes=6, mixup_alpha=0.8)
+    assert model.num_classes == 6 and model.backbone.num_classes == 6
+    assert model.mixup.num_classes == 6 and model(torch.randn(2, 3, 32, 32)).shape == (2, 6)
+    assert "top5" in str(list(model.val_metrics.keys()))  # more than 5 classes: top-5 accuracy too
+    assert "net" not in model.hparams and model.hparams["mixup_alpha"] == 0.8  # a Python-built net is not pickled
+    with pytest.raises(TypeError):
+        ImageClassifier(tiny_net(), 0.1)  # the module's own settings are keyword-only
+
+
+def test_a_network_without_classes_is_a_config_error():
+    from experiments.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.init_args.net: Sequential has no num_classes"):
+        ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+
+
+def test_the_toy_config_builds_the_network_and_its_class_count_reaches_the_data(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from experiments.cli import SuiteCLI
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    args = ["--config", TOY, "--runs_dir", str(tmp_path), "--trainer.logger", "false",
+            "--model.init_args.net.init_args.num_classes", "4"]  # fmt: skip
+    cli = SuiteCLI(args=args, run=False)
+    assert cli.model.num_classes == 4 and type(cli.model.backbone).__name__ == "Visformer"
+    assert cli.datamodule.toy_options["num_classes"] == 4
+    assert cli.model.hparams["net"]["init_args"]["kwargs"]["embed_dim"] == 96  # the config form, for checkpoints

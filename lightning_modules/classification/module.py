@@ -22,22 +22,18 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.backbones import create_backbone
 from lightning_modules.base import GREEN, RED, SuiteModule, framed, unnormalise
 from lightning_modules.optim import OptimConfig
 from suite_base.errors import ConfigError
 
 
 class ImageClassifier(SuiteModule):
-    """Classify images with a timm backbone.
+    """Classify images with an injected timm classifier (its weights under ``backbone.*``).
 
     Args:
-        backbone: timm model name (ours are registered too: ``visformer_small``, ``visformer_net3`` ...).
-        num_classes: output classes.
-        pretrained: optional checkpoint path or hub id (official layouts load through the family's filter).
-        backbone_kwargs: extra constructor arguments for the backbone (``img_size``, ``embed_dim``, ``depth`` ...).
-        drop_path_rate: stochastic depth, linearly increasing over blocks.
-        drop_rate: dropout before the classifier.
+        net: the classifier, a timm model (it carries ``num_classes`` and ``get_classifier()``); configs build it
+            with :func:`~lightning_modules.backbones.registered_model` (name, pretrained, num_classes, drop_rate,
+            drop_path_rate, kwargs).
         label_smoothing: label smoothing epsilon (also used inside mixup's soft targets).
         mixup_alpha: mixup Beta(alpha, alpha); 0 disables.
         cutmix_alpha: cutmix Beta(alpha, alpha); 0 disables.
@@ -60,12 +56,8 @@ class ImageClassifier(SuiteModule):
 
     def __init__(
         self,
-        backbone: str = "visformer_small",
-        num_classes: int = 1000,
-        pretrained: str | None = None,
-        backbone_kwargs: dict | None = None,
-        drop_path_rate: float = 0.1,
-        drop_rate: float = 0.0,
+        net: nn.Module,
+        *,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.8,
         cutmix_alpha: float = 1.0,
@@ -80,17 +72,14 @@ class ImageClassifier(SuiteModule):
         pictures: int = 16,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained,
-            weights_key="model.init_args.pretrained",
-            num_classes=num_classes,
-            drop_path_rate=drop_path_rate,
-            drop_rate=drop_rate,
-            **(backbone_kwargs or {}),
-        )
-        self.num_classes = num_classes
+        self.save_hyperparameters_with_networks()
+        num_classes = getattr(net, "num_classes", None)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(
+                f"model.init_args.net: {type(net).__name__} has no num_classes (got {num_classes!r}); inject a "
+                "classifier, e.g. lightning_modules.backbones.registered_model with num_classes set"
+            )
+        self.backbone = net
         self.pictures = pictures
         self.channels_last = channels_last
         if channels_last:
@@ -131,6 +120,11 @@ class ImageClassifier(SuiteModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_ema_metrics = metrics.clone(prefix="val/", postfix="_ema") if self.ema is not None else None
 
+    @property
+    def num_classes(self) -> int:
+        """Output classes, the injected network's own ``num_classes``."""
+        return self.backbone.num_classes
+
     def _set_classifier(self, head: nn.Module) -> None:
         name = getattr(self.backbone, "pretrained_cfg", {}).get("classifier", "head")
         parent = self.backbone
@@ -153,8 +147,8 @@ class ImageClassifier(SuiteModule):
         data_classes = getattr(self.trainer.datamodule, "num_classes", None)
         if data_classes is not None and data_classes > self.num_classes:
             raise ConfigError(
-                f"model.num_classes={self.num_classes} but the dataset has {data_classes} classes; "
-                f"set --model.init_args.num_classes {data_classes}"
+                f"model.init_args.net.init_args.num_classes={self.num_classes} but the dataset has {data_classes} "
+                f"classes; set --model.init_args.net.init_args.num_classes {data_classes}"
             )
 
     def on_train_epoch_start(self) -> None:
