@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from experiments.bench import StepTimer, SyntheticData
 from experiments.callbacks import MetricsJSON
+from lightning_modules.backbones import registered_model
 from lightning_modules.classification import ImageClassifier
 from lightning_modules.optim import OptimConfig, build_optimizer
 
@@ -32,8 +33,8 @@ from lightning_modules.optim import OptimConfig, build_optimizer
 def suite_step_times(batch: dict, steps: int, warmup: int) -> list[float]:
     torch.manual_seed(0)
     model = ImageClassifier(
-        backbone="visformer_small", num_classes=1000, drop_path_rate=0.0, mixup_alpha=0.0, cutmix_alpha=0.0,
-        optim=OptimConfig(base_batch_size=512, warmup_steps=0),
+        registered_model("visformer_small", num_classes=1000, drop_path_rate=0.0, drop_rate=0.0),
+        mixup_alpha=0.0, cutmix_alpha=0.0, optim=OptimConfig(base_batch_size=512, warmup_steps=0),
     )  # fmt: skip
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as run_dir:
