@@ -11,9 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from experiments.configs import load_config
 from experiments.errors import ConfigError
-from lightning_modules.compression import CompressionModule, FactorizedEntropyModel, bits, bits_per_pixel
-from lightning_modules.compression.module import msssim_betas, psnr_from_mse
+from lightning_modules.compression import (
+    CompressionModel,
+    CompressionModule,
+    FactorizedEntropyModel,
+    bits,
+    bits_per_pixel,
+)
+from lightning_modules.compression.losses import rate_distortion_semantic_loss
+from lightning_modules.compression.module import load_semantic_classifier, msssim_betas, psnr_from_mse
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -115,6 +123,36 @@ def test_bad_lambda_is_a_config_error_naming_the_key(kwargs, key):
         tiny(**kwargs)
 
 
+def test_rate_distortion_semantic_loss_on_a_hand_case():
+    """x_hat - x = 0.1 everywhere (MSE 0.01, L1 0.1); every latent value has likelihood 1/2 (1 bit): 2 images x 4 x
+    2 x 2 values over 2 x 16 x 16 pixels = 1/16 bpp; two equal logits give CE ln 2."""
+    x = torch.zeros(2, 3, 16, 16)
+    likelihoods = torch.full((2, 4, 2, 2), 0.5)
+    logits, target = torch.zeros(2, 2), torch.tensor([0, 1])
+    terms = rate_distortion_semantic_loss(x + 0.1, x, likelihoods, lambda_rate=0.5, lambda_sem=2.0, logits=logits,
+                                          target=target)  # fmt: skip
+    assert terms["distortion"].item() == pytest.approx(0.01) and terms["bpp"].item() == pytest.approx(1 / 16)
+    assert terms["ce"].item() == pytest.approx(math.log(2))
+    assert terms["loss"].item() == pytest.approx(0.01 + 0.5 / 16 + 2 * math.log(2))
+    assert terms["objective"].item() == pytest.approx(terms["loss"].item())
+    probe = rate_distortion_semantic_loss(x + 0.1, x, likelihoods, lambda_rate=0.5, distortion="l1", logits=logits,
+                                          target=target)  # fmt: skip
+    assert probe["loss"].item() == pytest.approx(0.1 + 0.5 / 16)  # lambda_sem 0: the CE is not in the loss ...
+    assert probe["objective"].item() == pytest.approx(0.1 + 0.5 / 16 + math.log(2))  # ... but trains the probe
+    assert "ce" not in rate_distortion_semantic_loss(x, x, likelihoods, lambda_rate=0.5, logits=logits)
+
+
+def test_the_codec_has_one_definition_and_the_module_reads_its_head_from_it():
+    assert CompressionModel().num_classes is None and CompressionModel().head is None
+    model = tiny(lambda_sem=0.0)
+    assert model.num_classes == 4 and model.model.detach_head  # no label weight: the head is a probe
+    assert not tiny(lambda_sem=0.1).model.detach_head
+    with pytest.raises(
+        ConfigError, match="lambda_sem > 0 needs the weak-label head: set model.init_args.net.init_args"
+    ):
+        tiny(lambda_sem=0.1, num_classes=None)
+
+
 def test_entropy_lr_scale_moves_exactly_the_density_parameters_into_a_scaled_group():
     model = tiny(entropy_lr_scale=10.0)
     optimizer = torch.optim.AdamW([{"params": list(model.parameters()), "lr_scale": 0.5}], lr=1e-3)
@@ -127,9 +165,16 @@ def test_entropy_lr_scale_moves_exactly_the_density_parameters_into_a_scaled_gro
     assert tiny().lr_scales() == {}  # the default trains everything at one learning rate
 
 
+NET_ARGS = {"latent_channels", "hidden_channels", "stages", "encoder", "encoder_out_index", "encoder_kwargs",
+            "activation", "entropy_filters", "num_classes"}  # fmt: skip
+
+
 def tiny(**kwargs) -> CompressionModule:
-    options = dict(latent_channels=8, hidden_channels=16, stages=2, num_classes=4, lambda_rate=0.01)
-    return CompressionModule(**{**options, **kwargs})
+    """A small codec (the ``CompressionModel`` arguments among ``kwargs``) in a module (the others)."""
+    net = {"latent_channels": 8, "hidden_channels": 16, "stages": 2, "num_classes": 4}
+    net.update({k: v for k, v in kwargs.items() if k in NET_ARGS})
+    options = {"lambda_rate": 0.01, **{k: v for k, v in kwargs.items() if k not in NET_ARGS}}
+    return CompressionModule(CompressionModel(**net), **options)
 
 
 @pytest.mark.parametrize("size", [30, 2])
@@ -213,16 +258,14 @@ def test_weak_labels_weigh_lambda_sem_in_the_loss_and_reach_the_encoder_only_whe
 def test_paper_and_toy_configs_train_with_the_weak_labels_and_the_sweep_crosses_lambda_sem():
     """Labels are weak supervision in the paper's task: both configs weigh the CE (lambda_sem > 0), and each
     config's rate-curve grid runs every lambda_rate with and without them (0 and that config's value)."""
-    import yaml
-
     values = {}
     for name in ("resnet50_in1k", "toy"):
-        config = yaml.safe_load((REPO / "configs" / "compression" / f"{name}.yaml").read_text())
+        config = load_config(REPO / "configs" / "compression" / f"{name}.yaml")
         values[name] = config["model"]["init_args"]["lambda_sem"]
-        assert values[name] > 0 and config["model"]["init_args"]["num_classes"], (name, values[name])
+        assert values[name] > 0 and config["model"]["init_args"]["net"]["init_args"]["num_classes"], name
     spaces = {"compression_lambda_rate": "toy", "compression_lambda_rate_in1k": "resnet50_in1k"}
     for space_name, config_name in spaces.items():
-        space = yaml.safe_load((REPO / "configs" / "sweeps" / f"{space_name}.yaml").read_text())
+        space = load_config(REPO / "configs" / "sweeps" / f"{space_name}.yaml")
         assert sorted(space["model.init_args.lambda_sem"]["choices"]) == [0.0, values[config_name]], space_name
         assert len(space["model.init_args.lambda_rate"]["choices"]) == 5
 
@@ -245,15 +288,24 @@ def test_higher_lambda_rate_gives_lower_bpp():
 def test_validation_metrics_and_semantic_recovery(tmp_path):
     import lightning as L
 
+    from lightning_modules.backbones import registered_model
     from lightning_modules.classification import ImageClassifier
 
     torch.manual_seed(0)
-    classifier = ImageClassifier(backbone="resnet10t", num_classes=4, drop_path_rate=0.0, mixup_alpha=0.0,
-                                 cutmix_alpha=0.0)  # fmt: skip
+    net = {"class_path": "lightning_modules.backbones.registered_model",
+           "init_args": {"name": "resnet10t", "num_classes": 4, "pretrained": "timm/not-cached.test"}}  # fmt: skip
+    classifier = ImageClassifier(registered_model("resnet10t", num_classes=4), mixup_alpha=0.0, cutmix_alpha=0.0)
     ckpt = tmp_path / "cls.ckpt"
+    # the hyper-parameters as a CLI run stores them: the injected network as its config
     state = {"pytorch-lightning_version": L.__version__, "state_dict": classifier.state_dict(),
-             "hyper_parameters": dict(classifier.hparams)}  # fmt: skip
+             "hyper_parameters": {**dict(classifier.hparams), "net": net}}  # fmt: skip
     torch.save(state, ckpt)
+    judge = load_semantic_classifier(str(ckpt))  # the hub id is not read again: the checkpoint holds the weights
+    assert judge.num_classes == 4 and not judge.training and not any(p.requires_grad for p in judge.parameters())
+    assert all(torch.equal(v, classifier.backbone.state_dict()[k]) for k, v in judge.state_dict().items())
+    torch.save({**state, "hyper_parameters": dict(classifier.hparams)}, tmp_path / "python_built.ckpt")
+    with pytest.raises(ConfigError, match="python_built.ckpt' is not a checkpoint of .*ImageClassifier"):
+        load_semantic_classifier(str(tmp_path / "python_built.ckpt"))
     model = tiny(semantic_classifier=str(ckpt)).eval()
     batch = fixed_batch()
     with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,9 @@ class CompressionModel(nn.Module):
         activation: ``gdn`` (GDN / IGDN, Ballé) or ``gelu`` (GroupNorm + GELU).
         entropy_filters: hidden widths of the per-channel density MLP.
         num_classes: classes of the weak-supervision head (None: no head).
-        detach_head: train the head on a detached latent (a probe; gradients do not reach the encoder).
+
+    ``detach_head`` (attribute, default False): the head reads a detached latent (a probe; its gradient does not reach
+    the encoder). :class:`~lightning_modules.compression.module.CompressionModule` sets it when ``lambda_sem`` is 0.
     """
 
     def __init__(
@@ -130,10 +133,9 @@ class CompressionModel(nn.Module):
         encoder: str = "conv",
         encoder_out_index: int = 3,
         encoder_kwargs: dict | None = None,
-        activation: str = "gdn",
+        activation: Literal["gdn", "gelu"] = "gdn",
         entropy_filters: tuple[int, ...] = (3, 3, 3),
         num_classes: int | None = None,
-        detach_head: bool = False,
     ) -> None:
         super().__init__()
         if encoder == "conv":
@@ -149,7 +151,8 @@ class CompressionModel(nn.Module):
         self.entropy = FactorizedEntropyModel(latent_channels, tuple(entropy_filters))
         self.decoder = ConvDecoder(hidden_channels, latent_channels, stages, activation)
         self.head = nn.Linear(latent_channels, num_classes) if num_classes else None
-        self.detach_head = detach_head
+        self.num_classes = num_classes
+        self.detach_head = False
 
     def check_size(self, height: int, width: int) -> None:
         f = self.factor

@@ -8,9 +8,10 @@ The paper gives no code or recipe; this is our concrete instantiation (see ../sh
   projection) -> quantised latent with a fully factorised learned entropy model (Ballé et al. 2018, factorized
   prior; :mod:`lightning_modules.compression.entropy`) -> mirrored decoder; a linear head on the global-average
   pooled quantised latent gives the weak supervision;
-* loss: ``D(x_hat, x) + lambda_rate * bpp + lambda_sem * CE(head(y_hat), label)`` with ``D`` the MSE (or L1) on
-  images in [0, 1] and ``bpp = -sum log2 p(y_hat) / (B * H * W)``. With ``lambda_sem = 0`` the head is still trained,
-  on a detached latent (a linear probe whose CE is added to the optimised objective but does not reach the encoder;
+* loss (:func:`~lightning_modules.compression.losses.rate_distortion_semantic_loss`):
+  ``D(x_hat, x) + lambda_rate * bpp + lambda_sem * CE(head(y_hat), label)`` with ``D`` the MSE (or L1) on images in
+  [0, 1] and ``bpp = -sum log2 p(y_hat) / (B * H * W)``. With ``lambda_sem = 0`` the head is still trained, on a
+  detached latent (a linear probe whose CE is added to the optimised objective but does not reach the encoder;
   ``val/loss`` leaves it out), so ``val/weak_acc`` always says how much class information the code keeps;
 * ``lambda_sem``: the paper makes labels "weak supervision" but gives no weight, so the configs train with one chosen
   by a rule: the CE at chance (``ln K``) weighs about the distortion expected at ``lambda_rate = 0.01``, i.e.
@@ -38,7 +39,6 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchmetrics import MeanMetric
@@ -46,7 +46,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image import MultiScaleStructuralSimilarityIndexMeasure, PeakSignalNoiseRatio
 
 from lightning_modules.base import SuiteModule
-from lightning_modules.compression.entropy import bits_per_pixel
+from lightning_modules.compression.losses import rate_distortion_semantic_loss
 from lightning_modules.compression.model import CompressionModel
 from lightning_modules.optim import OptimConfig
 from suite_base.errors import ConfigError
@@ -81,15 +81,8 @@ class CompressionModule(SuiteModule):
     """Learning-by-compression: rate-distortion training with a weak label head and semantic-recovery metrics.
 
     Args:
-        latent_channels: bottleneck channels (paper scale 192).
-        hidden_channels: conv encoder / decoder width.
-        stages: stride-2 stages of the conv encoder (downsampling ``2 ** stages``; paper scale 4 -> 16).
-        encoder: ``conv`` or a timm backbone name (``resnet50``: its ``layer3`` map, 16x, + 1x1 projection).
-        encoder_out_index: feature level of a timm encoder.
-        encoder_kwargs: extra timm constructor arguments.
-        activation: ``gdn`` or ``gelu`` between the conv layers.
-        entropy_filters: hidden widths of the per-channel density MLP (Ballé: ``[3, 3, 3]``).
-        num_classes: classes of the weak labels (head output); None: no head.
+        net: the codec, :class:`~lightning_modules.compression.model.CompressionModel` (encoder, entropy bottleneck,
+            decoder, weak-label head with ``num_classes``); held as ``model`` (checkpoint keys ``model.*``).
         lambda_rate: weight of the rate ``bpp`` (> 0); larger -> fewer bits, worse recovery.
         lambda_sem: weight of the weak-label cross-entropy (>= 0; 0: the head is a detached probe). The default 0 is
             the label-free codec; the configs use ``MSE / ln K`` at their operating point (module docstring).
@@ -113,15 +106,8 @@ class CompressionModule(SuiteModule):
 
     def __init__(
         self,
-        latent_channels: int = 192,
-        hidden_channels: int = 128,
-        stages: int = 4,
-        encoder: str = "conv",
-        encoder_out_index: int = 3,
-        encoder_kwargs: dict | None = None,
-        activation: Literal["gdn", "gelu"] = "gdn",
-        entropy_filters: tuple[int, ...] = (3, 3, 3),
-        num_classes: int | None = 1000,
+        net: CompressionModel,
+        *,
         lambda_rate: float = 0.01,
         lambda_sem: float = 0.0,
         distortion: Literal["mse", "l1"] = "mse",
@@ -134,7 +120,7 @@ class CompressionModule(SuiteModule):
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         if not (isinstance(lambda_rate, (int, float)) and math.isfinite(lambda_rate) and lambda_rate > 0):
             raise ConfigError(
                 f"model.init_args.lambda_rate must be a finite number > 0 (the weight of the rate term in bits per "
@@ -153,22 +139,15 @@ class CompressionModule(SuiteModule):
             )
         if distortion not in ("mse", "l1"):
             raise ConfigError(f"model.init_args.distortion must be 'mse' or 'l1', got {distortion!r}")
-        if lambda_sem > 0 and not num_classes:
-            raise ConfigError("model.init_args.lambda_sem > 0 needs num_classes (the weak-label head)")
-        self.model = CompressionModel(
-            latent_channels=latent_channels,
-            hidden_channels=hidden_channels,
-            stages=stages,
-            encoder=encoder,
-            encoder_out_index=encoder_out_index,
-            encoder_kwargs=encoder_kwargs,
-            activation=activation,
-            entropy_filters=tuple(entropy_filters),
-            num_classes=num_classes,
-            detach_head=lambda_sem == 0,
-        )
+        if lambda_sem > 0 and not net.num_classes:
+            raise ConfigError(
+                "model.init_args.lambda_sem > 0 needs the weak-label head: "
+                "set model.init_args.net.init_args.num_classes"
+            )
+        self.model = net
+        self.model.detach_head = lambda_sem == 0  # without the labels' weight the head is a probe
         self.factor = self.model.factor
-        self.num_classes = num_classes
+        self.num_classes = net.num_classes
         self.lambda_rate = float(lambda_rate)
         self.lambda_sem = float(lambda_sem)
         self.distortion = distortion
@@ -208,28 +187,19 @@ class CompressionModule(SuiteModule):
 
     def shared_step(self, batch: dict, noise: bool) -> dict:
         x = self.unit_images(batch["image"])
-        B, _, H, W = x.shape
         out = self.model(x, noise=noise)
         x_hat = out.x_hat.float()
-        if self.distortion == "mse":
-            dist = F.mse_loss(x_hat, x.float())
-        else:
-            dist = F.l1_loss(x_hat, x.float())
-        bpp = bits_per_pixel(out.likelihoods, B * H * W)
-        loss = dist + self.lambda_rate * bpp
-        terms = {"x": x, "x_hat": x_hat, "distortion": dist, "bpp": bpp, "logits": out.logits}
-        objective = loss
-        if out.logits is not None and "target" in batch:
-            ce = F.cross_entropy(out.logits.float(), batch["target"])
-            terms["ce"] = ce
-            if self.lambda_sem > 0:
-                loss = loss + self.lambda_sem * ce
-                objective = loss
-            else:
-                objective = loss + ce  # the detached probe: its gradient stops at the latent
-        terms["loss"] = loss
-        terms["objective"] = objective
-        return terms
+        terms = rate_distortion_semantic_loss(
+            x_hat,
+            x.float(),
+            out.likelihoods,
+            lambda_rate=self.lambda_rate,
+            lambda_sem=self.lambda_sem,
+            distortion=self.distortion,
+            logits=out.logits,
+            target=batch.get("target"),
+        )
+        return {"x": x, "x_hat": x_hat, "logits": out.logits, **terms}
 
     def flop_forward(self, batch: dict) -> torch.Tensor:
         return self.shared_step(batch, noise=True)["objective"]
@@ -246,8 +216,8 @@ class CompressionModule(SuiteModule):
         classes = getattr(dm, "num_classes", None)
         if self.num_classes and isinstance(classes, int) and classes > self.num_classes:
             raise ConfigError(
-                f"model.num_classes={self.num_classes} but the dataset has {classes} classes; "
-                f"set --model.init_args.num_classes {classes}"
+                f"model.init_args.net.init_args.num_classes={self.num_classes} but the dataset has {classes} classes; "
+                f"set --model.init_args.net.init_args.num_classes {classes}"
             )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -337,20 +307,32 @@ class CompressionModule(SuiteModule):
 
 
 def load_semantic_classifier(path: str) -> nn.Module:
-    """The frozen ``backbone`` (timm model with its classifier) of a suite ImageClassifier checkpoint; it carries
-    ``num_classes``. ``path`` may be a glob (newest match)."""
-    from lightning_modules.backbones import resolve_checkpoint_path
-    from lightning_modules.classification import ImageClassifier
+    """The frozen classifier network of a suite ImageClassifier checkpoint (a run of e.g. configs/visformer/toy.yaml):
+    rebuilt from the ``net`` config its hyper-parameters hold (without re-reading its ``pretrained`` source: the
+    checkpoint holds the weights) and loaded with its ``backbone.`` weights; it carries ``num_classes``. ``path`` may be
+    a glob (newest match)."""
+    from jsonargparse import ArgumentParser
 
-    file = resolve_checkpoint_path(path)
-    try:
-        # pretrained=None: the checkpoint holds the weights; rebuilding must not reload the original source
-        classifier = ImageClassifier.load_from_checkpoint(file, map_location="cpu", pretrained=None, compile=False)
-    except (KeyError, TypeError, RuntimeError) as exc:
+    from lightning_modules.backbones import read_torch_checkpoint
+
+    file, checkpoint = read_torch_checkpoint(path)
+    hparams = dict(checkpoint.get("hyper_parameters") or {}) if isinstance(checkpoint, dict) else {}
+    net = hparams.get("net")
+    weights = {
+        k[len("backbone.") :]: v for k, v in (checkpoint.get("state_dict") or {}).items() if k.startswith("backbone.")
+    }
+    if not (isinstance(net, dict) and "class_path" in net and weights):
         raise ConfigError(
             f"semantic_classifier '{file}' is not a checkpoint of lightning_modules.classification.ImageClassifier "
-            f"(a run of e.g. configs/visformer/toy.yaml): {exc}"
-        ) from exc
-    judge = classifier.backbone.eval().requires_grad_(False)
-    judge.num_classes = classifier.num_classes
-    return judge
+            "trained by python -m experiments fit (no 'net' config and 'backbone.' weights in it)"
+        )
+    net = {**net, "init_args": {**(net.get("init_args") or {})}}
+    if "pretrained" in net["init_args"]:
+        net["init_args"]["pretrained"] = None
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--net", type=nn.Module)
+    judge = parser.instantiate(parser.parse_object({"net": net})).net
+    judge.load_state_dict(weights)
+    if not isinstance(getattr(judge, "num_classes", None), int):
+        raise ConfigError(f"semantic_classifier '{file}': its network has no num_classes; it must be a classifier")
+    return judge.eval().requires_grad_(False)
