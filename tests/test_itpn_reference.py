@@ -13,9 +13,10 @@ import pytest
 import torch
 import yaml
 
+from experiments.configs import load_config
 from experiments.errors import ConfigError
 from lightning_modules.backbones.hivit import reference_resample_pos_table
-from lightning_modules.mim import MaskedImageModeling, TeacherConfig
+from lightning_modules.mim import ClipTeacher, MaskedImageModeling, mim_encoder
 from lightning_modules.mim.released import released_pixel_state_dict
 from tests.helpers import load_golden
 
@@ -23,15 +24,15 @@ REPO = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=0, atol=1e-5)  # the issue's tolerance
 
 
-def golden_module(golden: dict, encoder_overrides: dict | None = None, **kwargs) -> MaskedImageModeling:
+def golden_module(
+    golden: dict, encoder_overrides: dict | None = None, pos_embed_mode: str = "reference", **kwargs
+) -> MaskedImageModeling:
     """A pixel pre-training module with the golden's constructor arguments (``golden['config']``)."""
     c = golden["config"]
     names = ("img_size", "embed_dim", "mlp_depth", "depth", "num_heads", "bridge_mlp_ratio", "mlp_ratio", "num_outs")
     encoder_kwargs = {k: c[k] for k in names + ("fpn_dim", "fpn_depth", "rpe", "ape")}
     encoder_kwargs.update(encoder_overrides or {})
     args = dict(
-        encoder="itpn_base_3324_patch16_224",
-        encoder_kwargs=encoder_kwargs,
         target="pixels",
         mask_type="random",
         mask_ratio=golden["mask_ratio"],
@@ -39,9 +40,9 @@ def golden_module(golden: dict, encoder_overrides: dict | None = None, **kwargs)
         decoder_dim=c["decoder_embed_dim"],
         decoder_depth=c["decoder_depth"],
         decoder_heads=c["decoder_num_heads"],
-        pos_embed_mode="reference",
     )
-    return MaskedImageModeling(**{**args, **kwargs}).eval()
+    encoder = mim_encoder("itpn_base_3324_patch16_224", encoder_kwargs, pos_embed_mode=pos_embed_mode)
+    return MaskedImageModeling(encoder, **{**args, **kwargs}).eval()
 
 
 def golden_terms(module: MaskedImageModeling, golden: dict) -> dict:
@@ -128,10 +129,9 @@ def test_reference_mode_keeps_the_table_when_every_patch_is_kept():
     """As the released code: the table is resampled only when fewer tokens than table rows reach it."""
     kw = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, fpn_depth=1, rpe=False)
     torch.manual_seed(0)
-    exact = MaskedImageModeling(encoder_kwargs=kw, decoder_dim=32, decoder_depth=1, decoder_heads=2).eval()
-    reference = MaskedImageModeling(
-        encoder_kwargs=kw, decoder_dim=32, decoder_depth=1, decoder_heads=2, pos_embed_mode="reference"
-    ).eval()
+    decoder = dict(decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    exact = MaskedImageModeling(mim_encoder(kwargs=kw), **decoder).eval()
+    reference = MaskedImageModeling(mim_encoder(kwargs=kw, pos_embed_mode="reference"), **decoder).eval()
     reference.load_state_dict(exact.state_dict())
     x = torch.randn(2, 3, 64, 64)
     every = torch.stack([torch.randperm(16), torch.randperm(16)])
@@ -168,7 +168,7 @@ def test_missing_and_leftover_keys_are_listed_with_the_fix():
 def test_rpe_module_names_the_switch():
     golden = load_golden("itpn_pixel_small.pt")
     module = golden_module(golden, encoder_overrides={"rpe": True})
-    with pytest.raises(ConfigError, match="set encoder_kwargs.rpe false"):
+    with pytest.raises(ConfigError, match="set the encoder's kwargs.rpe false"):
         released_pixel_state_dict(golden["state_dict"], module)
 
 
@@ -190,8 +190,7 @@ def test_clip_recipe_module_and_non_checkpoints_are_refused(tmp_path):
         num_mask_patches=6,
         min_mask_patches=2,
         pos_embed_mode="exact",
-        teacher=TeacherConfig(
-            name_or_path=None,
+        teacher=ClipTeacher(
             config={**tiny_clip, "image_size": 64, "projection_dim": 24},
             teacher_dim=24,
             image_size=64,
@@ -221,22 +220,16 @@ def test_given_masks_are_checked():
 def test_pos_embed_mode_is_validated():
     kw = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=1, num_heads=2, fpn_dim=32, rpe=False)
     with pytest.raises(ConfigError, match="set it once"):
-        MaskedImageModeling(encoder_kwargs={**kw, "pos_embed_mode": "exact"}, pos_embed_mode="reference")
+        mim_encoder(kwargs={**kw, "pos_embed_mode": "exact"}, pos_embed_mode="reference")
     with pytest.raises(ConfigError, match="pos_embed_mode must be one of"):
-        MaskedImageModeling(encoder_kwargs={**kw, "pos_embed_mode": "smoothed"}, pos_embed_mode="smoothed")
+        mim_encoder(kwargs={**kw, "pos_embed_mode": "smoothed"}, pos_embed_mode="smoothed")
     with pytest.raises(ConfigError, match="needs an itpn_\\* encoder"):
-        MaskedImageModeling(
-            encoder="beit_base_patch16_224",
-            encoder_kwargs=dict(img_size=64, embed_dim=64, depth=1),
-            target="clip",
-            mask_type="block",
-            pos_embed_mode="reference",
-        )
+        mim_encoder("beit_base_patch16_224", dict(img_size=64, embed_dim=64, depth=1), pos_embed_mode="reference")
 
 
 # ---- the recipes ----------------------------------------------------------------------------------------------------
 def init_args(config: str) -> dict:
-    return yaml.safe_load((REPO / config).read_text())["model"]["init_args"]
+    return load_config(REPO / config)["model"]["init_args"]
 
 
 @pytest.mark.parametrize(
@@ -250,7 +243,7 @@ def init_args(config: str) -> dict:
     ],
 )
 def test_pixel_pretraining_configs_resample_the_table_as_the_released_code(config):
-    assert init_args(config)["pos_embed_mode"] == "reference"
+    assert init_args(config)["encoder"]["init_args"]["pos_embed_mode"] == "reference"
 
 
 def test_l14_masks_75_patches_as_the_official_command_and_the_98_variant_has_its_own_config():

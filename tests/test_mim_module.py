@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lightning_modules.mim.losses as mim_losses
 import lightning_modules.mim.module as mim_module
 from experiments.errors import ConfigError
 from lightning_modules.classification.probe import fit_linear_probe
-from lightning_modules.mim import MaskedImageModeling, TeacherConfig
-from lightning_modules.mim.losses import feature_loss, patchify, pixel_loss, unpatchify
+from lightning_modules.mim import ClipTeacher, MaskedImageModeling, mim_encoder
+from lightning_modules.mim.losses import clip_feature_terms, feature_loss, patchify, pixel_loss, unpatchify
+from lightning_modules.mim.module import patch_grid
+from lightning_modules.mim.teacher import none_if_null
 
 TOY = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=4, num_heads=2, fpn_dim=32)
 TINY_CLIP = dict(
@@ -17,22 +20,36 @@ TINY_CLIP = dict(
 )
 
 
-def teacher(dim: int = 24, **overrides) -> TeacherConfig:
+def teacher(dim: int = 24, **overrides) -> ClipTeacher:
     config = {**TINY_CLIP, "projection_dim": 24, **overrides}
-    return TeacherConfig(name_or_path=None, config=config, teacher_dim=dim, image_size=64)
+    return ClipTeacher(config=config, teacher_dim=dim, image_size=64)
+
+
+def vit(depth: int = 2) -> torch.nn.Module:
+    return mim_encoder("beit_base_patch16_224", dict(img_size=64, embed_dim=64, depth=depth, num_heads=2))
 
 
 def pixel_module(**kwargs) -> MaskedImageModeling:
     torch.manual_seed(0)
+    encoder = mim_encoder(kwargs=TOY)
     return MaskedImageModeling(
-        encoder_kwargs=TOY, decoder_dim=64, decoder_depth=1, decoder_heads=4, **{"mask_ratio": 0.75, **kwargs}
+        encoder, decoder_dim=64, decoder_depth=1, decoder_heads=4, **{"mask_ratio": 0.75, **kwargs}
     )
 
 
-def clip_module(**kwargs) -> MaskedImageModeling:
+def clip_module(encoder_kwargs: dict | None = None, **kwargs) -> MaskedImageModeling:
     torch.manual_seed(0)
-    args = dict(encoder_kwargs=TOY, target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2)
-    return MaskedImageModeling(**{**args, "teacher": teacher(), "init_values": 0.1, **kwargs})
+    encoder = mim_encoder(kwargs=encoder_kwargs or TOY, init_values=0.1)
+    args = dict(target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2)
+    return MaskedImageModeling(encoder, **{**args, "teacher": teacher(), **kwargs})
+
+
+def mvp_module() -> MaskedImageModeling:
+    torch.manual_seed(0)
+    return MaskedImageModeling(
+        vit(), target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2, teacher=teacher(),
+        feature_loss="cosine", supervise="masked",
+    )  # fmt: skip
 
 
 def test_patchify_round_trip_and_order():
@@ -91,22 +108,12 @@ def test_clip_recipe_scores_all_tokens_and_mvp_the_masked_ones(monkeypatch):
         return feature_loss(pred, target, kind, mask)
 
     monkeypatch.setattr(mim_module, "feature_loss", spy)
+    monkeypatch.setattr(mim_losses, "feature_loss", spy)
     itpn = clip_module()
     itpn.shared_step({"image": torch.rand(2, 3, 64, 64)}, seed=0)
     assert masks == [None, None]  # main and auxiliary head, every token
     masks.clear()
-    torch.manual_seed(0)
-    mvp = MaskedImageModeling(
-        encoder="beit_base_patch16_224",
-        encoder_kwargs=dict(img_size=64, embed_dim=64, depth=2, num_heads=2),
-        target="clip",
-        mask_type="block",
-        num_mask_patches=6,
-        min_mask_patches=2,
-        teacher=teacher(),
-        feature_loss="cosine",
-        supervise="masked",
-    )
+    mvp = mvp_module()
     mvp.shared_step({"image": torch.rand(2, 3, 64, 64)}, seed=0)
     assert len(masks) == 1 and masks[0].shape == (2, 16) and masks[0].sum(1).tolist() == [6, 6]
 
@@ -130,7 +137,7 @@ def test_auxiliary_head_reads_block_three_quarters_deep(depth, index):
     if depth > 8:
         with torch.device("meta"):
             module = MaskedImageModeling(
-                encoder_kwargs={**TOY, "depth": depth}, target="clip", mask_type="block", teacher=teacher(),
+                mim_encoder(kwargs={**TOY, "depth": depth}), target="clip", mask_type="block", teacher=teacher(),
                 num_mask_patches=6, min_mask_patches=2,
             )  # fmt: skip
     else:
@@ -161,11 +168,17 @@ def test_teacher_grid_must_match_the_student():
 
 def test_recipe_and_encoder_mismatches_are_config_errors():
     with pytest.raises(ConfigError, match="pixel recipe"):
-        MaskedImageModeling(encoder="beit_base_patch16_224", encoder_kwargs=dict(img_size=64, embed_dim=64, depth=1))
+        MaskedImageModeling(vit(depth=1))
     with pytest.raises(ConfigError, match="mask_type 'block'"):
         clip_module(mask_type="random")
     with pytest.raises(ConfigError, match="unknown backbone"):
-        MaskedImageModeling(encoder="itpn_bsae")
+        mim_encoder("itpn_bsae")
+    with pytest.raises(ConfigError, match="target 'pixels' takes no teacher; remove model.init_args.teacher"):
+        pixel_module(teacher=teacher())
+    with pytest.raises(ConfigError, match="target 'clip' needs model.init_args.teacher"):
+        clip_module(teacher=None)
+    with pytest.raises(ConfigError, match="needs an itpn_\\* encoder"):
+        mim_encoder("beit_base_patch16_224", dict(img_size=64, embed_dim=64, depth=1), pos_embed_mode="reference")
 
 
 def test_visualisation_rows_are_images():
@@ -198,17 +211,55 @@ def test_every_trainable_parameter_gets_a_gradient(recipe):
     elif recipe == "clip":
         module = clip_module()
     else:
-        module = MaskedImageModeling(
-            encoder="beit_base_patch16_224", encoder_kwargs=dict(img_size=64, embed_dim=64, depth=2, num_heads=2),
-            target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2, teacher=teacher(),
-            feature_loss="cosine", supervise="masked",
-        )  # fmt: skip
+        module = mvp_module()
     module.shared_step({"image": torch.rand(2, 3, 64, 64)}, seed=0)["loss"].backward()
     unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert unused == []
 
 
-def test_teacher_config_reads_a_command_line_null_as_none():
-    assert TeacherConfig(name_or_path="None", toy_data_root="null").name_or_path is None
-    assert TeacherConfig(name_or_path="None", toy_data_root="null").toy_data_root is None
-    assert TeacherConfig(name_or_path="openai/clip-vit-base-patch16").name_or_path == "openai/clip-vit-base-patch16"
+def test_the_teacher_reads_a_command_line_null_as_none():
+    assert [none_if_null(v) for v in ("None", "null", " ", None)] == [None] * 4
+    assert none_if_null("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    # name_or_path 'null' from the command line: the random tower of config, toy_data_root 'None' ignored
+    random_tower = ClipTeacher(
+        name_or_path="null", config={**TINY_CLIP, "projection_dim": 24}, teacher_dim=24, image_size=64,
+        toy_data_root="None",
+    )  # fmt: skip
+    assert random_tower.toy_data_root is None and random_tower.out_dim == 24
+
+
+def test_clip_feature_terms_add_the_weighted_auxiliary_loss():
+    target = torch.tensor([[[1.0, 0.0], [2.0, 0.0]]])
+    pred = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]])  # SmoothL1 mean 1.0 (test above)
+    aux = torch.zeros(1, 2, 2)  # |1| -> 0.5, |2| -> 1.5: mean (0.5 + 0 + 1.5 + 0) / 4 = 0.5
+    terms = clip_feature_terms(pred, aux, target, "smooth_l1", None, aux_weight=0.5)
+    assert terms["loss_main"].item() == pytest.approx(1.0) and terms["loss_aux"].item() == pytest.approx(0.5)
+    assert terms["loss"].item() == pytest.approx(1.0 + 0.5 * 0.5)
+    alone = clip_feature_terms(pred, None, target, "smooth_l1")
+    assert set(alone) == {"loss_main", "loss"} and alone["loss"].item() == pytest.approx(1.0)
+
+
+def test_patch_size_and_grid_come_from_the_injected_encoder():
+    assert patch_grid(mim_encoder(kwargs=TOY)) == (16, 4)
+    assert patch_grid(vit()) == (16, 4)
+    assert patch_grid(mim_encoder(kwargs={**TOY, "img_size": 96})) == (16, 6)
+
+
+def test_auxiliary_blocks_continue_the_encoders_drop_path_and_layer_scale():
+    torch.manual_seed(0)
+    encoder = mim_encoder(kwargs={**TOY, "depth": 4}, drop_path_rate=0.3, init_values=0.1)
+    module = MaskedImageModeling(
+        encoder, target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2, teacher=teacher()
+    )
+    # the official list: linspace(0, 0.3) over 1 + 1 + 4 blocks, the auxiliary blocks from block 2 + int(0.75 * 4),
+    # padded with the last block's rate (the official code pads with drop_path_rate: the same rate, here as float32)
+    rates = torch.linspace(0, 0.3, 6).tolist()
+    expected = (rates + [rates[-1]] * 2)[5:7]
+    assert [blk.drop_path.drop_prob for blk in module.head.cls_pt_layers] == expected
+    for blk in module.head.cls_pt_layers:
+        assert torch.equal(blk.gamma_1, torch.full_like(blk.gamma_1, 0.1))
+    plain = MaskedImageModeling(
+        mim_encoder(kwargs=TOY), target="clip", mask_type="block", num_mask_patches=6, min_mask_patches=2,
+        teacher=teacher(),
+    )  # fmt: skip
+    assert all(blk.gamma_1 is None for blk in plain.head.cls_pt_layers)

@@ -71,8 +71,8 @@ def test_teacher_dim_mismatch_names_both_numbers():
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
-        (dict(config=None), "exactly one of name_or_path"),
-        (dict(name_or_path="openai/clip-vit-base-patch16"), "exactly one of name_or_path"),
+        (dict(config=None), "name_or_path .* or config .*; both are null"),
+        (dict(config=None, name_or_path="null"), "both are null"),
         (dict(input_scaling="imagenet"), "input_scaling"),
         (dict(image_size=64), "image_size"),
         (dict(config={**TINY, "hidden_size": 30, "num_attention_heads": 4}), "not a valid CLIPVisionConfig"),
@@ -94,6 +94,15 @@ def test_loads_a_saved_checkpoint_folder(tmp_path):
     loaded = ClipTeacher(name_or_path=str(tmp_path / "clip"), teacher_dim=24, image_size=32)
     x = images()
     torch.testing.assert_close(loaded(x), teacher(x))
+    # a config beside name_or_path (the toy configs' fallback for name_or_path null) is not used
+    with_config = ClipTeacher(name_or_path=str(tmp_path / "clip"), config=TINY, teacher_dim=24, image_size=32, seed=7)
+    torch.testing.assert_close(with_config(x), teacher(x))
+
+
+def test_a_missing_toy_teacher_names_the_class_that_writes_it(tmp_path):
+    missing = str(tmp_path / "toy_clip_teacher")
+    with pytest.raises(ConfigError, match="experiments.toy_teacher.ToyClipTeacher"):
+        ClipTeacher(name_or_path=missing, teacher_dim=24, image_size=32, toy_data_root=str(tmp_path / "shapes"))
 
 
 def test_frozen_and_always_eval():
@@ -165,3 +174,33 @@ def test_saved_tower_runs_at_another_resolution_with_interpolated_positions(tmp_
     images = torch.rand(2, 3, 24, 24)
     assert smaller.grid == 6 and smaller(images).shape == (2, 36, 24)
     assert native.grid == 8 and native(images).shape == (2, 64, 24)  # resized to its own 32 px instead
+
+
+def test_toy_teacher_folders_written_before_the_split_still_count_as_written(tmp_path):
+    """The toy teacher's folder records the same generator and options as before the writer moved out of the task:
+    a folder written then is used as it is, one written from other shapes is refused."""
+    import json
+
+    from datamodules.toy import MARKER
+    from experiments.errors import DataError
+    from experiments.toy_teacher import ensure_toy_clip_teacher
+
+    folder = tmp_path / "toy_clip_teacher"
+    folder.mkdir()
+    record = {"generator": "datamodules.toy.clip_teacher.write_toy_clip_teacher", "options": {"data_root": "shapes"}}
+    (folder / MARKER).write_text(json.dumps(record))
+    assert ensure_toy_clip_teacher(folder, "shapes") == folder
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER]  # nothing was trained
+    with pytest.raises(DataError, match="written with"):
+        ensure_toy_clip_teacher(folder, "other_shapes")
+
+
+def test_toy_teacher_with_a_null_path_is_the_random_tower_and_writes_nothing(tmp_path):
+    from experiments.toy_teacher import ToyClipTeacher
+
+    teacher = ToyClipTeacher(
+        name_or_path="null", config=TINY, teacher_dim=24, image_size=32, toy_data_root=str(tmp_path / "shapes")
+    )
+    assert list(tmp_path.iterdir()) == []
+    for (name, a), (_, b) in zip(teacher.state_dict().items(), tiny().state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import yaml
 
 from datamodules.imagenet import ImageNetDataModule
 from experiments.cli import main as cli_main
+from experiments.configs import load_config
 from lightning_modules.backbones import load_checkpoint_file
 from lightning_modules.classification.probe import linear_probe
 
@@ -50,10 +50,16 @@ def losses(run: Path, key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key)]
 
 
+def classifier(config: str, num_classes: int) -> tuple[torch.nn.Module, dict]:
+    """The config's encoder as a fresh timm classifier (no pyramid), and the config's model init_args."""
+    model_args = load_config(config)["model"]["init_args"]
+    encoder = model_args["encoder"]["init_args"]
+    kwargs = {k: v for k, v in encoder["kwargs"].items() if k not in ("fpn_dim", "fpn_depth")}
+    return timm.create_model(encoder["name"], num_classes=num_classes, **kwargs), model_args
+
+
 def probe_accuracy(config: str, root: Path, checkpoint: Path | None, data: dict = DATA) -> float:
-    model_args = yaml.safe_load(open(config))["model"]["init_args"]
-    kwargs = {k: v for k, v in model_args["encoder_kwargs"].items() if k not in ("fpn_dim", "fpn_depth")}
-    backbone = timm.create_model(model_args["encoder"], num_classes=0, **kwargs)
+    backbone, model_args = classifier(config, num_classes=0)
     if checkpoint is not None:
         load_checkpoint_file(backbone, str(checkpoint))
     dm = ImageNetDataModule(
@@ -79,16 +85,16 @@ def probe_accuracy(config: str, root: Path, checkpoint: Path | None, data: dict 
     ids=["itpn-pixel", "itpn-clip", "mvp"],
 )
 def test_toy_pretraining_lowers_the_loss_steadily(config, epochs, drop, toy_shapes, tmp_path):
-    random_teacher = ["--model.init_args.teacher.name_or_path", "null"] if "clip" in config or "mvp" in config else []
+    random_teacher = (
+        ["--model.init_args.teacher.init_args.name_or_path", "null"] if "clip" in config or "mvp" in config else []
+    )
     run = pretrain(config, toy_shapes, tmp_path / "runs", epochs, random_teacher)
     assert not Path("None").exists()  # "null" reached the module as None, not as a folder name
     val = losses(run, "val/loss")
     assert len(val) == epochs and val[-1] < drop * val[0], val
     assert all(b <= a * 1.02 for a, b in zip(val, val[1:], strict=False)), f"validation loss not steady: {val}"
     # the pre-trained encoder loads into a classifier's backbone: its weights, not a fresh init, are what it holds
-    model_args = yaml.safe_load(open(config))["model"]["init_args"]
-    kwargs = {k: v for k, v in model_args["encoder_kwargs"].items() if k not in ("fpn_dim", "fpn_depth")}
-    backbone = timm.create_model(model_args["encoder"], num_classes=10, **kwargs)
+    backbone, _ = classifier(config, num_classes=10)
     load_checkpoint_file(backbone, str(run / "checkpoints" / "last.ckpt"))
     trained = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     torch.testing.assert_close(backbone.patch_embed.proj.weight, trained["encoder.patch_embed.proj.weight"])

@@ -31,8 +31,8 @@ def test_toy_pretraining_beats_random_init_in_a_linear_probe(config, epochs, tmp
     for seed in SEEDS:
         extra = ["--data.init_args.batch_size", "64", "--seed_everything", str(seed)]
         if "clip" in config:  # one toy teacher (the target) for every seed, trained on the first
-            extra += ["--model.init_args.teacher.name_or_path", str(tmp_path / "teacher")]
-            extra += ["--model.init_args.teacher.toy_data_root", str(root)]
+            extra += ["--model.init_args.teacher.init_args.name_or_path", str(tmp_path / "teacher")]
+            extra += ["--model.init_args.teacher.init_args.toy_data_root", str(root)]
         run = pretrain(config, root, tmp_path / f"runs{seed}", epochs, extra, data=FULL_TOY)
         val = losses(run, "val/loss")
         assert len(val) == epochs and val[-1] < 0.8 * val[0], val

@@ -4,8 +4,10 @@ CLIP's value as a masked-feature-modelling target (iTPN's CLIP recipe, MVP) is t
 semantics learned from language supervision. A randomly initialised tower carries none, so distilling one teaches a
 student nothing about the classes. At toy scale we therefore train a tiny ``CLIPVisionModelWithProjection``
 (supervised, a linear classifier on its projected image embedding, on the toy shapes' training split) and save it
-with ``save_pretrained``; the MIM module then loads it like any CLIP checkpoint (``teacher.name_or_path``). It is
-written once per folder (``ensure_written``), deterministically (seeded, single-process loading).
+with ``save_pretrained``; the MIM module then loads it like any CLIP checkpoint (``teacher.init_args.name_or_path``).
+It is written once per folder (``ensure_written``), deterministically (seeded, single-process loading), before the
+model is built: by :class:`experiments.toy_teacher.ToyClipTeacher`, which also gives the training loader (the toy
+shapes read by the ImageNet DataModule; the data layer's toy generators do not import it).
 
 Measured on this 2-core CPU (10 classes, 300 training images each, 64 px, 15 epochs): about 100 s, and a linear
 probe on its mean patch feature reaches 0.32 test accuracy where a random tower reaches 0.15 (chance 0.10).
@@ -13,11 +15,12 @@ probe on its mean patch feature reaches 0.32 test accuracy where a random tower 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datamodules.toy import ensure_written
@@ -40,22 +43,21 @@ def write_toy_clip_teacher(
     batch_size: int = 64,
     seed: int = 0,
     config: dict | None = None,
+    *,
+    loaders: Callable[..., Callable[[], DataLoader]],
 ) -> None:
-    """Train the toy teacher on ``data_root``'s toy shapes (written there first if missing) and save it to ``root``."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    """Train the toy teacher on ``data_root``'s toy shapes (written there first if missing) and save it to ``root``.
 
-    from datamodules.imagenet import ImageNetDataModule
+    ``loaders(data_root=, img_size=, batch_size=, seed=)`` prepares the shapes' training split (random crops of
+    scale 0.6-1, flips, CLIP normalisation, single-process) and returns the function that gives its loader, called
+    inside the seeded section."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     ensure_written(
         data_root, write_shapes_imagefolder, num_classes=num_classes, train_per_class=train_per_class,
         eval_per_class=60, img_size=img_size, seed=seed,
     )  # fmt: skip
-    dm = ImageNetDataModule(
-        root=data_root, dataset="imagenet", batch_size=batch_size, num_workers=0, img_size=img_size, test_split="test",
-        auto_augment=None, color_jitter=0.0, scale=(0.6, 1.0), re_prob=0.0, crop_pct=1.0, repeated_aug=False,
-        pin_memory=False, persistent_workers=False, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, seed=seed,
-    )  # fmt: skip
-    dm.setup("fit")
+    train_loader = loaders(data_root=data_root, img_size=img_size, batch_size=batch_size, seed=seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         cfg = CLIPVisionConfig(**{**TOY_CLIP_CONFIG, "image_size": img_size, **(config or {})})
@@ -63,7 +65,7 @@ def write_toy_clip_teacher(
         head = torch.nn.Linear(cfg.projection_dim, num_classes)
         params = list(model.parameters()) + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-        loader = dm.train_dataloader()
+        loader = train_loader()
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.1)
         model.train()
         for _ in tqdm(range(epochs), desc="training the toy CLIP teacher", unit="epoch"):

@@ -1,4 +1,5 @@
-"""Losses of the two MIM targets (pure functions, testable without Lightning).
+"""Losses of the two MIM targets (pure functions with named parameters, testable without Lightning; the module calls
+them with its settings).
 
 * Pixels (MAE, He et al. 2022, Eq. 1 with ``norm_pix_loss``; iTPN's pixel recipe): each 16x16 patch's pixels are
   normalised by the patch's own mean and variance, the squared error is averaged over the patch's values and then
@@ -40,7 +41,9 @@ def normalized_patches(target: torch.Tensor, eps: float = 1e-6) -> tuple[torch.T
 
 
 def pixel_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
-    """Mean squared error over the masked patches.
+    """Mean squared error over the masked patches: MAE's reconstruction loss (He et al. 2022, Eq. 1 with
+    ``norm_pix_loss``), the loss of iTPN's pixel recipe (Tian et al. 2023, Sec. 3.3):
+    ``sum_i m_i * mean_d (pred_id - t_id)^2 / sum_i m_i`` with ``t`` the (normalised) target patch.
 
     Args:
         pred: ``[B, N, p*p*3]`` predicted (normalised) pixels.
@@ -60,8 +63,9 @@ def feature_loss(
 ) -> torch.Tensor:
     """Feature regression ``pred [B, N, D]`` -> ``target [B, N, D]`` over all tokens (``mask=None``) or the masked ones.
 
-    ``smooth_l1``: ``SmoothL1(beta=1)`` averaged over every element (iTPN). ``cosine``: ``1 - cos(pred, target)``
-    per token, averaged over tokens (MVP).
+    ``smooth_l1``: ``SmoothL1(beta=1)`` averaged over every element: iTPN's CLIP-feature regression (Tian et al.
+    2023, Sec. 3.3; the form of the official ``itpn_clip/modeling_pretrain.py``). ``cosine``: ``1 - cos(pred, target)``
+    per token, averaged over tokens: MVP's feature loss (Wei et al. 2022, Sec. 3; UNVERIFIED form, see docs/mvp.md).
     """
     pred, target = pred.float(), target.float()
     if mask is not None:
@@ -71,3 +75,24 @@ def feature_loss(
     if kind == "cosine":
         return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()
     raise ValueError(f"unknown feature loss {kind!r}; use 'smooth_l1' or 'cosine'")
+
+
+def clip_feature_terms(
+    pred: torch.Tensor,
+    aux: torch.Tensor | None,
+    target: torch.Tensor,
+    kind: str = "smooth_l1",
+    mask: torch.Tensor | None = None,
+    aux_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """iTPN's CLIP-recipe loss: the pyramid head's :func:`feature_loss` plus ``aux_weight`` times the auxiliary
+    head's (the stage-3 branch's) on the same target, ``L = L_main + w * L_aux`` (Tian et al. 2023, Sec. 3.3: the
+    pyramid and the backbone are supervised together; weights 1 : 1 in the official code).
+
+    Returns ``{"loss_main", "loss"}``, and ``"loss_aux"`` when ``aux`` is given (None: no auxiliary head).
+    """
+    loss_main = feature_loss(pred, target, kind, mask)
+    if aux is None:
+        return {"loss_main": loss_main, "loss": loss_main}
+    loss_aux = feature_loss(aux, target, kind, mask)
+    return {"loss_main": loss_main, "loss_aux": loss_aux, "loss": loss_main + aux_weight * loss_aux}

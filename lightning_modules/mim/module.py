@@ -1,6 +1,6 @@
 """Masked image modeling: iTPN (pixels or CLIP features through the feature pyramid) and MVP (CLIP features, ViT).
 
-One LightningModule, three recipes chosen by ``encoder`` and ``target``:
+One LightningModule, three recipes chosen by the injected ``encoder`` and ``target``:
 
 ==================  ============================  ====================================================================
 recipe              encoder                       what is trained
@@ -15,36 +15,36 @@ MVP                 ``beit_*`` (timm ViT with     BEiT block masking (~40 %); ``
                     rel. pos. bias, layer scale)  Linear head; ``1 - cos`` to the CLIP features at masked positions
 ==================  ============================  ====================================================================
 
-The CLIP teacher (:class:`~lightning_modules.mim.teacher.ClipTeacher`) is frozen, runs under ``no_grad`` (bf16 on
-GPUs) and is kept out of the module tree: it is neither optimised nor saved in checkpoints (it is rebuilt from its
-config, a random tiny one deterministically). Code quirks of the official CLIP recipe are reproduced by default and
-can be switched (``supervise``, ``teacher.input_scaling``); see docs/itpn.md.
+The networks are injected by the config: the encoder (:func:`~lightning_modules.mim.encoders.mim_encoder`) and, for
+the CLIP targets, the teacher (:class:`~lightning_modules.mim.teacher.ClipTeacher`). The teacher is frozen, runs under
+``no_grad`` (bf16 on GPUs) and is kept out of the module tree: it is neither optimised nor saved in checkpoints (it
+is rebuilt from its config, a random tiny one deterministically). Code quirks of the official CLIP recipe are
+reproduced by default and can be switched (``supervise``, the teacher's ``input_scaling``); see docs/itpn.md.
 
 The released pixel pre-training checkpoints (encoder, pyramid and decoder) load by path (``released_checkpoint``,
-:mod:`lightning_modules.mim.released`); with ``pos_embed_mode: reference`` and the released masks
+:mod:`lightning_modules.mim.released`); with the encoder's ``pos_embed_mode: reference`` and the released masks
 (``shared_step(..., masks=...)``) the module reproduces the released ``iTPNMaskedAutoencoder``'s pyramid, prediction
 and loss (tests/test_itpn_reference.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models.beit import Beit
 from torch import nn
 
-from datamodules.toy import ensure_written
-from datamodules.toy.clip_teacher import write_toy_clip_teacher
-from lightning_modules.backbones import check_backbone_name
-from lightning_modules.backbones.hivit import HiViT, PosEmbedMode
 from lightning_modules.base import SuiteModule
 from lightning_modules.mim.heads import PyramidFeatureHead, PyramidPixelDecoder, TokenFeatureHead
-from lightning_modules.mim.losses import feature_loss, normalized_patches, patchify, pixel_loss, unpatchify
+from lightning_modules.mim.losses import (
+    clip_feature_terms,
+    feature_loss,
+    normalized_patches,
+    patchify,
+    pixel_loss,
+    unpatchify,
+)
 from lightning_modules.mim.masking import BlockMaskGenerator, random_masking
 from lightning_modules.mim.released import load_released_pixel_checkpoint
 from lightning_modules.mim.teacher import ClipTeacher
@@ -52,46 +52,36 @@ from lightning_modules.optim import OptimConfig
 from suite_base.errors import ConfigError
 
 
-@dataclass
-class TeacherConfig:
-    """The frozen CLIP vision tower that gives the feature targets (``model.init_args.teacher``).
+def patch_grid(encoder: nn.Module) -> tuple[int, int]:
+    """``(patch size, grid side)`` of a square-input encoder. timm's feature API gives the patch size (the last
+    level's ``feature_info`` reduction) but not the input size, so the grid is the model's own (``HiViT.grid``, timm
+    ViTs' ``patch_embed.grid_size``)."""
+    patch_size = int(encoder.feature_info[-1]["reduction"])
+    grid = getattr(encoder, "grid", None)
+    return patch_size, int(grid if grid is not None else encoder.patch_embed.grid_size[0])
 
-    Args:
-        name_or_path: Hugging Face id or local folder (``openai/clip-vit-base-patch16``; CLIP-L:
-            ``openai/clip-vit-large-patch14`` with ``teacher_dim: 768``). Loaded only on machines that have it.
-        config: ``CLIPVisionConfig`` arguments for a randomly initialised teacher (tests, toy runs); used when
-            ``name_or_path`` is null.
-        teacher_dim: the teacher's feature width (512 CLIP-B/16, 768 CLIP-L/14); the heads predict this many.
-        image_size: the teacher's input size (224; its patch grid must equal the student's).
-        input_scaling: ``beit`` reproduces the official ``[0,1] -> [0.5,1]`` rescaling before CLIP normalisation;
-            ``clip`` is plain CLIP normalisation.
-        toy_data_root: toy scale only: when ``name_or_path`` does not exist yet, first train a small CLIP vision
-            tower on the toy shapes under this root and save it there (:mod:`datamodules.toy.clip_teacher`), a
-            stand-in for CLIP's semantic features.
-    """
 
-    name_or_path: str | None = "openai/clip-vit-base-patch16"
-    config: dict | None = None
-    teacher_dim: int = 512
-    image_size: int = 224
-    input_scaling: Literal["beit", "clip"] = "beit"
-    toy_data_root: str | None = None
+def drop_path_rates(encoder: nn.Module) -> list[float]:
+    """Stochastic-depth rate of each transformer / MLP block of ``encoder.blocks`` in order (0 where it has none;
+    HiViT's patch merges between the stages have no rate)."""
+    blocks = [blk for blk in encoder.blocks if hasattr(blk, "drop_path")]
+    return [float(getattr(blk.drop_path, "drop_prob", 0.0)) for blk in blocks]
 
-    def __post_init__(self) -> None:
-        # a command-line `--model.init_args.teacher.name_or_path null` can arrive as the string 'None'
-        for name in ("name_or_path", "toy_data_root"):
-            if isinstance(getattr(self, name), str) and getattr(self, name).strip() in ("None", "null", ""):
-                setattr(self, name, None)
+
+def layer_scale_init(encoder: nn.Module) -> float | None:
+    """The layer-scale init of a freshly built encoder (its last block's ``gamma_2``), None without layer scale."""
+    gamma = getattr(encoder.blocks[-1], "gamma_2", None)
+    return float(gamma.detach().flatten()[0]) if gamma is not None else None
 
 
 class MaskedImageModeling(SuiteModule):
     """Masked image modeling pre-training (iTPN pixel / CLIP, MVP).
 
     Args:
-        encoder: timm name of the encoder: ``itpn_base_3324_patch16_224``, ``itpn_large_2240_patch16_224``,
-            ``itpn_large_2240_patch16_256`` (iTPN) or ``beit_base_patch16_224`` / ``beit_large_patch16_224`` (MVP).
-        encoder_kwargs: extra constructor arguments (``img_size``, ``embed_dim``, ``depth``, ``rpe``, ``ape``,
-            ``ape_init``, ``fpn_depth`` ... for toy sizes and the recipes' switches).
+        encoder: the network pre-trained: an iTPN (HiViT with its feature pyramid) or a BEiT-style timm ViT, built
+            by :func:`~lightning_modules.mim.encoders.mim_encoder` (model name, sizes, drop path, layer scale,
+            position-table mode). The heads read its widths, depth, drop path rates and layer scale.
+        teacher: the frozen CLIP teacher giving the feature targets (``target: clip``); None for pixels.
         target: ``pixels`` (iTPN pixel recipe, HiViT only) or ``clip`` (CLIP features).
         mask_type: ``random`` (MAE) or ``block`` (BEiT block-wise).
         mask_ratio: fraction of patches removed by random masking (0.75; 0 feeds every patch to the encoder, the
@@ -103,23 +93,15 @@ class MaskedImageModeling(SuiteModule):
         decoder_dim: pixel decoder width (512).
         decoder_depth: pixel decoder blocks (8).
         decoder_heads: pixel decoder heads (16).
-        teacher: the CLIP teacher (``target: clip``).
         feature_loss: ``smooth_l1`` (iTPN) or ``cosine`` (MVP).
         supervise: feature loss over ``all`` tokens (the official iTPN code) or ``masked`` ones (MVP).
         aux_weight: weight of the auxiliary head's loss (iTPN CLIP: 1.0; 0 removes the head).
         aux_blocks: transformer blocks of the auxiliary head (2).
-        drop_path_rate: stochastic depth of the encoder.
-        init_values: layer-scale init of the encoder (0.1 for the CLIP recipe; None: no layer scale).
-        pos_embed_mode: how an iTPN encoder adds its absolute position table to the kept patches: ``exact`` (each
-            patch its own row) or ``reference`` (resampled with the released code's ``(Hp + 0.1) / Hp`` scale
-            whenever patches are dropped, as the released pixel pre-training ran; see
-            :func:`~lightning_modules.backbones.hivit.reference_resample_pos_table`). The pixel pre-training configs
-            use ``reference``. Only the pixel recipe drops patches, so the CLIP recipe is the same either way.
         released_checkpoint: path (or glob) of a released iTPN pixel pre-training checkpoint
             (``iTPNMaskedAutoencoder``'s layout: encoder, pyramid and decoder); loaded strictly at construction, to
             evaluate it (``experiments validate``) or to continue pre-training from its weights. A Lightning
             checkpoint of ours resumes with ``--ckpt_path`` instead.
-        grad_checkpointing: activation checkpointing of the attention blocks.
+        grad_checkpointing: activation checkpointing of the encoder's attention blocks.
         log_images: draw masks and reconstructions (pixels) or feature maps (CLIP) of the first validation and test
             batch (TensorBoard and ``<run>/pictures/<stage>_<target>_epoch<NNN>.png``).
         optim: optimizer and schedule.
@@ -131,8 +113,9 @@ class MaskedImageModeling(SuiteModule):
 
     def __init__(
         self,
-        encoder: str = "itpn_base_3324_patch16_224",
-        encoder_kwargs: dict | None = None,
+        encoder: nn.Module,
+        *,
+        teacher: ClipTeacher | None = None,
         target: Literal["pixels", "clip"] = "pixels",
         mask_type: Literal["random", "block"] = "random",
         mask_ratio: float = 0.75,
@@ -143,54 +126,26 @@ class MaskedImageModeling(SuiteModule):
         decoder_dim: int = 512,
         decoder_depth: int = 8,
         decoder_heads: int = 16,
-        teacher: TeacherConfig | None = None,
         feature_loss: Literal["smooth_l1", "cosine"] = "smooth_l1",
         supervise: Literal["all", "masked"] = "all",
         aux_weight: float = 1.0,
         aux_blocks: int = 2,
-        drop_path_rate: float = 0.0,
-        init_values: float | None = None,
-        pos_embed_mode: PosEmbedMode = "exact",
         released_checkpoint: str | None = None,
         grad_checkpointing: bool = False,
         log_images: bool = True,
         optim: OptimConfig | None = None,
         compile: bool = False,
     ) -> None:
-        super().__init__(optim)
-        self.save_hyperparameters()
-        check_backbone_name(encoder)
-        kwargs = dict(encoder_kwargs or {})
-        kwargs.setdefault("drop_path_rate", drop_path_rate)
-        if init_values is not None:
-            kwargs.setdefault("init_values", init_values)
-        is_itpn = encoder.startswith(("itpn", "hivit"))
-        if is_itpn:
-            kwargs.setdefault("num_outs", 3)
-            if kwargs.setdefault("pos_embed_mode", pos_embed_mode) != pos_embed_mode:
-                raise ConfigError(
-                    f"pos_embed_mode is {pos_embed_mode!r} but encoder_kwargs.pos_embed_mode is "
-                    f"{kwargs['pos_embed_mode']!r}; set it once, as model.init_args.pos_embed_mode"
-                )
-        elif pos_embed_mode != "exact":
-            raise ConfigError(
-                f"pos_embed_mode {pos_embed_mode!r} is the released iTPN code's table resampling and needs an itpn_* "
-                f"encoder; encoder '{encoder}' takes pos_embed_mode 'exact'"
-            )
-        self.encoder = timm.create_model(encoder, pretrained=False, num_classes=0, **kwargs)
-        if not isinstance(self.encoder, (HiViT, Beit)):
-            raise ConfigError(f"encoder '{encoder}' is neither an iTPN/HiViT nor a BEiT-style ViT (timm 'beit_*')")
-        self.is_itpn = isinstance(self.encoder, HiViT)
-        if not self.is_itpn and getattr(self.encoder, "fc_norm", None) is not None:
-            # timm's BEiT pools through fc_norm, which pre-training never uses (every parameter must get a gradient
-            # under DDP); fine-tuning starts it fresh, as BEiT does
-            self.encoder.fc_norm = nn.Identity()
-        if self.is_itpn and self.encoder.pyramid is None:
-            raise ConfigError("the iTPN recipes need the pyramid; leave encoder_kwargs.num_outs at 3")
+        super().__init__(optim=optim)
+        self.save_hyperparameters_with_networks()
+        self.encoder = encoder
+        # iTPN's recipes need its feature pyramid over the stage outputs with masked tokens, which timm's feature API
+        # (feature_info / forward_intermediates: the three stage outputs of the whole image) cannot return: an
+        # encoder with a pyramid runs forward_tokens + pyramid, a ViT the BEiT-style masked pass (_vit_tokens)
+        self.is_itpn = getattr(encoder, "pyramid", None) is not None
         if grad_checkpointing:
             self.encoder.set_grad_checkpointing(True)
-        self.patch_size = self.encoder.patch_size if self.is_itpn else self.encoder.patch_embed.patch_size[0]
-        self.grid = self.encoder.grid if self.is_itpn else self.encoder.patch_embed.grid_size[0]
+        self.patch_size, self.grid = patch_grid(encoder)
         self.target = target
         self.mask_type = mask_type
         self.mask_ratio = mask_ratio
@@ -212,34 +167,34 @@ class MaskedImageModeling(SuiteModule):
         if target == "pixels":
             if not self.is_itpn or mask_type != "random":
                 raise ConfigError("target 'pixels' is iTPN's pixel recipe: an itpn_* encoder with mask_type 'random'")
+            if teacher is not None:
+                raise ConfigError("target 'pixels' takes no teacher; remove model.init_args.teacher")
             self.decoder = PyramidPixelDecoder(
                 self.encoder.pyramid.fpn_dim, self.grid, self.patch_size, decoder_dim, decoder_depth, decoder_heads
             )
         elif target == "clip":
             if mask_type != "block":
                 raise ConfigError("target 'clip' masks the stage-3 / ViT input with mask_type 'block'")
-            teacher = teacher if teacher is not None else TeacherConfig()
-            if teacher.toy_data_root and teacher.name_or_path and not Path(teacher.name_or_path).exists():
-                ensure_written(teacher.name_or_path, write_toy_clip_teacher, data_root=teacher.toy_data_root)
-            self.__dict__["teacher"] = ClipTeacher(  # outside the module tree: not optimised, not checkpointed
-                name_or_path=teacher.name_or_path,
-                config=None if teacher.name_or_path else teacher.config,
-                teacher_dim=teacher.teacher_dim,
-                image_size=teacher.image_size,
-                input_scaling=teacher.input_scaling,
-            )
-            if self.teacher.grid != self.grid:
+            if teacher is None:
                 raise ConfigError(
-                    f"the teacher gives a {self.teacher.grid}x{self.teacher.grid} token grid at teacher.image_size "
-                    f"{teacher.image_size} but the student has {self.grid}x{self.grid} patches; set teacher.image_size "
-                    f"to {self.grid} x the teacher's patch size"
+                    "target 'clip' needs model.init_args.teacher (class_path lightning_modules.mim.teacher."
+                    "ClipTeacher, init_args name_or_path: openai/clip-vit-base-patch16)"
+                )
+            self.__dict__["teacher"] = teacher  # outside the module tree: not optimised, not checkpointed
+            if teacher.grid != self.grid:
+                raise ConfigError(
+                    f"the teacher gives a {teacher.grid}x{teacher.grid} token grid at its image_size "
+                    f"{teacher.image_size} but the student has {self.grid}x{self.grid} patches; set the teacher's "
+                    f"image_size to {self.grid} x its patch size"
                 )
             self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.trunc_normal_(self.mask_token, std=0.02)
             if self.is_itpn:
                 depth = self.encoder.depth
                 self.aux_index = int(0.75 * depth)
-                rates = torch.linspace(0, drop_path_rate, sum(self.encoder.mlp_depths) + depth, device="cpu").tolist()
+                # the auxiliary blocks continue the encoder's stochastic depth from block 0.75 * depth (the official
+                # rates list, padded with the last rate) and its layer scale
+                rates = drop_path_rates(self.encoder)
                 first = sum(self.encoder.mlp_depths) + self.aux_index
                 self.head = PyramidFeatureHead(
                     embed_dim,
@@ -248,8 +203,8 @@ class MaskedImageModeling(SuiteModule):
                     self.encoder.blocks[-1].attn.num_heads,
                     self.grid,
                     aux_blocks if aux_weight > 0 else 0,
-                    init_values,
-                    (rates + [drop_path_rate] * aux_blocks)[first : first + aux_blocks],
+                    layer_scale_init(self.encoder),
+                    (rates + [rates[-1]] * aux_blocks)[first : first + aux_blocks],
                     rpe=self.encoder.relative_position_index is not None,
                 )
             else:
@@ -350,14 +305,10 @@ class MaskedImageModeling(SuiteModule):
             levels = self.encoder.pyramid(out.tokens, out.laterals)
             aux_in = out.collected.get(self.aux_index, out.tokens)
             pred, aux = self.head(levels, aux_in, out.rpe_index)
-            loss_main = feature_loss(pred, target, self.feature_loss_kind, only)
-            terms = {"loss_main": loss_main, "pred": pred, "mask": mask, "target": target}
-            if self.aux_weight > 0:
-                terms["loss_aux"] = feature_loss(aux, target, self.feature_loss_kind, only)
-                terms["loss"] = loss_main + self.aux_weight * terms["loss_aux"]
-            else:
-                terms["loss"] = loss_main
-            return terms
+            terms = clip_feature_terms(
+                pred, aux if self.aux_weight > 0 else None, target, self.feature_loss_kind, only, self.aux_weight
+            )
+            return {**terms, "pred": pred, "mask": mask, "target": target}
         pred = self.head(self._vit_tokens(images, mask))
         loss = feature_loss(pred, target, self.feature_loss_kind, only)
         return {"loss": loss, "pred": pred, "mask": mask, "target": target}
@@ -377,7 +328,8 @@ class MaskedImageModeling(SuiteModule):
         if size is not None and size // self.patch_size != self.grid:
             raise ConfigError(
                 f"data.img_size {size} gives a {size // self.patch_size}x{size // self.patch_size} grid but the "
-                f"encoder was built for {self.grid}x{self.grid}; set encoder_kwargs.img_size {size}"
+                f"encoder was built for {self.grid}x{self.grid}; set model.init_args.encoder.init_args.kwargs.img_size "
+                f"{size}"
             )
 
     def _log_terms(self, terms: dict, stage: str, batch_size: int) -> None:

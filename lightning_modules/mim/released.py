@@ -57,18 +57,18 @@ def _fix_hints(missing: list[str], unexpected: list[str]) -> list[str]:
         )
     if any("relative_position_bias_table" in k for k in missing):
         hints.append(
-            "the released pixel pre-training runs without relative position bias: set encoder_kwargs.rpe false"
+            "the released pixel pre-training runs without relative position bias: set the encoder's kwargs.rpe false"
         )
     if any("relative_position_bias_table" in k for k in unexpected):
-        hints.append("the checkpoint has relative position bias tables: set encoder_kwargs.rpe true")
+        hints.append("the checkpoint has relative position bias tables: set the encoder's kwargs.rpe true")
     if any(k.startswith(("encoder.blocks.", "decoder.decoder_blocks.", "encoder.pyramid.block_")) for k in missing):
         hints.append(
-            "the module has more blocks than the checkpoint: match encoder (base / large), encoder_kwargs "
+            "the module has more blocks than the checkpoint: match the encoder's name (base / large), kwargs "
             "(mlp_depth, depth, fpn_depth) and decoder_depth to the checkpoint's recipe"
         )
     if any(k.startswith(("blocks.", "decoder_blocks.", "block_")) for k in unexpected):
         hints.append(
-            "the checkpoint has more blocks than the module: match encoder (base / large), encoder_kwargs "
+            "the checkpoint has more blocks than the module: match the encoder's name (base / large), kwargs "
             "(mlp_depth, depth, fpn_depth) and decoder_depth to the checkpoint's recipe"
         )
     if not hints:
@@ -133,7 +133,7 @@ def released_pixel_state_dict(
             raise ConfigError(
                 f"{source} does not fit this iTPN pixel pre-training module: '{key}' has shape {list(value.shape)} in "
                 f"the checkpoint but {list(target[key].shape)} in the module; build the module with the checkpoint's "
-                "sizes (encoder base / large, encoder_kwargs img_size / embed_dim / fpn_dim, decoder_dim)"
+                "sizes (the encoder's name base / large and kwargs img_size / embed_dim / fpn_dim, decoder_dim)"
             )
     return mapped
 

@@ -12,6 +12,7 @@ The tower is Hugging Face ``transformers.CLIPVisionModelWithProjection``, whose 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -21,21 +22,29 @@ from torch import Tensor, nn
 
 from suite_base.errors import ConfigError
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipTeacher"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipTeacher", "none_if_null"]
 
 CLIP_MEAN, CLIP_STD = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD  # timm's constants (OpenAI CLIP preprocessing)
+
+
+def none_if_null(value: str | None) -> str | None:
+    """``None`` for a command line's ``None`` / ``null`` / empty string (``--...name_or_path null`` can arrive as the
+    string), else ``value``."""
+    return None if isinstance(value, str) and value.strip() in ("None", "null", "") else value
 
 
 class ClipTeacher(nn.Module):
     """Frozen CLIP image encoder giving LayerNorm-ed patch features ``[B, grid * grid, out_dim]`` (iTPN / MVP target).
 
-    Build it from exactly one of:
+    Built from:
 
     * ``name_or_path``: a Hugging Face hub id (e.g. ``openai/clip-vit-base-patch16``, 512-d; ``openai/clip-vit-large-
-      patch14``, 768-d) or a local folder, loaded with ``from_pretrained`` in float32;
-    * ``config``: keyword arguments of ``transformers.CLIPVisionConfig`` for a randomly initialised tower (tests, smoke
-      runs). Its weights are drawn from the CPU generator seeded with ``seed`` inside ``torch.random.fork_rng``, so the
-      same config and seed always give the same teacher and the caller's random state is untouched.
+      patch14``, 768-d) or a local folder, loaded with ``from_pretrained`` in float32; when it is given, ``config``
+      is not used;
+    * else ``config``: keyword arguments of ``transformers.CLIPVisionConfig`` for a randomly initialised tower (tests,
+      smoke runs; ``--model.init_args.teacher.init_args.name_or_path null`` switches a config to it). Its weights are
+      drawn from the CPU generator seeded with ``seed`` inside ``torch.random.fork_rng``, so the same config and seed
+      always give the same teacher and the caller's random state is untouched.
 
     The module is frozen (``requires_grad=False``) and stays in eval mode whatever ``train()`` is asked.
 
@@ -54,6 +63,9 @@ class ClipTeacher(nn.Module):
         image_size: resolution the tower runs at; inputs of another size are resized bicubically.
         input_scaling: ``"beit"`` or ``"clip"`` (see above).
         seed: seed of the random initialisation (``config`` only).
+        toy_data_root: toy scale only: the toy shapes a stand-in teacher at ``name_or_path`` is trained on. This class
+            only loads the folder; :class:`experiments.toy_teacher.ToyClipTeacher` (the toy configs' class_path)
+            writes it first when it is missing.
     """
 
     def __init__(
@@ -64,22 +76,31 @@ class ClipTeacher(nn.Module):
         image_size: int = 224,
         input_scaling: Literal["beit", "clip"] = "beit",
         seed: int = 0,
+        toy_data_root: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        if (name_or_path is None) == (config is None):
+        name_or_path, toy_data_root = (none_if_null(value) for value in (name_or_path, toy_data_root))
+        if name_or_path is not None:
+            config = None
+        elif config is None:
             raise ConfigError(
-                "ClipTeacher needs exactly one of name_or_path (a CLIP checkpoint, e.g. openai/clip-vit-base-patch16) "
-                "or config (CLIPVisionConfig keyword arguments for a random tower); "
-                f"got name_or_path={name_or_path!r} and config={config!r}"
+                "ClipTeacher needs name_or_path (a CLIP checkpoint, e.g. openai/clip-vit-base-patch16) or config "
+                "(CLIPVisionConfig keyword arguments for a random tower); both are null"
             )
+        self.toy_data_root = toy_data_root
         if input_scaling not in ("beit", "clip"):
             raise ConfigError(
                 f"input_scaling must be 'beit' (iTPN/BEiT-v2 code) or 'clip' (plain CLIP normalisation); "
                 f"got {input_scaling!r}"
             )
         if name_or_path is not None:
+            if toy_data_root is not None and not Path(name_or_path).exists():
+                raise ConfigError(
+                    f"the toy CLIP teacher {name_or_path} is not written yet; build the teacher with class_path "
+                    "experiments.toy_teacher.ToyClipTeacher, which trains it on the toy shapes first"
+                )
             try:
                 model = CLIPVisionModelWithProjection.from_pretrained(name_or_path, dtype=torch.float32)
             except OSError as err:
@@ -106,7 +127,7 @@ class ClipTeacher(nn.Module):
         if model_config.projection_dim != teacher_dim:
             raise ConfigError(
                 f"CLIP teacher {source} gives {model_config.projection_dim}-d features but teacher_dim is "
-                f"{teacher_dim}; set --model.init_args.teacher.teacher_dim {model_config.projection_dim} "
+                f"{teacher_dim}; set --model.init_args.teacher.init_args.teacher_dim {model_config.projection_dim} "
                 "(768 for CLIP-L, 512 for CLIP-B)"
             )
         if config is not None and image_size != model_config.image_size:
