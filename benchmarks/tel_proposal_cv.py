@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodules.video_subtitles import VideoSubtitlesDataModule  # noqa: E402
-from lightning_modules.emotion.dcin import topk_mean  # noqa: E402
+from lightning_modules.emotion.losses import topk_mean  # noqa: E402
 from lightning_modules.emotion.metrics import InstanceMAP  # noqa: E402
 from lightning_modules.emotion.proposals import ground_truth, proposals  # noqa: E402
 

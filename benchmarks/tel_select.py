@@ -66,7 +66,7 @@ from datamodules.tel_annotations import Clip  # noqa: E402
 from datamodules.video_subtitles import collate_clips  # noqa: E402
 from experiments.errors import ConfigError, DataError, SuiteError  # noqa: E402
 from experiments.io import atomic_write_bytes  # noqa: E402
-from lightning_modules.emotion.dcin import topk_mean  # noqa: E402
+from lightning_modules.emotion.losses import topk_mean  # noqa: E402
 from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP  # noqa: E402
 from lightning_modules.emotion.module import UNIT_SCORES, calibrated_scores  # noqa: E402
 from lightning_modules.emotion.proposals import ground_truth, proposals  # noqa: E402
@@ -220,9 +220,9 @@ def replace_block(path: Path, text: str) -> None:
 
 def select(args: argparse.Namespace) -> tuple[dict, str]:
     """Run the checkpoint on the pseudo-clips and the held-out clips: the JSON document and the printed text."""
-    import yaml
+    from experiments.configs import load_config
 
-    config = yaml.safe_load(Path(args.config).read_text()) or {}
+    config = load_config(args.config)  # merged over its bases, resolved
     model, _ = load_model(args.ckpt, config)
     model = model.to(args.device)
     C, ratio, nms = model.num_classes, model.cfg["ratio"], model.cfg["nms"]

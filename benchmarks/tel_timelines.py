@@ -86,11 +86,10 @@ def test_dataset(config: dict, root: str, num_classes: int):
 @torch.no_grad()
 def predict(args: argparse.Namespace) -> dict:
     """Run the checkpoint on the chosen test clips; the JSON document of their rounded probabilities."""
-    import yaml
-
     from datamodules.video_subtitles import collate_clips
+    from experiments.configs import load_config
 
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    config = load_config(args.config) if args.config else {}  # merged over its bases, resolved
     model, class_path = load_model(args.ckpt, config)
     dataset = test_dataset(config, args.root, model.num_classes)
     chosen = choose_clips(dataset.clips, args.clips, args.seed)

@@ -6,9 +6,10 @@ there is any.
 
 ``extract [--backbone NAME] [--batch_size N] [--device cuda]`` (video datasets): decodes every clip of the config's
 splits with decord at the data's ``fps``, embeds the frames once with a frozen timm backbone (default: the config's
-``model.init_args.visual_backbone``) and writes one feature shard per clip, ``<features_root>/<movie>/<clip>.npy``
-(``[frames, dim]`` float16, written atomically; existing shards are kept, so an interrupted run resumes), plus
-``features.json`` (fps, backbone, width). Training then reads the shards with ``data.init_args.visual: features``.
+``model.init_args.net.init_args.visual_backbone``) and writes one feature shard per clip,
+``<features_root>/<movie>/<clip>.npy`` (``[frames, dim]`` float16, written atomically; existing shards are kept, so an
+interrupted run resumes), plus ``features.json`` (fps, backbone, width). Training then reads the shards with
+``data.init_args.visual: features``.
 """
 
 from __future__ import annotations
@@ -73,18 +74,20 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     if not hasattr(datamodule, "features_root"):
         raise ConfigError(f"{type(datamodule).__name__} has no video clips to extract features from")
     datamodule.prepare_data()
-    model_args = load_config(config).get("model", {}).get("init_args", {})
-    name = backbone or model_args.get("visual_backbone")
+    # the TEL network's frame settings (model.init_args.net.init_args: lightning_modules.emotion.dcin.DCIN)
+    net_args = (load_config(config).get("model", {}).get("init_args", {}).get("net") or {}).get("init_args") or {}
+    key = "model.init_args.net.init_args"
+    name = backbone or net_args.get("visual_backbone")
     if not name:
-        raise ConfigError("no backbone: pass --backbone NAME or set model.init_args.visual_backbone in the config")
+        raise ConfigError(f"no backbone: pass --backbone NAME or set {key}.visual_backbone in the config")
     # the config's weights belong to the config's backbone; another --backbone starts random
-    pretrained = model_args.get("visual_pretrained") if backbone in (None, model_args.get("visual_backbone")) else None
+    pretrained = net_args.get("visual_pretrained") if backbone in (None, net_args.get("visual_backbone")) else None
     torch.manual_seed(0)  # a backbone without pretrained weights is then the same in every extraction
-    net = create_backbone(name, pretrained, weights_key="model.init_args.visual_pretrained", num_classes=0,
-                          **(model_args.get("visual_backbone_kwargs") or {}))  # fmt: skip
-    width = model_args.get("visual_dim")
+    net = create_backbone(name, pretrained, weights_key=f"{key}.visual_pretrained", num_classes=0,
+                          **(net_args.get("visual_backbone_kwargs") or {}))  # fmt: skip
+    width = net_args.get("visual_dim")
     if width is not None and width != net.num_features:
-        raise ConfigError(f"{name} embeds frames in {net.num_features} dimensions but model.init_args.visual_dim is "
+        raise ConfigError(f"{name} embeds frames in {net.num_features} dimensions but {key}.visual_dim is "
                           f"{width} in {config}; set visual_dim: {net.num_features} (the model reads these "
                           "shards)")  # fmt: skip
     net = net.requires_grad_(False).eval().to(device)

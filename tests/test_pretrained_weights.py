@@ -89,20 +89,20 @@ def test_a_paper_config_naming_a_hub_id_fails_offline_with_one_line(monkeypatch,
 
 
 def test_tel_frame_backbone_weights_name_their_key_offline(monkeypatch):
-    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+    from lightning_modules.emotion.dcin import DCIN
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ConfigError, match=r"^model\.init_args\.visual_pretrained is the hub id 'timm/not-cached\.x'"):
-        TemporalEmotionLocalizer(num_classes=4, modalities="video", visual_backbone="resnet10t",
-                                 visual_pretrained="timm/not-cached.x")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^model\.init_args\.net\.init_args\.visual_pretrained is the hub id "
+                                          r"'timm/not-cached\.x'"):  # fmt: skip
+        DCIN(num_classes=4, modalities="video", visual_backbone="resnet10t", visual_pretrained="timm/not-cached.x")
 
 
 def test_tel_from_feature_shards_needs_no_frame_weights(monkeypatch):
     """With visual_dim set the module reads feature shards: the frame backbone (and its hub weights) belong to
     `data extract`, so an offline run from shards does not stop at visual_pretrained."""
-    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+    from lightning_modules.emotion.dcin import DCIN
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = TemporalEmotionLocalizer(num_classes=4, modalities="video", visual_backbone="resnet10t",
-                                     visual_pretrained="timm/not-cached.x", visual_dim=24)  # fmt: skip
-    assert model.backbone is None and model.video_stream.inp[0].in_features == 24
+    net = DCIN(num_classes=4, modalities="video", visual_backbone="resnet10t", visual_pretrained="timm/not-cached.x",
+               visual_dim=24)  # fmt: skip
+    assert net.backbone is None and net.video_stream.inp[0].in_features == 24

@@ -6,11 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-import lightning
-import torch
-
 from datamodules.toy.emotion_clips import write_toy_tel
-from lightning_modules.emotion.module import TemporalEmotionLocalizer
+from tests.test_tel_select import untrained_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -19,11 +16,7 @@ def test_proposal_cv_scores_every_rule_and_pools_held_out_folds(tmp_path):
     import tel_proposal_cv
 
     write_toy_tel(tmp_path / "tel", num_classes=6, train=20, val=0, test=60, seed=0)
-    torch.manual_seed(0)
-    model = TemporalEmotionLocalizer(num_classes=18, modalities="subtitles", dim=32, rates=(1, 2), heads=2)
-    ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "pytorch-lightning_version": lightning.__version__}, ckpt)  # fmt: skip
+    ckpt = untrained_checkpoint(tmp_path / "model.ckpt")
     out = tmp_path / "cv.json"
     assert tel_proposal_cv.main(["--ckpt", str(ckpt), "--root", str(tmp_path / "tel"), "--seeds", "0", "1",
                                  "--json", str(out)]) == 0  # fmt: skip

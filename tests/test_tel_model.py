@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.emotion.dcin import (
-    ContextIntegration,
-    DilatedContext,
-    Stream,
-    consensus_loss,
-    pool_frames,
-    topk_mean,
-)
+from lightning_modules.emotion.dcin import ContextIntegration, DilatedContext, Stream, pool_frames
+from lightning_modules.emotion.losses import consensus_loss, topk_mean
 from lightning_modules.emotion.proposals import ground_truth, proposals, unit_runs
 
 
@@ -85,7 +79,7 @@ def test_proposals_by_hand():
 
 
 def test_subtitle_encoder_caches_and_ignores_padding():
-    from lightning_modules.emotion.module import SubtitleEncoder
+    from lightning_modules.emotion.text import SubtitleEncoder
 
     enc = SubtitleEncoder("minilm-offline", max_length=32)
     calls = []
@@ -151,10 +145,11 @@ def test_clip_level_validation_and_test_needs_unit_labels():
 
 def test_localizer_rejects_an_unknown_monitor():
     from experiments.errors import ConfigError
+    from lightning_modules.emotion.dcin import DCIN
     from lightning_modules.emotion.module import TemporalEmotionLocalizer
 
     with pytest.raises(ConfigError, match="monitor is 'val/loss'.*val/clip_map"):
-        TemporalEmotionLocalizer(num_classes=2, modalities="video", visual_dim=8, monitor="val/loss")
+        TemporalEmotionLocalizer(DCIN(num_classes=2, modalities="video", visual_dim=8), monitor="val/loss")
 
 
 def test_whole_clip_proposals_rank_first_by_the_clip_score():
@@ -191,3 +186,26 @@ def test_calibrated_unit_scores_by_hand():
     assert torch.allclose(calibrated_scores(probs, clip, "product"), expected)
     with pytest.raises(ConfigError, match="unit_scores"):
         calibrated_scores(probs, clip, "mean")
+
+
+def test_the_localizer_takes_its_network_and_reads_old_checkpoints():
+    from experiments.errors import ConfigError
+    from lightning_modules.emotion.dcin import DCIN
+    from lightning_modules.emotion.module import TemporalEmotionLocalizer
+
+    torch.manual_seed(0)
+    net = DCIN(num_classes=2, modalities="video", visual_dim=8, dim=16, rates=(1,), heads=2)
+    model = TemporalEmotionLocalizer(net, consensus_weight=0.5)
+    assert model.net is net and model.num_classes == 2 and model.cfg["lam"] == 0.5
+    assert "net" not in model.hparams  # built in Python: the network is not pickled into the hyper-parameters
+    # a checkpoint of the module before the injection kept the streams at the top level
+    old = {k[len("net.") :]: v + 1 for k, v in model.state_dict().items()}
+    assert "video_stream.head.weight" in old
+    checkpoint = {"state_dict": dict(old)}
+    model.on_load_checkpoint(checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])  # strict: every key found
+    assert all(torch.equal(model.state_dict()[f"net.{k}"], v) for k, v in old.items())
+    with pytest.raises(ConfigError, match=r"give model\.init_args\.net\.init_args\.text_encoder"):
+        DCIN(num_classes=2, modalities="subtitles")
+    with pytest.raises(TypeError):
+        TemporalEmotionLocalizer(net, 4.0)  # every setting after the network is keyword-only

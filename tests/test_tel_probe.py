@@ -16,6 +16,7 @@ import datamodules.video_subtitles as video_subtitles
 from datamodules.video_subtitles import VideoSubtitlesDataModule
 from experiments.errors import ConfigError
 from lightning_modules.emotion.probe import LinearProbe, fit_logistic, held_out_movies, probe_unit_probs
+from lightning_modules.emotion.text import SubtitleEncoder
 from tests.test_tel_toy import chance_segment_map
 
 
@@ -66,7 +67,7 @@ def toy(tmp_path_factory):
     dm = VideoSubtitlesDataModule(root=str(root), dataset="toy", toy_train=96, toy_val=16, toy_test=40,
                                   batch_size=64, num_workers=0, pin_memory=False, persistent_workers=False)  # fmt: skip
     dm.prepare_data()
-    probe = LinearProbe(num_classes=6, val_movies=2, pictures=0)
+    probe = LinearProbe(SubtitleEncoder("minilm-offline"), num_classes=6, val_movies=2, pictures=0)
     probe._trainer = types.SimpleNamespace(datamodule=dm)
     return root, dm, probe
 

@@ -134,11 +134,25 @@ def test_held_out_data_reads_only_train_json(tmp_path, monkeypatch):
     assert (batch["starts"][:, 1:] > batch["starts"][:, :-1]).all()
 
 
+SMALL_DCIN = {
+    "class_path": "lightning_modules.emotion.dcin.DCIN",
+    "init_args": {
+        "num_classes": 18, "modalities": "subtitles", "dim": 32, "rates": [1, 2], "heads": 2,
+        "text_encoder": {"class_path": "lightning_modules.emotion.text.SubtitleEncoder",
+                         "init_args": {"name_or_path": "minilm-offline"}},
+    },
+}  # fmt: skip
+
+
 def untrained_checkpoint(path: Path) -> Path:
-    """A small subtitle-only DCIN saved with random weights (nothing is trained)."""
+    """A small subtitle-only DCIN saved with random weights (nothing is trained), its network in the config form a
+    CLI run stores, so that ``load_from_checkpoint(path)`` rebuilds it."""
+    from lightning.pytorch.cli import instantiate_module
+
     torch.manual_seed(0)
-    model = TemporalEmotionLocalizer(num_classes=18, modalities="subtitles", dim=32, rates=(1, 2), heads=2)
-    state = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}
+    model = instantiate_module(TemporalEmotionLocalizer, {"net": SMALL_DCIN})
+    hparams = {**model.hparams, "net": SMALL_DCIN, "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    state = {"state_dict": model.state_dict(), "hyper_parameters": hparams}
     torch.save({**state, "pytorch-lightning_version": lightning.__version__}, path)
     return path
 

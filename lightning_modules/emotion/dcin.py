@@ -28,6 +28,7 @@ and the choices are ours (docs/tel.md lists them):
 
       L_CON = mean_{u, c} [ (p_v[u, c] - sg(p_t[u, c]))^2 + (p_t[u, c] - sg(p_v[u, c]))^2 ],   p = sigmoid(s)
 
+* The losses are pure functions in :mod:`lightning_modules.emotion.losses`.
 * Total: ``L = L_MIL^v + L_MIL^t + L_MIL^fused + lambda L_CON`` with the fused logits the mean of the two streams'.
   Inference: ``p = sigmoid(fused logits)`` per unit and class; subtitle-only runs use the subtitle stream alone.
 """
@@ -36,10 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lightning_modules.emotion.text import SubtitleEncoder
+from suite_base.errors import ConfigError
 
 
 class DilatedContext(nn.Module):
@@ -109,28 +114,6 @@ class Stream(nn.Module):
         return self.head(self.fine(x, self.coarse(x, mask), mask))
 
 
-def topk_mean(logits: Tensor, mask: Tensor, ratio: float) -> Tensor:
-    """Clip-level logits ``[B, C]``: mean of the ``k = ceil(U_b / ratio)`` largest unit logits of each clip."""
-    low = torch.finfo(logits.dtype).min
-    ordered = logits.masked_fill(~mask.unsqueeze(-1), low).sort(1, descending=True).values  # [B, U, C]
-    k = (mask.sum(1).float() / ratio).ceil().clamp(min=1)  # [B]
-    take = (torch.arange(logits.shape[1], device=logits.device)[None, :] < k[:, None]).to(logits.dtype)  # [B, U]
-    return (ordered * take.unsqueeze(-1)).sum(1) / k.unsqueeze(-1)
-
-
-def mil_loss(logits: Tensor, mask: Tensor, labels: Tensor, ratio: float) -> Tensor:
-    """Multiple-instance BCE of the top-k mean clip logits against clip-level labels."""
-    return F.binary_cross_entropy_with_logits(topk_mean(logits, mask, ratio), labels.to(logits.dtype))
-
-
-def consensus_loss(video_logits: Tensor, text_logits: Tensor, mask: Tensor) -> Tensor:
-    """Mutual agreement of the two streams' unit probabilities, each towards the other's detached values."""
-    pv, pt = torch.sigmoid(video_logits), torch.sigmoid(text_logits)
-    sq = (pv - pt.detach()).pow(2) + (pt - pv.detach()).pow(2)  # [B, U, C]
-    keep = mask.unsqueeze(-1).to(sq.dtype)
-    return (sq * keep).sum() / (keep.sum() * sq.shape[-1]).clamp(min=1)
-
-
 def pool_frames(features: Tensor, times: Tensor, frame_mask: Tensor, starts: Tensor, ends: Tensor,
                 unit_mask: Tensor) -> Tensor:  # fmt: skip
     """Per-unit video features ``[B, U, D]``: mean of the frames inside each unit (the nearest frame if none is).
@@ -146,3 +129,125 @@ def pool_frames(features: Tensor, times: Tensor, frame_mask: Tensor, starts: Ten
     weights = torch.where(inside.any(-1, keepdim=True), inside, nearest).to(features.dtype)
     weights = weights * unit_mask.unsqueeze(-1).to(features.dtype)
     return weights @ features / weights.sum(-1, keepdim=True).clamp(min=1)
+
+
+class DCIN(nn.Module):
+    """The dilated context integrated network (module docstring): the subtitle encoder and one :class:`Stream` per
+    modality, with the frozen frame backbone where the data decodes frames. ``forward(batch)`` returns the unit
+    logits of each present stream and their mean, ``{"text", "video", "fused"}`` (each ``[B, U, C]``).
+
+    Args:
+        num_classes: emotion classes (18 for TEL; the toy uses the first few).
+        modalities: ``both`` (video + subtitles), ``subtitles`` (subtitle-only: the public splits ship no video) or
+            ``video``.
+        text_encoder: the subtitle encoder (:class:`SubtitleEncoder`); needed unless ``modalities`` is ``video``.
+        visual_dim: width of the frame features (``visual: features`` data). Set together with ``visual_backbone``,
+            the network reads feature shards and does not build the backbone: ``visual_backbone`` and
+            ``visual_pretrained`` are then what ``python -m experiments data extract`` embeds the frames with (it
+            checks that the backbone's width is ``visual_dim``), so training from shards needs no frame weights.
+        visual_backbone: timm model that embeds decoded frames (``visual: frames`` data, ``visual_dim`` unset),
+            frozen.
+        visual_backbone_kwargs: its keyword arguments (e.g. ``pretrained_cfg_overlay`` with a local file).
+        visual_pretrained: weights of ``visual_backbone``: a local file in timm's layout or a hub id (e.g.
+            ``timm/resnet50.tv_in1k``; offline and not cached, the run stops at once naming this key); None: random.
+        dim: stream width.
+        rates: dilation rates of the coarse stream (one context per rate).
+        heads: attention heads of the fine stream.
+        dropout: dropout in the streams.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 18,
+        modalities: Literal["both", "subtitles", "video"] = "both",
+        text_encoder: SubtitleEncoder | None = None,
+        visual_dim: int | None = None,
+        visual_backbone: str | None = None,
+        visual_backbone_kwargs: dict | None = None,
+        visual_pretrained: str | None = None,
+        dim: int = 256,
+        rates: Sequence[int] = (1, 2, 4, 8),
+        heads: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if modalities not in ("both", "subtitles", "video"):
+            raise ConfigError(f"model.init_args.net.init_args.modalities is {modalities!r}; choose both, subtitles "
+                              "or video")  # fmt: skip
+        self.num_classes, self.modalities = num_classes, modalities
+        self.backbone = None
+        if modalities != "video":
+            if text_encoder is None:
+                raise ConfigError(f"modalities {modalities} reads subtitles: give model.init_args.net.init_args."
+                                  "text_encoder (lightning_modules.emotion.text.SubtitleEncoder)")  # fmt: skip
+            self.subtitle_encoder = text_encoder
+            self.text_stream = Stream(text_encoder.dim, dim, num_classes, rates, heads, dropout)
+        if modalities != "subtitles":
+            if visual_backbone is not None and visual_dim is None:  # decoded frames; with visual_dim: shards
+                from lightning_modules.backbones import create_backbone
+
+                self.backbone = create_backbone(visual_backbone, visual_pretrained, num_classes=0,
+                                                weights_key="model.init_args.net.init_args.visual_pretrained",
+                                                **(visual_backbone_kwargs or {}))  # fmt: skip
+                self.backbone.requires_grad_(False).eval()
+                visual_dim = self.backbone.num_features
+            if visual_dim is None:
+                raise ConfigError("the video stream needs model.init_args.net.init_args.visual_dim (the width of the "
+                                  "feature shards) or model.init_args.net.init_args.visual_backbone (to embed decoded "
+                                  "frames)")  # fmt: skip
+            self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: batch-norm statistics stay as loaded
+        return self
+
+    def text_features(self, batch: dict) -> Tensor:
+        """``[B, U, Dt]`` subtitle embeddings (zeros on padded units)."""
+        mask = batch["unit_mask"]
+        flat = [t for texts in batch["texts"] for t in texts]
+        emb = self.subtitle_encoder(flat, mask.device)
+        out = emb.new_zeros(*mask.shape, emb.shape[-1])
+        out[mask] = emb.to(out.dtype)
+        return out
+
+    def video_features(self, batch: dict) -> Tensor:
+        """``[B, U, Dv]`` per-unit video features from the frame features or the decoded frames."""
+        if "features" in batch:
+            frames_feat = batch["features"].float()
+        elif "frames" in batch:
+            if self.backbone is None:
+                raise ConfigError("the data decodes frames (visual: frames) but the network has no visual_backbone "
+                                  "(model.init_args.net.init_args.visual_backbone, visual_dim unset)")  # fmt: skip
+            frames = batch["frames"]  # [B, T, H, W, 3] uint8
+            B, T = frames.shape[:2]
+            cfg = self.backbone.pretrained_cfg
+            mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=frames.device).view(1, 3, 1, 1)
+            std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=frames.device).view(1, 3, 1, 1)
+            valid = batch["frame_mask"].reshape(-1)
+            x = frames.reshape(B * T, *frames.shape[2:])[valid].permute(0, 3, 1, 2).float().div(255)
+            with torch.no_grad():
+                emb = self.backbone((x - mean) / std)
+            frames_feat = emb.new_zeros(B * T, emb.shape[-1])
+            frames_feat[valid] = emb
+            frames_feat = frames_feat.view(B, T, -1)
+        else:
+            raise ConfigError("the video stream needs frames or features from the data (data.init_args.visual)")
+        expected = self.video_stream.inp[0].in_features
+        if frames_feat.shape[-1] != expected:
+            raise ConfigError(f"frame features are {frames_feat.shape[-1]}-d but model.init_args.net.init_args."
+                              f"visual_dim is {expected}; set it to the width of the extracted features")  # fmt: skip
+        return pool_frames(frames_feat, batch["frame_times"], batch["frame_mask"], batch["starts"], batch["ends"],
+                           batch["unit_mask"])  # fmt: skip
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """Unit logits per stream and fused: ``{"text", "video", "fused"}`` (each ``[B, U, C]``, present streams)."""
+        mask = batch["unit_mask"]
+        out = {}
+        if self.modalities != "video":
+            out["text"] = self.text_stream(self.text_features(batch), mask)
+        if self.modalities != "subtitles":
+            out["video"] = self.video_stream(self.video_features(batch), mask)
+        out["fused"] = torch.stack([out[k] for k in ("text", "video") if k in out]).mean(0)
+        return out

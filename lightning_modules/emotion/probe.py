@@ -32,7 +32,8 @@ from torch import Tensor
 
 from lightning_modules.base import SuiteModule
 from lightning_modules.emotion.metrics import SegmentMAP
-from lightning_modules.emotion.module import LocalizationEvaluation, SubtitleEncoder
+from lightning_modules.emotion.module import LocalizationEvaluation
+from lightning_modules.emotion.text import SubtitleEncoder
 from suite_base.errors import ConfigError
 from suite_base.tel import EMOTIONS
 
@@ -136,13 +137,13 @@ class LinearProbe(LocalizationEvaluation, SuiteModule):
     rows; nothing is trained by ``fit``) and evaluated through the suite's TEL metrics.
 
     Args:
+        text_encoder: the frozen sentence encoder (:class:`SubtitleEncoder`, ``frozen: true``; ``minilm-offline``, as
+            the DCIN configs).
         num_classes: emotion classes.
         scoring: ``per_subtitle`` (each unit by its own embedding) or ``clip_score`` (every unit gets the clip's
             score).
         proposals: ``runs`` (relative thresholds, mean probability) or ``runs+clip`` (the DCIN official configs'
             rule: times the top-k pooled clip probability, plus the whole clip).
-        text_encoder: hub id or folder of the frozen sentence encoder (``minilm-offline``, as the DCIN configs).
-        max_text_length: subtitle tokens kept.
         l2_grid: candidate L2 weights of the logistic regressions.
         val_movies: training movies held out (drawn with ``seed``) to choose the L2 weight by clip-level mAP.
         seed: the draw of those movies.
@@ -158,11 +159,11 @@ class LinearProbe(LocalizationEvaluation, SuiteModule):
 
     def __init__(
         self,
+        text_encoder: SubtitleEncoder,
+        *,
         num_classes: int = 18,
         scoring: Literal["per_subtitle", "clip_score"] = "per_subtitle",
         proposals: Literal["runs", "runs+clip"] = "runs",
-        text_encoder: str = "minilm-offline",
-        max_text_length: int = 64,
         l2_grid: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
         val_movies: int = 6,
         seed: int = 0,
@@ -172,6 +173,10 @@ class LinearProbe(LocalizationEvaluation, SuiteModule):
         pictures: int = 2,
     ) -> None:
         super().__init__(None)
+        self.save_hyperparameters_with_networks()
+        if not text_encoder.frozen:
+            raise ConfigError("the probe fits on frozen embeddings: set model.init_args.text_encoder.init_args.frozen "
+                              "true")  # fmt: skip
         if scoring not in ("per_subtitle", "clip_score"):
             raise ConfigError(f"model.init_args.scoring is {scoring!r}; choose per_subtitle or clip_score")
         if proposals not in PROPOSAL_RULES:
@@ -180,7 +185,7 @@ class LinearProbe(LocalizationEvaluation, SuiteModule):
             raise ConfigError(f"model.init_args.l2_grid is {list(l2_grid)}; give one or more weights >= 0")
         self.num_classes, self.class_names, self.scoring = num_classes, EMOTIONS[:num_classes], scoring
         self.l2_grid, self.val_movies, self.seed = tuple(float(v) for v in l2_grid), val_movies, seed
-        self.subtitle_encoder = SubtitleEncoder(text_encoder, max_text_length, frozen=True)
+        self.subtitle_encoder = text_encoder
         self.cfg = dict(ratio=topk_ratio, thresholds=tuple(thresholds), nms=nms_iou, pictures=pictures,
                         **PROPOSAL_RULES[proposals])  # fmt: skip
         dim = self.subtitle_encoder.dim
