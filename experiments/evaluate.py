@@ -229,12 +229,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--run_name", default=None, help="run folder name (default: the config's name)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: the config's)")
     args = parser.parse_args(canonical_flags(argv, parser._option_string_actions, {"--runs": "--runs_dir"}, "evaluate"))
-    from omegaconf import OmegaConf
+    from experiments.configs import load_config
 
-    try:
-        config = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)  # ${oc.env:...} roots, as fit
-    except FileNotFoundError:
-        raise ConfigError(f"evaluation config {args.config} does not exist") from None
+    if not Path(args.config).is_file():
+        raise ConfigError(f"evaluation config {args.config} does not exist")
+    config = load_config(args.config)  # merged over its bases, ${oc.env:...} roots resolved, as fit
     backbone = config.setdefault("backbone", {})
     if args.backbone:
         backbone["name"] = args.backbone

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from experiments.cli import main as cli_main
+from experiments.configs import load_config
 from experiments.evaluate import main as evaluate_main
 
 SEEDS = (0, 1, 2)
@@ -49,7 +50,7 @@ def test_toy_ediy_over_seeds_and_detection(tmp_path):
             assert evaluate_main(["--config", EVAL, "--ckpt", ckpt, "--runs_dir", str(runs),
                                   "--run_name", f"eval_{method}_s{seed}"]) == 0  # fmt: skip
             scores[method].append(read_test(runs, f"eval_{method}_s{seed}"))
-        config = yaml.safe_load(open(EVAL))
+        config = load_config(EVAL)
         config["seed"] = seed
         (tmp_path / f"eval_s{seed}.yaml").write_text(yaml.safe_dump(config))
         assert evaluate_main(["--config", str(tmp_path / f"eval_s{seed}.yaml"), "--random_init",

@@ -18,6 +18,7 @@ from PIL import Image
 import lightning_modules  # noqa: F401  (registers the suite's backbones)
 from datamodules.toy.dense_scenes import DenseScenesDataset, ensure_dense_scenes
 from experiments.__main__ import main as experiments_main
+from experiments.configs import load_config
 from experiments.errors import ConfigError
 from experiments.evaluate import build_backbone
 from experiments.table import Row, find_measurement
@@ -169,7 +170,7 @@ def test_feature_map_lays_vit_tokens_on_their_grid():
 
 
 def toy_config(tmp_path: Path, dense_root: Path, **backbone) -> Path:
-    config = yaml.safe_load(open("configs/evaluation/toy_resnet.yaml"))
+    config = load_config("configs/evaluation/toy_resnet.yaml")
     config["classification"]["init_args"].update(
         root=str(tmp_path / "shapes"), batch_size=64, toy_num_classes=3, toy_train_per_class=30, toy_eval_per_class=10
     )
@@ -247,12 +248,11 @@ def test_mismatching_checkpoint_names_the_mismatch(tmp_path, dense_root, capsys)
 def test_every_evaluation_config_names_valid_arguments():
     import importlib
     import inspect
-    from pathlib import Path
 
-    import yaml
+    from experiments.configs import run_config_files
 
-    for path in sorted(Path("configs/evaluation").glob("*.yaml")):
-        config = yaml.safe_load(path.read_text())
+    for path in run_config_files("configs/evaluation"):
+        config = load_config(path)
         assert {"backbone", "protocols"} <= set(config), path
         for section in ("classification", "dense"):
             spec = config.get(section)
