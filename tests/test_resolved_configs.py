@@ -234,11 +234,11 @@ def fixture_text(resolved: dict) -> str:
     return json.dumps(resolved, indent=1, sort_keys=True) + "\n"
 
 
-def update_fixture(resolved: dict, fixture: Path, write: bool) -> int:
+def update_fixture(resolved: dict, fixture: Path, write: bool, moves: dict[str, dict] | None = None) -> int:
     """Print how ``resolved`` differs from ``fixture``; overwrite it only with ``write``. 0 when the fixture (now)
     holds ``resolved``, 1 when it differs and was left alone."""
     stored = json.loads(fixture.read_text()) if fixture.is_file() else None
-    found = differences(stored, resolved) if stored is not None else []
+    found = differences(stored, resolved, moves) if stored is not None else []
     for entry in found:
         print(entry)
     counts = ", ".join(f"{len(configs)} {kind}" for kind, configs in sorted(resolved.items()))
@@ -318,7 +318,7 @@ def test_fixture_covers_run_configs_and_other_yaml(stored):
 
 def test_environment_roots_are_stored_as_their_defaults(parser, stored, monkeypatch):
     config = "configs/visformer/visformer_small_in1k.yaml"
-    assert "${oc.env:IMAGENET_ROOT,/datasets/imagenet}" in (REPO / config).read_text()
+    assert any("${oc.env:IMAGENET_ROOT,/datasets/imagenet}" in f.read_text() for f in config_stack(REPO / config))
     monkeypatch.setenv("IMAGENET_ROOT", "/elsewhere/imagenet")
     with config_environment([config]):
         root = resolve_run_config(parser, config)["data"]["init_args"]["root"]
@@ -329,7 +329,7 @@ def test_environment_roots_are_stored_as_their_defaults(parser, stored, monkeypa
 
 def test_a_changed_config_value_is_reported_with_its_key(parser, stored, tmp_path):
     config = "configs/visformer/toy.yaml"
-    raw = yaml.safe_load((REPO / config).read_text())
+    raw = load_config(REPO / config, resolve=False)  # merged over its bases: the copy stands alone
     old_epochs = stored["run_configs"][config]["trainer"]["max_epochs"]
     raw["trainer"]["max_epochs"] = old_epochs + 7
     changed = tmp_path / "toy.yaml"
@@ -352,7 +352,7 @@ def test_differences_list_the_first_keys_and_missing_configs(stored):
     run = now["run_configs"]["configs/visformer/toy.yaml"]
     for i in range(SHOWN_KEYS + 2):
         run[f"extra{i}"] = i
-    assert differences(stored, now) == [
+    assert differences(stored, now, {}) == [
         "configs/evaluation/toy_resnet.yaml: 2 key(s) differ (fixture -> now)\n"
         "    backbone.kwargs.channels[4]: <absent> -> 512\n"
         '    seed: 0 -> "0"',
@@ -368,22 +368,38 @@ def test_the_writer_overwrites_the_fixture_only_with_write(stored, tmp_path, cap
     toy, sweep = "configs/visformer/toy.yaml", "configs/sweeps/lr_wd.yaml"
     resolved = {"run_configs": {toy: stored["run_configs"][toy]}, "other_yaml": {sweep: stored["other_yaml"][sweep]}}
     fixture = tmp_path / "resolved.json"
-    assert update_fixture(resolved, fixture, write=False) == 1
+    assert update_fixture(resolved, fixture, write=False, moves={}) == 1
     assert not fixture.exists()
     assert "there is no" in capsys.readouterr().err
-    assert update_fixture(resolved, fixture, write=True) == 0
+    assert update_fixture(resolved, fixture, write=True, moves={}) == 0
     assert json.loads(fixture.read_text()) == resolved
-    assert update_fixture(resolved, fixture, write=False) == 0
+    assert update_fixture(resolved, fixture, write=False, moves={}) == 0
     stale = json.loads(fixture.read_text())
     stale["run_configs"]["configs/visformer/toy.yaml"]["seed_everything"] = -1
     fixture.write_text(fixture_text(stale))
-    assert update_fixture(resolved, fixture, write=False) == 1
+    assert update_fixture(resolved, fixture, write=False, moves={}) == 1
     out, err = capsys.readouterr()
     assert "configs/visformer/toy.yaml: 1 key(s) differ" in out and "seed_everything: -1 -> " in out
     assert "1 config(s) differ from" in err and "--write" in err
     assert json.loads(fixture.read_text()) == stale  # left alone
-    assert update_fixture(resolved, fixture, write=True) == 0
+    assert update_fixture(resolved, fixture, write=True, moves={}) == 0
     assert json.loads(fixture.read_text()) == resolved
+
+
+def test_moved_keys_are_read_at_their_new_place():
+    moves = {"pkg.Module": {"moved": {"seq_len": "net.init_args.seq_len"}, "dropped": {"old_flag": "gone"}}}
+    stored = {"model": {"class_path": "pkg.Module", "init_args": {"seq_len": 8, "old_flag": True, "lr": 0.1}}}
+    net = {"class_path": "pkg.Net", "init_args": {"seq_len": 8, "width": 4}}
+    now = {"model": {"class_path": "pkg.Module", "init_args": {"net": net, "lr": 0.1}}}
+    assert differences({"run_configs": {"c.yaml": stored}}, {"run_configs": {"c.yaml": now}}, moves) == []
+    changed = json.loads(json.dumps(now))
+    changed["model"]["init_args"]["net"]["init_args"]["seq_len"] = 4  # a moved value that changed
+    changed["model"]["init_args"]["extra"] = 1  # a new key outside the injected network
+    assert differences({"run_configs": {"c.yaml": stored}}, {"run_configs": {"c.yaml": changed}}, moves) == [
+        "c.yaml: 2 key(s) differ (fixture -> now)\n"
+        "    model.init_args.extra: <absent> -> 1\n"
+        "    model.init_args.net.init_args.seq_len: 8 -> 4"
+    ]
 
 
 if __name__ == "__main__":
