@@ -175,12 +175,12 @@ def test_toy_mask_rcnn_learns_box_ap_above_zero(tmp_path):
     above zero on the toy validation scenes, where the untrained detector scores ~0."""
     cfg = load_config("configs/downstream/toy_mask_rcnn.yaml")
     init = dict(cfg["model"]["init_args"])
-    init["backbone"] = detection_backbone(**init["backbone"]["init_args"])
     optim = dict(init.pop("optim"), decay_steps=[STEPS - 20])  # the config's step decay, counted in steps
     init["optim"] = OptimConfig(**optim)
     data = dict(cfg["data"]["init_args"], root=str(tmp_path / "coco"), num_workers=0, persistent_workers=False,
                 toy_train=STEPS_DATA, toy_val=30)  # fmt: skip
     L.seed_everything(0)
+    init["backbone"] = detection_backbone(**init["backbone"]["init_args"])
     module, dm = DetectionModule(**init), CocoDataModule(**data)
     before, after = validate_fit_validate(module, dm, STEPS)
     print(f"toy box AP {before['val/bbox_mAP']:.3f} -> {after['val/bbox_mAP']:.3f}, "

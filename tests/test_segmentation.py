@@ -177,11 +177,11 @@ def test_toy_fit_beats_untrained(tmp_path):
     above the untrained model's."""
     cfg = load_config("configs/downstream/toy_upernet.yaml")
     init = dict(cfg["model"]["init_args"])
-    init["backbone"] = headless_backbone(**init["backbone"]["init_args"])
     init["optim"] = OptimConfig(**init["optim"])
     data = dict(cfg["data"]["init_args"], root=str(tmp_path / "ade"), num_workers=0, persistent_workers=False,
                 toy_train=120, toy_val=20)  # fmt: skip
     L.seed_everything(0)
+    init["backbone"] = headless_backbone(**init["backbone"]["init_args"])
     module, dm = SegmentationModule(**init), ADE20KDataModule(**data)
     before, after = validate_fit_validate(module, dm, STEPS)
     print(f"toy mIoU {before['val/mIoU']:.3f} -> {after['val/mIoU']:.3f}, "
