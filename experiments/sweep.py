@@ -13,9 +13,9 @@ Hyper-parameter search over dotted config keys with Optuna:
 Space file: one entry per dotted config key (as ``--print_config`` shows it)::
 
     model.init_args.optim.base_lr: {low: 1.0e-4, high: 1.0e-2, log: true}     # float range
-    model.init_args.drop_path_rate: {low: 0.0, high: 0.2, step: 0.05}         # stepped float range
+    model.init_args.net.init_args.drop_path_rate: {low: 0.0, high: 0.2, step: 0.05}  # stepped float range
     data.init_args.batch_size: {choices: [32, 64]}                            # categorical
-    model.init_args.backbone_kwargs.depth: {choices: [[2, 2, 2], [1, 2, 2]]}  # any YAML value
+    model.init_args.net.init_args.kwargs.depth: {choices: [[2, 2, 2], [1, 2, 2]]}  # any YAML value
 """
 
 from __future__ import annotations

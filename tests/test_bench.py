@@ -7,7 +7,7 @@ import pytest
 from experiments.bench import append_markdown, markdown_row, run
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--data.init_args.toy_num_classes", "3", "--model.init_args.num_classes", "3",
+TINY = ["--data.init_args.toy_num_classes", "3", "--model.init_args.net.init_args.num_classes", "3",
         "--data.init_args.toy_train_per_class", "8", "--data.init_args.toy_eval_per_class", "2",
         "--data.init_args.num_workers", "0"]  # fmt: skip
 

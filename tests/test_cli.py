@@ -50,7 +50,8 @@ def test_print_config_shows_the_full_paper_recipe(run_cli):
     assert out.returncode == 0, out.stderr
     cfg = yaml.safe_load(out.stdout)
     model, data, trainer = cfg["model"]["init_args"], cfg["data"]["init_args"], cfg["trainer"]
-    assert model["backbone"] == "visformer_small" and model["drop_path_rate"] == 0.1
+    net = model["net"]["init_args"]
+    assert net["name"] == "visformer_small" and net["drop_path_rate"] == 0.1
     assert (model["mixup_alpha"], model["cutmix_alpha"], model["label_smoothing"]) == (0.8, 1.0, 0.1)
     optim = model["optim"]
     assert (optim["name"], optim["base_lr"], optim["base_batch_size"], optim["weight_decay"]) == (
@@ -95,7 +96,9 @@ def test_misspelled_key_in_a_config_file_names_the_key(run_cli, tmp_path):
 
 
 def test_unknown_backbone_lists_close_matches(run_cli):
-    out = run_cli("fit", "--config", SMALL, "--model.init_args.backbone", "visformer_smal", "--data.root", "/tmp")
+    out = run_cli(
+        "fit", "--config", SMALL, "--model.init_args.net.init_args.name", "visformer_smal", "--data.root", "/tmp"
+    )
     assert out.returncode == 2 and "visformer_small" in out.stderr and "Close matches" in out.stderr
 
 
@@ -118,7 +121,7 @@ def toy_run(tmp_path_factory):
     args = [
         "--config", str(REPO / "configs/visformer/toy.yaml"), "--data.root", str(work / "toy"),
         "--data.toy_train_per_class", "8", "--data.toy_eval_per_class", "4", "--data.toy_num_classes", "3",
-        "--model.num_classes", "3", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--model.init_args.net.init_args.num_classes", "3", "--data.batch_size", "8", "--data.num_workers", "0",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     cli = run_in(work, ["fit", *args, "--trainer.max_epochs", "2"])
@@ -171,7 +174,7 @@ def test_paper_recipe_runs_a_step_on_imagenet_layout_data(tmp_path):
                           eval_per_class=2, img_size=64, seed=0)  # fmt: skip
     cli = run_in(tmp_path, [
         "fit", "--config", str(REPO / SMALL), "--data.root", str(root), "--data.batch_size", "4",
-        "--data.num_workers", "0", "--data.pin_memory", "false", "--model.init_args.num_classes", "3",
+        "--data.num_workers", "0", "--data.pin_memory", "false", "--model.init_args.net.init_args.num_classes", "3",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.strategy", "auto",
         "--trainer.precision", "32-true", "--trainer.max_steps", "1",
         "--trainer.limit_val_batches", "1", "--model.init_args.optim.warmup_epochs", "0",

@@ -196,7 +196,7 @@ def test_a_corrupt_image_read_in_a_worker_ends_the_fit_with_one_line(tmp_path, m
     args = ["fit", "--config", TOY, "--runs_dir", str(tmp_path / "runs"), "--data.init_args.dataset", "imagenet",
             "--data.init_args.root", str(tmp_path / "images"), "--data.init_args.num_workers", "2",
             "--data.init_args.on_corrupt", "raise", "--data.init_args.batch_size", "4",
-            "--model.init_args.num_classes", "2", "--model.init_args.optim.warmup_epochs", "0",
+            "--model.init_args.net.init_args.num_classes", "2", "--model.init_args.optim.warmup_epochs", "0",
             "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
             "--trainer.log_every_n_steps", "1", "--trainer.num_sanity_val_steps", "0"]  # fmt: skip
     # 2 workers: the read happens in a worker, and neither Lightning ("does not have many workers", with > 2 CPUs)

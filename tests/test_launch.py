@@ -144,7 +144,8 @@ def test_two_node_torchrun_trains_in_sync_on_disjoint_shards(tmp_path, capsys):
     """Two 'nodes' on this machine (two torchrun agents, one CPU process each, gloo), started with the command that
     `launch torchrun` prints: identical weights on both ranks after training, disjoint halves of the data."""
     extra = [
-        "--data.root", str(tmp_path / "toy"), "--data.toy_num_classes", "3", "--model.num_classes", "3",
+        "--data.root", str(tmp_path / "toy"), "--data.toy_num_classes", "3",
+        "--model.init_args.net.init_args.num_classes", "3",
         "--data.toy_train_per_class", "16", "--data.toy_eval_per_class", "4", "--data.batch_size", "8",
         "--data.num_workers", "0", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.callbacks+=tests.helpers.RecordRankState",

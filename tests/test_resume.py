@@ -12,7 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "--config", str(REPO / "configs/visformer/toy.yaml"), "--data.toy_train_per_class", "12",
-    "--data.toy_eval_per_class", "4", "--data.toy_num_classes", "3", "--model.num_classes", "3",
+    "--data.toy_eval_per_class", "4", "--data.toy_num_classes", "3", "--model.init_args.net.init_args.num_classes", "3",
     "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.enable_progress_bar", "false",
     "--model.init_args.optim.warmup_epochs", "0.5",
 ]  # fmt: skip

@@ -23,7 +23,7 @@ TOY = str(REPO / "configs/visformer/toy.yaml")
 def tiny(root):
     return [
         "--data.root", str(root), "--data.toy_train_per_class", "8", "--data.toy_eval_per_class", "4",
-        "--data.toy_num_classes", "3", "--model.num_classes", "3", "--data.batch_size", "8",
+        "--data.toy_num_classes", "3", "--model.init_args.net.init_args.num_classes", "3", "--data.batch_size", "8",
         "--data.num_workers", "0", "--trainer.max_epochs", "1", "--model.init_args.optim.warmup_epochs", "0",
     ]  # fmt: skip
 

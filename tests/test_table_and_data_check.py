@@ -60,7 +60,10 @@ def test_rows_with_a_pretraining_step_run_it_first_and_fine_tune_from_its_checkp
     toy = reproduce_commands("itpn", "toy")
     assert toy[0].endswith("--config configs/itpn/toy_pixel.yaml --run_name toy_itpn_base_pixel")
     assert "configs/itpn/toy_finetune.yaml" in toy[1]
-    assert "--model.init_args.pretrained 'runs/toy_itpn_base_pixel/version_*/checkpoints/last.ckpt'" in toy[1]
+    assert (
+        "--model.init_args.net.init_args.pretrained 'runs/toy_itpn_base_pixel/version_*/checkpoints/last.ckpt'"
+        in toy[1]
+    )
     full = reproduce_commands("itpn", "full")
     _, rows = load_table("itpn")
     # each pre-training runs once (Table 2's downstream rows reuse Table 1's), then one run per (recipe, pre-training):

@@ -188,14 +188,15 @@ def test_extract_writes_shards_that_training_reads(tmp_path, capsys):
 
 
 def test_extract_checks_the_backbone_width_against_visual_dim(tmp_path):
+    from experiments.configs import load_config
     from experiments.data import main as data_main
 
-    config = yaml.safe_load(open("configs/tel/toy.yaml"))
-    config["model"]["init_args"]["visual_dim"] = 7
+    config = load_config("configs/tel/toy.yaml")
+    config["model"]["init_args"]["net"]["init_args"]["visual_dim"] = 7
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     sizes = ["--data.init_args.toy_train", "1", "--data.init_args.toy_val", "1", "--data.init_args.toy_test", "1"]
-    with pytest.raises(ConfigError, match=r"resnet10t embeds frames in 512 dimensions but model\.init_args\.visual_dim"
-                       r" is 7 in .*c\.yaml; set visual_dim: 512"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"resnet10t embeds frames in 512 dimensions but model\.init_args\.net\."
+                       r"init_args\.visual_dim is 7 in .*c\.yaml; set visual_dim: 512"):  # fmt: skip
         data_main(["extract", "--config", str(tmp_path / "c.yaml"), "--data.init_args.root", str(tmp_path / "d"),
                    *sizes])  # fmt: skip
 
