@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from pathlib import Path
@@ -97,6 +98,17 @@ class SuiteModule(L.LightningModule):
         if _given_hyperparameters.get() is None:
             ignore = [name for name, value in frame.f_locals.items() if isinstance(value, nn.Module) and name != "self"]
         self.save_hyperparameters(ignore=ignore, frame=frame)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """``load_from_checkpoint`` of a CLI-built checkpoint rebuilds the networks from the stored config form
+        (``{class_path, init_args}``) but hands ``__init__`` the built objects, which it leaves out of ``hparams``:
+        take the stored form back whole, so that the loaded model's hyper-parameters are the saved ones and a
+        checkpoint saved again from it rebuilds (and loads with ``weights_only``) as well. Subclasses call this."""
+        stored = checkpoint.get("hyper_parameters") or {}
+        if "_instantiator" in stored:
+            self.hparams.clear()
+            self.hparams.update(stored)
+            self._hparams_initial = copy.deepcopy(self.hparams)
 
     def optimizer_root(self) -> nn.Module:
         return self

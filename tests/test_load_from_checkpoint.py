@@ -3,7 +3,7 @@
 Each toy config's model is built as ``python -m experiments fit --config <toy>`` builds it (SuiteCLI, nothing
 trained), saved by a Trainer, and loaded back with ``<class>.load_from_checkpoint(path)`` and no other argument: the
 injected networks come back from the ``class_path`` / ``init_args`` stored in the checkpoint's hyper-parameters. The
-loaded model must have the same class and the same weights, tensor for tensor.
+loaded model must have the same class, hyper-parameters and weights (tensor for tensor), and load again once saved.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ FIRST_STAGE = {
         "configs/cosoc/toy_exemplar.yaml",
         "--model.init_args.backbone.init_args.pretrained",
     ),
-    "configs/denet/toy.yaml": ("configs/denet/toy_damsm.yaml", "--model.init_args.damsm"),
+    "configs/denet/toy.yaml": ("configs/denet/toy_damsm.yaml", "--model.init_args.damsm.init_args.checkpoint"),
 }
 
 
@@ -80,6 +80,9 @@ def test_load_from_checkpoint_rebuilds_the_toy_model(config, tmp_path, monkeypat
     torch.manual_seed(1)  # another initialisation: only the checkpoint's weights can make them equal
     loaded = type(model).load_from_checkpoint(path, map_location="cpu")
     assert type(loaded) is type(model)
+    assert dict(loaded.hparams) == dict(model.hparams)  # the config form, networks as class_path / init_args
+    again = type(model).load_from_checkpoint(save(loaded, tmp_path / "again.ckpt"), map_location="cpu")  # saved again
+    assert list(again.state_dict()) == list(model.state_dict())
     before, after = model.state_dict(), loaded.state_dict()
     assert list(after) == list(before), f"{config}: the rebuilt model has other weights"
     for key, value in before.items():

@@ -186,6 +186,7 @@ class TemporalEmotionLocalizer(LocalizationEvaluation, SuiteModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Read a checkpoint written before the network was injected: its ``subtitle_encoder.``, ``text_stream.``,
         ``video_stream.`` and ``backbone.`` weights are the network's (``net.`` in front)."""
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(OLD_KEY_PREFIXES)]:
             state[f"net.{key}"] = state.pop(key)
