@@ -3,7 +3,9 @@
 A config may name the files it extends under a top-level ``base:`` key (one path or a list, each relative to the
 file that names it; a base may name bases of its own). ``fit --config configs/stt/mars.yaml`` then reads as
 ``fit --config <its bases, deepest first> --config configs/stt/mars.yaml``: later files override earlier ones key by
-key (mappings merge, lists and scalars are replaced), and the command line overrides them all. Files whose name
+key (mappings merge, lists and scalars are replaced), and the command line overrides them all. One exception: an
+argument typed as a plain ``dict`` (``kwargs``, ``rcnn_kwargs``) is a value to the CLI's parser and is replaced whole,
+so a config that changes one entry of it writes the whole dict. Files whose name
 starts with ``_`` are bases, not runnable configs (``configs/stt/_base.yaml``).
 
 Values shared between sections are written once and interpolated (``seq_len: ${model.init_args.net.init_args.
