@@ -219,8 +219,12 @@ class SuiteCLI(LightningCLI):
 
     def parse_arguments(self, parser, args) -> None:
         """Each ``--config X`` becomes its bases and then X (:func:`~experiments.configs.expand_config_args`)."""
+        self.config_files: list[str] = []
         if args is None or isinstance(args, list):  # (Lightning warns when both args and sys.argv are given)
-            self.config = parser.parse_args(expand_config_args(sys.argv[1:] if args is None else list(args)))
+            expanded = expand_config_args(sys.argv[1:] if args is None else list(args))
+            # jsonargparse's omegaconf+ mode keeps no `config` key in the namespace: the files are noted here
+            self.config_files = [expanded[i + 1] for i, token in enumerate(expanded[:-1]) if token == "--config"]
+            self.config = parser.parse_args(expanded)
         else:
             super().parse_arguments(parser, args)
 
@@ -234,12 +238,17 @@ class SuiteCLI(LightningCLI):
     def _subconfig(self):
         return self.config[self.subcommand] if self.subcommand else self.config
 
+    def run_config(self) -> str | None:
+        """The config file the run was started with (the last ``--config``; its bases come before it)."""
+        configs = self._subconfig().get("config") or getattr(self, "config_files", [])
+        return str(configs[-1]) if configs else None
+
     def run_name(self) -> str:
         cfg = self._subconfig()
         if cfg.get("run_name"):
             return cfg["run_name"]
-        configs = cfg.get("config") or []
-        return Path(str(configs[-1])).stem if configs else "cli"
+        config = self.run_config()
+        return Path(config).stem if config else "cli"
 
     def scale(self) -> str:
         data_args = self._subconfig().get("data", {}).get("init_args", {})
@@ -272,8 +281,7 @@ class SuiteCLI(LightningCLI):
                     auto_insert_metric_name=False,
                 )
             )
-        configs = cfg.get("config") or []
-        callbacks.append(MetricsJSON(str(self.run_dir), str(configs[-1]) if configs else None, self.scale()))
+        callbacks.append(MetricsJSON(str(self.run_dir), self.run_config(), self.scale()))
         callbacks.append(RNGStateCheckpoint())
         if trainer_cfg.get("enable_model_summary") is not False and not any(
             isinstance(c, ModelSummary) for c in callbacks

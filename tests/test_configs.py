@@ -140,3 +140,16 @@ def test_the_saved_config_of_a_run_from_a_based_config_parses_again(tmp_path, mo
     saved.write_text(yaml.safe_dump(yaml.safe_load(parser.dump(namespace, skip_none=False))["fit"]))
     again = parse_fit(["--config", str(saved)])
     assert again.trainer.max_epochs == 2 and again.model.class_path == namespace.fit.model.class_path
+
+
+def test_a_run_from_a_based_config_is_named_after_it(tmp_path, monkeypatch):
+    """The run folder and metrics.json's config come from the last --config, bases or not (jsonargparse's
+    omegaconf+ mode keeps no `config` key, so the CLI notes the files itself)."""
+    from experiments.cli import SuiteCLI
+
+    monkeypatch.chdir(REPO)
+    leaf = write(tmp_path / "my_run.yaml", {"base": str(REPO / TOY), "trainer": {"max_epochs": 2}})
+    for config, name in ((leaf, "my_run"), (REPO / TOY, "toy")):
+        cli = SuiteCLI(args=["--config", str(config), "--runs_dir", str(tmp_path / "runs")], run=False)
+        assert cli.run_name() == name and cli.run_config() == str(config)
+        assert cli.run_dir.parent == tmp_path / "runs" / name
