@@ -7,7 +7,8 @@ else from the checkpoint's hyper-parameters; the data settings from ``--config``
         --config configs/tel/subtitles_official.yaml --root /path/to/tel \
         --predictions docs/figures/tel_timelines.json --out docs/figures/tel_timelines.png
 
-Redraw the PNG from the saved predictions alone (no checkpoint, no model; what tests/test_tel_figure.py does):
+Redraw the PNG from the saved predictions alone (no checkpoint, no model; what
+tests/lightning_modules/emotion/test_tel_figure.py does):
 
     python benchmarks/tel_timelines.py --predictions docs/figures/tel_timelines.json --root /path/to/tel \
         --out docs/figures/tel_timelines.png

@@ -25,7 +25,8 @@ timm's feature API (``feature_info``, :meth:`HiViT.forward_intermediates`, ``tim
 features_only=True, out_indices=...)``) gives the three stage outputs, not the pyramid: stage 1 (stride 4, ``C/4``),
 stage 2 (stride 8, ``C/2``) and stage 3 (stride 16, ``C``), one level per stage as timm's Hiera reports them.
 
-Sizes (Table 1; asserted in tests/test_hivit.py): iTPN-B "3324" (widths 128/256/512, blocks 3/3/24, 8 heads)
+Sizes (Table 1; asserted in tests/lightning_modules/backbones/test_hivit.py): iTPN-B "3324" (widths 128/256/512,
+blocks 3/3/24, 8 heads)
 78.6M parameters with the 1000-class head, the paper's 79M; iTPN-L "2240" (192/384/768, 2/2/40, 12 heads) 288.5M,
 the paper's 288M. "HiViT-L/14" of Table 1 is ``itpn_large_2240_patch16_256``: 16-pixel patches on 256-pixel
 inputs, a 16x16 grid matched to CLIP-L/14 at 224.

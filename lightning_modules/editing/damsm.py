@@ -16,7 +16,8 @@ their matching losses, and the pre-training step (``python -m experiments fit --
   images -> captions, ``words_loss1``: captions -> images); the sentence loss ``L_s`` replaces ``R`` by
   ``cos(vbar, ebar)`` (``sent_loss0/1``). The paper's Eq. 10 writes ``R = log(...)^(1/gamma2)``; the released
   ``words_loss`` does not divide by ``gamma2``, and the released DAMSM encoders (and every DF-GAN / DE-Net model
-  trained with them) were trained without it, so neither do we (``tests/test_denet_losses.py`` checks the losses
+  trained with them) were trained without it, so neither do we
+  (``tests/lightning_modules/editing/test_denet_losses.py`` checks the losses
   against the reference's numbers). Pairs of the same class (CUB) are not negatives (masked, as AttnGAN masks them).
   All pairs of the batch are scored at once.
 * **Released encoders**: :func:`load_attngan_damsm` converts AttnGAN / DF-GAN ``text_encoder*.pth`` (an

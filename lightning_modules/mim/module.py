@@ -24,7 +24,7 @@ reproduced by default and can be switched (``supervise``, the teacher's ``input_
 The released pixel pre-training checkpoints (encoder, pyramid and decoder) load by path (``released_checkpoint``,
 :mod:`lightning_modules.mim.released`); with the encoder's ``pos_embed_mode: reference`` and the released masks
 (``shared_step(..., masks=...)``) the module reproduces the released ``iTPNMaskedAutoencoder``'s pyramid, prediction
-and loss (tests/test_itpn_reference.py).
+and loss (tests/lightning_modules/mim/test_itpn_reference.py).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from the region of the same view it is LEAST similar to. Two readings are implem
 ``least_similar`` is the abstract's reading: minimising it lowers each region's similarity to its least similar
 partner, so the gradient moves every region away from that partner. It is bounded below by -1, which a two-cluster
 layout (half the regions at ``+v``, half at ``-v``) already reaches; on the toy it nears that floor within ~60 steps
-and then acts little, while the pairs inside each cluster may grow closer (tests/test_ssl.py shows both behaviours).
+and then acts little, while the pairs inside each cluster may grow closer (tests/lightning_modules/ssl/test_ssl.py
+shows both behaviours).
 ``most_similar`` repels every region from its nearest neighbour in the view instead, which lowers the largest
 intra-view similarity; it was the default until issue 22, chosen to meet an acceptance line that asked for the maximum
 intra-view similarity to fall. That line, not the abstract, was wrong: ``div_partner: most_similar`` is kept as a

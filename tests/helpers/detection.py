@@ -3,7 +3,8 @@
 import torch
 
 ITPN = "itpn_base_3324_patch16_224"
-# tiny HiViT (as in tests/test_hivit.py), rpe off as in the official pixel-B det recipe (variable image sizes)
+# tiny HiViT (as in tests/lightning_modules/backbones/test_hivit.py), rpe off as in the official pixel-B det recipe
+# (variable image sizes)
 TOY_HIVIT = dict(img_size=64, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, fpn_dim=32, rpe=False)
 SMALL_RCNN = dict(
     min_size=64,
