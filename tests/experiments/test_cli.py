@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.configs import run_config_files
+from experiments.configs import load_config, run_config_files
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = "configs/visformer/visformer_small_in1k.yaml"
@@ -88,7 +88,7 @@ def test_misspelled_key_names_the_key(run_cli):
 
 
 def test_misspelled_key_in_a_config_file_names_the_key(run_cli, tmp_path):
-    cfg = yaml.safe_load((REPO / SMALL).read_text())
+    cfg = load_config(REPO / SMALL, resolve=False)  # merged over its bases: the copy stands alone
     cfg["model"]["init_args"]["drop_path_rat"] = 0.2
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     out = run_cli("fit", "--config", str(tmp_path / "bad.yaml"))

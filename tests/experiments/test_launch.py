@@ -90,7 +90,7 @@ def test_misspelled_fit_option_is_refused_before_anything_is_written(tmp_path, c
 
 def test_misspelled_key_in_the_config_file_is_refused(tmp_path, capsys):
     config = tmp_path / "typo.yaml"
-    config.write_text(Path(SMALL).read_text().replace("trainer:\n", "trainer:\n  max_epohcs: 3\n", 1))
+    config.write_text(f"base: {Path(SMALL).resolve()}\ntrainer:\n  max_epohcs: 3\n")
     out = tmp_path / "job.sbatch"
     with pytest.raises(SystemExit) as exit_:
         launch_main(["slurm", "--config", str(config), "--output", str(out)])
