@@ -24,6 +24,9 @@ SMALL_RCNN = dict(
 def box_target(boxes: list[list[float]], labels: list[int], size: int = 64) -> dict[str, torch.Tensor]:
     """A torchvision target whose masks fill the boxes."""
     b = torch.tensor(boxes)
+    assert (b[:, 2:] > b[:, :2]).all() and b.min() >= 0 and b.max() <= size, (
+        f"boxes {boxes} are not x0<x1, y0<y1 in 0..{size}"
+    )
     masks = torch.zeros(len(boxes), size, size, dtype=torch.uint8)
     for i, (x0, y0, x1, y1) in enumerate(b.int().tolist()):
         masks[i, y0:y1, x0:x1] = 1

@@ -16,4 +16,6 @@ def validate_fit_validate(module: L.LightningModule, datamodule: L.LightningData
                         limit_val_batches=0)  # fmt: skip
     before = validate()
     trainer.fit(module, datamodule)
+    # "trained beats untrained" means nothing if the loop stopped early (an empty loader, a skipped step)
+    assert trainer.global_step == steps, f"the fit took {trainer.global_step} optimizer steps, not {steps}"
     return before, validate()

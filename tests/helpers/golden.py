@@ -16,4 +16,6 @@ def load_golden(name: str) -> dict:
     path = SHARED / "golden" / name
     if not path.is_file():
         pytest.skip(f"reference golden {path} is absent (set VISION_SUITE_SHARED to the folder holding golden/)")
-    return torch.load(path, weights_only=False, map_location="cpu")
+    golden = torch.load(path, weights_only=False, map_location="cpu")
+    assert isinstance(golden, dict) and golden, f"{path} holds {type(golden).__name__}, not the dict of inputs/outputs"
+    return golden
