@@ -112,7 +112,42 @@ def expand_config_args(argv: list[str]) -> list[str]:
         else:
             out.append(token)
         i += 1
+    out = nested_nulls_as_dicts(out)
     return [*out, f"--{BASE_KEY}=null"] if expanded else out
+
+
+NULLS = ("null", "None", "none", "~", "Null", "NULL")
+
+
+def nested_nulls_as_dicts(argv: list[str]) -> list[str]:
+    """``--a.init_args.net.init_args.key null`` rewritten as ``--a.init_args.net '{"init_args": {"key": null}}'``.
+
+    jsonargparse (4.53) parses a null given to a key of a network nested inside a class's init_args as the string
+    ``'None'`` (``str | None``) or refuses it (``int | None``), while the same null in the dict form of the network
+    merges into its init_args as ``None`` (tested in tests/experiments/test_configs.py). Other tokens are kept."""
+    import json
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name, eq, value = token.partition("=")
+        if not eq and i + 1 < len(argv):
+            value = argv[i + 1]
+        if name.startswith("--") and name.count(".init_args.") >= 2 and value in NULLS and (eq or i + 1 < len(argv)):
+            owner, _, key = name.rpartition(".init_args.")
+            leaf: dict = {}
+            node = leaf
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = None
+            out += [owner, json.dumps({"init_args": leaf})]
+            i += 1 if eq else 2
+            continue
+        out.append(token)
+        i += 1
+    return out
 
 
 def merged_config(path: str | Path) -> dict:

@@ -7,7 +7,7 @@ import lightning as L
 import yaml
 from jsonargparse import ArgumentParser
 
-from experiments.configs import load_config
+from experiments.configs import load_config, nested_nulls_as_dicts
 from experiments.errors import ConfigError
 
 BASES = {"model": L.LightningModule, "data": L.LightningDataModule}
@@ -29,5 +29,5 @@ def build_sections(config: str, sections: tuple[str, ...], overrides: list[str])
             raise ConfigError(f"{config} has no '{name}' section")
         parser.add_subclass_arguments(BASES[name], name, required=True)
         args += [f"--{name}", yaml.safe_dump(raw[name])]
-    init = parser.instantiate_classes(parser.parse_args([*args, *overrides]))
+    init = parser.instantiate_classes(parser.parse_args([*args, *nested_nulls_as_dicts(list(overrides))]))
     return {**{name: init[name] for name in sections}, "trainer": raw.get("trainer", {}) or {}}

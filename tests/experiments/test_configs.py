@@ -153,3 +153,30 @@ def test_a_run_from_a_based_config_is_named_after_it(tmp_path, monkeypatch):
         cli = SuiteCLI(args=["--config", str(config), "--runs_dir", str(tmp_path / "runs")], run=False)
         assert cli.run_name() == name and cli.run_config() == str(config)
         assert cli.run_dir.parent == tmp_path / "runs" / name
+
+
+@pytest.mark.parametrize("null", ["null", "~"])
+def test_a_null_on_the_command_line_reaches_a_key_of_a_nested_network(null, monkeypatch):
+    """jsonargparse reads ``--model.init_args.net.init_args.pretrained null`` as the string 'None' and refuses it for
+    an ``int | None`` key; the CLI rewrites it into the network's dict form, which merges a real None and keeps the
+    network's other arguments."""
+    monkeypatch.chdir(REPO)
+    config = "configs/itpn/finetune_base_clip.yaml"
+    net = load_config(REPO / config)["model"]["init_args"]["net"]["init_args"]
+    assert net["pretrained"] and net["num_classes"]  # the file sets both, so the null is what changes them
+    parsed = parse_fit(["--config", config, "--model.init_args.net.init_args.pretrained", null,
+                        f"--model.init_args.net.init_args.num_classes={null}"])  # fmt: skip
+    args = parsed.model.init_args.net.init_args
+    assert args.pretrained is None and args.num_classes is None
+    assert args.name == net["name"] and args.drop_path_rate == net["drop_path_rate"]
+
+
+def test_only_nulls_of_nested_keys_are_rewritten():
+    from experiments.configs import nested_nulls_as_dicts
+
+    argv = ["--model.init_args.a.init_args.b.c", "null", "--model.init_args.x", "null", "--trainer.y=null",
+            "--model.init_args.a.init_args.d", "0"]  # fmt: skip
+    assert nested_nulls_as_dicts(argv) == [
+        "--model.init_args.a", '{"init_args": {"b": {"c": null}}}', "--model.init_args.x", "null", "--trainer.y=null",
+        "--model.init_args.a.init_args.d", "0",
+    ]  # fmt: skip
