@@ -17,6 +17,10 @@ bench --config X.yaml [--steps N] [--data.batch_size B] [--compile]
                                   step time, samples/s, memory, FLOPs, MFU; loader alone
 rate_curve --runs_dir DIR[=LABEL] ... --out F.png   compression: PSNR / semantic recovery vs bits per pixel
 evaluate --config X.yaml [--ckpt C] [--backbone B]   frozen-backbone linear / k-NN / dense evaluations
+smoke --config X.yaml ... | --paper   2 CPU training steps + 1 validation step per config on synthetic data of its
+                                  shapes, random stand-ins for external weights; a pass/fail table (make smoke-paper)
+gpu_check [--dry_run]             every task's paper config on one GPU at bf16: step time, MFU, memory, loader
+                                  (make gpu-check; --dry_run: toy configs on the CPU)
 
 Every command also takes --log_level DEBUG|INFO|WARNING|ERROR (the suite's log lines on stderr; default INFO) and
 --debug (a full traceback instead of the one-line "error: ..." that ends a command with exit code 2 when a config,
@@ -47,6 +51,8 @@ MODULE_COMMANDS = {
     "data": "experiments.data",
     "rate_curve": "experiments.rate_curve",
     "evaluate": "experiments.evaluate",
+    "smoke": "experiments.smoke",
+    "gpu_check": "experiments.gpu_check",
 }
 USAGE = __doc__
 RUNS_ALIAS = {"--runs": "--runs_dir"}  # table / reproduce called it --runs before flags were spelled one way

@@ -199,10 +199,11 @@ def registered_model(
     return create_backbone(name, pretrained, weights_key=weights_key, **options, **(kwargs or {}))
 
 
-def create_timm_pretrained(name: str, pretrained: str | bool = False, **kwargs) -> nn.Module:
+def create_timm_pretrained(name: str, pretrained: str | bool | None = False, **kwargs) -> nn.Module:
     """``name`` from timm's registry with timm's own weights: ``True`` (timm's cache or hub), a local file in timm's
-    layout for that model (``pretrained_cfg_overlay``; timm adapts the classifier), or ``False`` (random init). For
-    frozen feature extractors (FID, DAMSM); checkpoints of this suite's own runs load with :func:`create_backbone`."""
+    layout for that model (``pretrained_cfg_overlay``; timm adapts the classifier), or ``False`` / ``None`` (random
+    init). For frozen feature extractors (FID, DAMSM); checkpoints of this suite's own runs load with
+    :func:`create_backbone`."""
     check_backbone_name(name)
     if isinstance(pretrained, str):
         if not os.path.isfile(pretrained):

@@ -125,7 +125,7 @@ class ImageEncoder(nn.Module):
     """AttnGAN's ``CNN_ENCODER`` on a timm backbone: ``images [-1, 1] -> (regions [B, R, D], global [B, D])``."""
 
     def __init__(self, backbone: str = "inception_v3", dim: int = 256, input_size: int = 299,
-                 pretrained: str | bool = False, train_backbone: bool = False) -> None:  # fmt: skip
+                 pretrained: str | bool | None = False, train_backbone: bool = False) -> None:  # fmt: skip
         super().__init__()
         from lightning_modules.backbones import create_timm_pretrained
 

@@ -171,5 +171,13 @@ def fid_metric(backbone: str = "inception", pretrained: str | bool = False, inpu
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if backbone == "inception":
+        import importlib.util
+
+        if importlib.util.find_spec("torch_fidelity") is None:
+            raise ConfigError(
+                "model.init_args.fid_backbone: inception is torchmetrics' InceptionV3, which needs the torch-fidelity "
+                "package (pip install -e '.[fid]'; its weights download once); or name a timm backbone (e.g. "
+                "inception_v3, with fid_pretrained: a local weights file)"
+            )
         return FrechetInceptionDistance(feature=2048, normalize=True)
     return FrechetInceptionDistance(feature=FrozenFeatures(backbone, pretrained, input_size), normalize=True)

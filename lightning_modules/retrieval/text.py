@@ -62,10 +62,26 @@ def load_text_encoder(name_or_path: str) -> tuple[nn.Module, object]:
     return encoder, tokenizer
 
 
-def pretrained_text_encoder(name_or_path: str = "bert-base-uncased", max_text_length: int = 40) -> nn.Module:
+def pretrained_text_encoder(
+    name_or_path: str | None = "bert-base-uncased", max_text_length: int = 40, config: dict | None = None
+) -> nn.Module:
     """The text tower as an injected network (``model.init_args.text_encoder``): the transformers encoder of
     ``name_or_path`` (:func:`load_text_encoder`) carrying its tokenizer as ``caption_tokenizer``, a
-    :class:`CaptionTokenizer` that cuts captions at ``max_text_length`` tokens."""
+    :class:`CaptionTokenizer` that cuts captions at ``max_text_length`` tokens.
+
+    With ``name_or_path: null``, ``config`` (``transformers.BertConfig`` keywords) builds a randomly initialised BERT
+    of that shape (smoke runs and tests: ``python -m experiments smoke``), tokenized with the ``minilm-offline``
+    tokenizer, which is BERT's uncased WordPiece vocabulary (30,522 tokens)."""
+    if not name_or_path:
+        if config is None:
+            raise ConfigError("model.init_args.text_encoder needs name_or_path (or a BertConfig dict as config)")
+        from transformers import BertConfig, BertModel
+
+        encoder = BertModel(BertConfig(**config))  # with its pooler, as AutoModel loads bert-base-uncased
+        _, tokenizer = load_text_encoder(OFFLINE_MINILM)
+        check_vocabulary(tokenizer, encoder, "config")
+        encoder.caption_tokenizer = CaptionTokenizer(tokenizer, max_text_length)
+        return encoder
     encoder, tokenizer = load_text_encoder(name_or_path)
     encoder.caption_tokenizer = CaptionTokenizer(tokenizer, max_text_length)
     return encoder

@@ -51,6 +51,17 @@ def test_fid_of_a_set_against_itself_is_zero_and_grows_with_a_shift():
     assert abs(same) < 1e-2 * max(shifted, 1.0) and shifted > 100 * max(abs(same), 1e-4), (same, shifted)
 
 
+def test_fid_inception_without_torch_fidelity_names_the_extra_and_the_alternative(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch_fidelity" else real(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"fid_backbone: inception .*pip install -e '\.\[fid\]'.* inception_v3"):
+        fid_metric("inception")
+
+
 def test_missing_local_feature_weights_are_a_clear_error():
     from experiments.errors import ConfigError
 

@@ -1,0 +1,83 @@
+"""``python -m experiments smoke`` (issue 27): a config that trains passes with its validation metric; a config broken
+on purpose (an image size its model cannot take) fails with the config's name and the error; the stand-ins cover
+every external weight the paper configs name. ``make smoke-paper`` (every paper config) is the slow test
+``test_smoke_paper_slow.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import smoke
+from experiments.configs import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+TOY = "configs/visformer/toy.yaml"
+
+
+def test_a_config_that_trains_passes_with_its_validation_metric(monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert smoke.main(["--config", TOY]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("[1/1]"))
+    assert line.startswith(f"[1/1] pass {TOY}") and "val/top1" in line  # the module's monitored metric
+
+
+def test_a_config_broken_on_purpose_fails_with_its_name_and_the_error(tmp_path, monkeypatch, capsys):
+    """The toy Visformer is built for 64 px images: at 48 px its stage-1 patch embedding (after the stride-2 stem)
+    gets 24 px where it expects 32."""
+    monkeypatch.chdir(REPO)
+    broken = tmp_path / "visformer_wrong_size.yaml"
+    broken.write_text(yaml.safe_dump({"base": str(REPO / TOY), "data": {"init_args": {"img_size": 48}}}))
+    assert smoke.main(["--config", str(broken), "--markdown", str(tmp_path / "table.md")]) == 1
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("[1/1]"))
+    assert line.startswith(f"[1/1] FAIL {broken}")
+    assert "Input height (24) doesn't match model (32)" in line, line  # timm's check, after the 2x2 stem
+    table = (tmp_path / "table.md").read_text()
+    assert smoke.SECTION in table and f"| {broken} | FAIL |" in table and "0 of 1 passed" in table
+
+
+def test_every_hub_id_and_external_weight_of_the_paper_configs_gets_a_stand_in():
+    """A new Hugging Face id in a config must be added to HF_SHAPES (else smoke would download it); runs'
+    checkpoints, timm ids and files become random weights (null)."""
+    for config in smoke.paper_configs():
+        merged = load_config(str(REPO / config))
+        overrides = smoke.standin_overrides(merged)  # raises KeyError for an unknown id
+        keys = overrides[::2]
+        for key, value in smoke._leaves(merged["model"], "model"):
+            name = key.rsplit(".", 1)[-1]
+            if name in smoke.WEIGHT_KEYS and value not in (None, False, ""):
+                assert f"--{key}" in keys, f"{config}: {key} = {value} is not replaced"
+
+
+def test_a_hub_id_becomes_a_random_tower_of_its_published_shape():
+    config = {"model": {"init_args": {"teacher": {"class_path": "x", "init_args": {
+        "name_or_path": "openai/clip-vit-large-patch14"}}}}}  # fmt: skip
+    overrides = smoke.standin_overrides(config)
+    assert overrides[:2] == ["--model.init_args.teacher.init_args.name_or_path", "null"]
+    assert overrides[2] == "--model.init_args.teacher.init_args.config"
+    shape = yaml.safe_load(overrides[3])
+    assert shape["hidden_size"] == 1024 and shape["num_hidden_layers"] == 24 and shape["patch_size"] == 14
+    with pytest.raises(KeyError, match="HF_SHAPES"):
+        smoke.standin_overrides({"model": {"init_args": {"clip": {"init_args": {"name_or_path": "someone/unknown"}}}}})
+
+
+def test_data_is_swapped_for_the_synthetic_set_with_a_batch_of_two(tmp_path):
+    config = {"data": {"init_args": {"dataset": "mars", "batch_size": 32, "num_instances": 4, "num_workers": 8,
+                                     "eval_batch_size": 16, "test_dataset": "duke"}}}  # fmt: skip
+    args = smoke.data_overrides(config, str(tmp_path))
+    pairs = dict(zip(args[::2], args[1::2], strict=True))
+    assert pairs["--data.init_args.dataset"] == "toy" and pairs["--data.init_args.test_dataset"] == "toy"
+    assert pairs["--data.init_args.batch_size"] == "8"  # P x K: two identities of 4 tracklets
+    assert pairs["--data.init_args.eval_batch_size"] == "2" and pairs["--data.init_args.num_workers"] == "0"
+    assert pairs["--data.init_args.root"].startswith(str(tmp_path))
+
+
+def test_paper_configs_are_the_non_toy_run_configs():
+    configs = smoke.paper_configs()
+    assert "configs/visformer/visformer_small_in1k.yaml" in configs and "configs/stt/mars.yaml" in configs
+    assert not [c for c in configs if Path(c).name.startswith(("_", "toy")) or "sweeps" in c]
+    assert "configs/evaluation/in1k_resnet50.yaml" not in configs  # an evaluate config: no model section
