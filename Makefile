@@ -11,7 +11,7 @@ ARGS ?=
 BENCH_CONFIGS ?= configs/visformer/toy.yaml configs/visformer/visformer_tiny_in1k.yaml configs/visformer/visformer_small_in1k.yaml
 BENCH_ARGS ?=
 
-.PHONY: setup demo test test-slow lint bench bench-gpu bench-mim bench-det bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt bench-ediy rate-curve clean reproduce-%
+.PHONY: setup demo test test-slow smoke-paper gpu-check lint bench bench-gpu bench-mim bench-det bench-overhead bench-loupe bench-tel bench-denet bench-cosoc bench-stt bench-ediy rate-curve clean reproduce-%
 
 setup: $(STAMP)
 
@@ -29,8 +29,21 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
+# The toy comparisons over seeds, the DDP agreement tests and a smoke run of every paper config (README: time).
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
+
+# 2 CPU training steps + 1 validation step of every non-toy config on synthetic data of its shapes; the table is
+# printed and written into docs/benchmarks.md.
+smoke-paper: setup
+	$(BIN)/python -m experiments smoke --paper --markdown docs/benchmarks.md
+
+# On one GPU, under 8 minutes: every task's paper config at bf16 (step time, samples/s, memory, MFU), torch.compile
+# on and off for Visformer-S and iTPN-B, the loader alone; rows appended to docs/benchmarks.md. On a CPU:
+# make gpu-check GPU_CHECK_ARGS=--dry_run (toy configs, 2 steps; the fast suite runs it).
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	$(BIN)/python -m experiments gpu_check --markdown docs/benchmarks.md $(GPU_CHECK_ARGS)
 
 lint: setup
 	$(BIN)/ruff check suite_base experiments lightning_modules datamodules tests benchmarks

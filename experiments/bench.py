@@ -56,7 +56,8 @@ def _lightning_classes() -> dict[str, type]:
             return self.length
 
         def __getitem__(self, index: int) -> dict:
-            return self.batch
+            # a copy of the container: a step that pops or adds keys must not change the next step's batch
+            return dict(self.batch) if isinstance(self.batch, dict) else self.batch
 
     class SyntheticData(L.LightningDataModule):
         """Serves one synthetic batch over and over (``batch_size`` is read by the lr scaling)."""
@@ -100,9 +101,15 @@ def __getattr__(name: str):
 
 
 def batch_size_of(batch) -> int:
-    """Samples in a batch: a dict's ``image`` (or ``target``) tensor, or the image list of a detection batch."""
+    """Samples in a batch: a dict's ``image`` (or ``target``) tensor, else its first tensor's first dimension; the
+    image list of a detection batch."""
+    import torch
+
     if isinstance(batch, dict):
-        return len(batch["image"] if "image" in batch else batch["target"])
+        for key in ("image", "target"):
+            if key in batch:
+                return len(batch[key])
+        return next(len(v) for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
     return len(batch[0])
 
 
@@ -145,7 +152,7 @@ def bench_training(model, batch: dict, steps: int, warmup: int, precision: str) 
     classes = _lightning_classes()
     timer = classes["StepTimer"]()
     trainer = L.Trainer(
-        accelerator="auto", devices=1, precision=precision, max_steps=warmup + steps, logger=False,
+        accelerator="auto", devices=1, precision=precision, max_steps=warmup + steps, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
         num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip

@@ -37,23 +37,35 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values)
 
 
+def eval_config(tmp_path, seed: int) -> str:
+    """The toy evaluation config with this test's own data folders (the same toy data as the repository's)."""
+    config = load_config(EVAL)
+    config["seed"] = seed
+    config["classification"]["init_args"]["root"] = str(tmp_path / "shapes")
+    config["dense"]["root"] = str(tmp_path / "dense_scenes")
+    path = tmp_path / f"eval_s{seed}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
 @pytest.mark.slow
 def test_toy_ediy_over_seeds_and_detection(tmp_path):
+    """Data, runs and evaluation configs all under tmp_path: nothing shared with another test (any order, any
+    worker)."""
     runs = tmp_path / "runs"
+    shapes = ["--data.init_args.root", str(tmp_path / "shapes")]
     scores = {"random": [], "byol": [], "ediy": []}
     for seed in SEEDS:
+        config = eval_config(tmp_path, seed)
         for method in ("byol", "ediy"):
             cli_main(["fit", "--config", f"configs/ediy/toy_{method}.yaml", "--runs_dir", str(runs),
                       "--run_name", f"toy_{method}_s{seed}", "--seed_everything", str(seed),
-                      "--trainer.enable_progress_bar", "false"])  # fmt: skip
+                      "--trainer.enable_progress_bar", "false", *shapes])  # fmt: skip
             ckpt = str(next((runs / f"toy_{method}_s{seed}").glob("version_*/checkpoints/last.ckpt")))
-            assert evaluate_main(["--config", EVAL, "--ckpt", ckpt, "--runs_dir", str(runs),
+            assert evaluate_main(["--config", config, "--ckpt", ckpt, "--runs_dir", str(runs),
                                   "--run_name", f"eval_{method}_s{seed}"]) == 0  # fmt: skip
             scores[method].append(read_test(runs, f"eval_{method}_s{seed}"))
-        config = load_config(EVAL)
-        config["seed"] = seed
-        (tmp_path / f"eval_s{seed}.yaml").write_text(yaml.safe_dump(config))
-        assert evaluate_main(["--config", str(tmp_path / f"eval_s{seed}.yaml"), "--random_init",
+        assert evaluate_main(["--config", config, "--random_init",
                               "--runs_dir", str(runs), "--run_name", f"eval_random_s{seed}"]) == 0  # fmt: skip
         scores["random"].append(read_test(runs, f"eval_random_s{seed}"))
     stats = {m: {k: mean_std([s[k] for s in rows]) for k in KEYS} for m, rows in scores.items()}
@@ -70,7 +82,7 @@ def test_toy_ediy_over_seeds_and_detection(tmp_path):
         ckpt = str(runs / f"toy_{method}_s0/version_*/checkpoints/last.ckpt")
         cli_main(["fit", "--config", "configs/downstream/toy_mask_rcnn_c4.yaml", "--runs_dir", str(runs),
                   "--run_name", f"det_{method}", "--trainer.enable_progress_bar", "false", "--test_after_fit", "true",
-                  "--model.init_args.pretrained", ckpt])  # fmt: skip
+                  "--model.init_args.pretrained", ckpt, "--data.init_args.root", str(tmp_path / "coco")])  # fmt: skip
         det = read_test(runs, f"det_{method}")
         print(f"{method} toy R-18-C4 Mask R-CNN: box AP {det['test/bbox_mAP']:.4f}, mask AP {det['test/segm_mAP']:.4f}")
         assert det["test/bbox_mAP"] > 0.0 and det["test/segm_mAP"] > 0.0
