@@ -113,8 +113,10 @@ class InstanceMAP(Metric):
         self.ground_truth.append(ground_truth.detach().double())
 
     def compute(self) -> dict[str, Tensor]:
-        pred = dim_zero_cat(self.predictions).cpu() if self.predictions else torch.zeros(0, 5, dtype=torch.float64)
-        gt = dim_zero_cat(self.ground_truth).cpu() if self.ground_truth else torch.zeros(0, 4, dtype=torch.float64)
+        # a list of per-batch tensors on one process; after the DDP sync torchmetrics has concatenated it into one
+        # tensor, whose truth value is ambiguous: test the length, which both have
+        pred = dim_zero_cat(self.predictions).cpu() if len(self.predictions) else torch.zeros(0, 5, dtype=torch.float64)
+        gt = dim_zero_cat(self.ground_truth).cpu() if len(self.ground_truth) else torch.zeros(0, 4, dtype=torch.float64)
         gt = torch.unique(gt, dim=0)
         pred = torch.unique(pred, dim=0)
         per_threshold = []

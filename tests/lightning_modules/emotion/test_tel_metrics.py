@@ -48,6 +48,22 @@ def test_instance_map_hand_computed():
     assert metric.compute()["map"].item() == pytest.approx(out["map"].item())
 
 
+def test_instance_map_computes_from_the_states_a_ddp_sync_leaves():
+    """After the DDP sync, torchmetrics has concatenated each list state into one tensor (dist_reduce_fx="cat");
+    compute() read the list's truth value and raised on the tensor (the 2-process validate of configs/tel/toy.yaml)."""
+    gt = torch.tensor([[0, 0, 0, 10], [1, 1, 0, 5]], dtype=torch.float64)
+    pred = torch.tensor([[0, 0, 0, 10, 0.9], [1, 1, 2, 5, 0.4], [1, 0, 0, 3, 0.8]], dtype=torch.float64)
+    listed = InstanceMAP(num_classes=2)
+    listed.update(pred[:2], gt[:1])
+    listed.update(pred[2:], gt[1:])
+    synced = InstanceMAP(num_classes=2)
+    synced.predictions, synced.ground_truth = pred.clone(), gt.clone()  # the synced (cat) form
+    assert synced.compute()["map"].item() == pytest.approx(listed.compute()["map"].item())
+    empty = InstanceMAP(num_classes=2)
+    empty.predictions, empty.ground_truth = torch.zeros(0, 5, dtype=torch.float64), gt.clone()
+    assert empty.compute()["map"].item() == 0.0  # every class has ground truth and no prediction
+
+
 def test_instance_map_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\[N, 5\]"):
         InstanceMAP().update(torch.zeros(2, 4), torch.zeros(1, 4))
