@@ -141,7 +141,13 @@ def standin_overrides(config: dict) -> list[str]:
             if value not in HF_SHAPES:
                 raise KeyError(f"{key}: {value!r} has no architecture in experiments.smoke.HF_SHAPES; add its config")
             parent = key.rsplit(".", 1)[0]
-            out += [f"--{key}", "null", f"--{parent}.config", yaml.safe_dump(HF_SHAPES[value], default_flow_style=True)]
+            shape = dict(HF_SHAPES[value])
+            run_size = dict(_leaves(model, "model")).get(f"{parent}.image_size")
+            if run_size and "image_size" in shape:
+                # the hub tower interpolates its position embedding to the size it runs at (iTPN-L's CLIP-L at
+                # 196 px); a random tower is built at that size directly
+                shape["image_size"] = run_size
+            out += [f"--{key}", "null", f"--{parent}.config", yaml.safe_dump(shape, default_flow_style=True)]
         elif name == "fid_backbone" and value == "inception" and model.get("init_args", {}).get("fid", True):
             # FID's own InceptionV3 (torch-fidelity's weights, downloaded once): timm's Inception-v3, random, whose
             # pooled features are 2048-d as FID's
