@@ -10,7 +10,8 @@ to minutes per config: for each config it runs ``python -m experiments fit`` in 
 * **weights that live elsewhere** replaced by random ones of the same architecture (:func:`standin_overrides`):
   ``pretrained`` ids, files and earlier runs' checkpoints are dropped; the Hugging Face towers the configs name
   (CLIP teachers, CLIP, BERT) are built from their published shapes (:data:`HF_SHAPES`); DE-Net's DAMSM checkpoint
-  becomes the DAMSM its pre-training config builds (random), and FID's Inception (torch-fidelity's download) timm's
+  becomes the DAMSM its pre-training config builds (random; its BiLSTM's word table sized to the synthetic
+  captions' vocabulary, as is DAMSM pre-training's), and FID's Inception (torch-fidelity's download) timm's
   Inception-v3 (random, 2048-d features as FID's); COSOC's COS file is written for the synthetic split
   (:func:`cos_file_standin`); a re-ID classifier gets one class per synthetic identity (:func:`class_count_overrides`);
 * the **trainer** forced to one CPU device, fp32, a per-device batch of 2 (2 identities x K tracklets for re-ID's
@@ -74,9 +75,11 @@ HF_SHAPES: dict[str, dict] = {
 WEIGHT_KEYS = ("pretrained", "visual_pretrained", "init_from")
 RUN_CHECKPOINT = re.compile(r"(?:^|/)runs/([^/]+)/version_")
 
+# one epoch of 2 batches (not max_steps: a GAN's two optimizers count two steps per batch, and validation runs at the
+# epoch's end)
 TRAINER = {
     "accelerator": "cpu", "devices": "1", "num_nodes": "1", "strategy": "auto", "precision": "32-true",
-    "max_epochs": "1", "max_steps": "2", "limit_train_batches": "2", "limit_val_batches": "1",
+    "max_epochs": "1", "max_steps": "-1", "limit_train_batches": "2", "limit_val_batches": "1",
     "num_sanity_val_steps": "0", "check_val_every_n_epoch": "1", "val_check_interval": "1.0",
     "accumulate_grad_batches": "1", "sync_batchnorm": "false", "enable_checkpointing": "false",
 }  # fmt: skip
@@ -123,7 +126,22 @@ def _config_of_run(checkpoint: str) -> Path | None:
     return found[0] if found else None
 
 
-def standin_overrides(config: dict) -> list[str]:
+def model_arg(config: dict, name: str):
+    """The model section's ``name``: the config's value, else the module class's default (None if it has none)."""
+    import inspect
+
+    model = config.get("model") or {}
+    init = model.get("init_args") or {}
+    if name in init:
+        return init[name]
+    try:
+        parameter = inspect.signature(import_class(model["class_path"])).parameters.get(name)
+    except (KeyError, ImportError, AttributeError, ValueError):
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def standin_overrides(config: dict, vocab_size: int | None = None) -> list[str]:
     """Command-line overrides that replace every weight the merged ``config`` loads from outside the repository by
     random weights of the same architecture (see the module docstring). Raises ``KeyError`` naming a Hugging Face id
     this table does not know, so a new one is added here rather than silently downloaded."""
@@ -148,10 +166,6 @@ def standin_overrides(config: dict) -> list[str]:
                 # 196 px); a random tower is built at that size directly
                 shape["image_size"] = run_size
             out += [f"--{key}", "null", f"--{parent}.config", yaml.safe_dump(shape, default_flow_style=True)]
-        elif name == "fid_backbone" and value == "inception" and model.get("init_args", {}).get("fid", True):
-            # FID's own InceptionV3 (torch-fidelity's weights, downloaded once): timm's Inception-v3, random, whose
-            # pooled features are 2048-d as FID's
-            out += [f"--{key}", "inception_v3"]
         elif name == "checkpoint" and key.endswith("damsm.init_args.checkpoint") and value:
             source = _config_of_run(str(value))
             if source is None:
@@ -159,7 +173,16 @@ def standin_overrides(config: dict) -> list[str]:
             from experiments.configs import load_config
 
             damsm = without_external_weights(load_config(str(source))["model"])
+            if vocab_size:
+                damsm["init_args"]["text_encoder"]["init_args"]["vocab_size"] = vocab_size
             out += [f"--{key.rsplit('.init_args.', 1)[0]}", yaml.safe_dump(damsm, default_flow_style=True)]
+    if model_arg(config, "fid_backbone") == "inception" and model_arg(config, "fid") is not False:
+        # FID's own InceptionV3 (torch-fidelity's weights, downloaded once): timm's Inception-v3, random, whose pooled
+        # features are 2048-d as FID's
+        out += ["--model.init_args.fid_backbone", "inception_v3"]
+    text = ((config.get("model") or {}).get("init_args") or {}).get("text_encoder") or {}
+    if vocab_size and (text.get("init_args") or {}).get("kind") == "bilstm":  # DAMSM pre-training: AttnGAN's words
+        out += ["--model.init_args.text_encoder.init_args.vocab_size", str(vocab_size)]
     return out
 
 
@@ -179,6 +202,8 @@ def data_overrides(config: dict, scratch: str, batch_size: int | None = 2, num_w
         sizes.update(batch_size=max(batch_size, pk), eval_batch_size=batch_size)
     if num_workers is not None:
         sizes["num_workers"] = num_workers
+    if init.get("val_images"):  # DE-Net / DAMSM hold out the paper's 1,000 or 5,000 images: the synthetic set is small
+        sizes["val_images"] = 8
     for key, value in sizes.items():
         if key in init:
             out += [f"--data.init_args.{key}", str(value)]
@@ -293,14 +318,17 @@ def standin_args(config: str, scratch: str, batch_size: int | None = 2, num_work
     if "data" not in merged or "model" not in merged:
         raise KeyError(f"{config} has no model or data section")
     data = data_overrides(merged, scratch, batch_size, num_workers, keep_toy_root)
-    datamodule = None
-    if merged["data"].get("class_path", "").startswith("datamodules.episodes."):  # stand-ins read the written split
-        from experiments.sections import build_sections
+    datamodule, vocab_size = None, None
+    data_class = merged["data"].get("class_path", "")
+    if data_class.startswith(("datamodules.episodes.", "datamodules.captions.TextEditing")):
+        from experiments.sections import build_sections  # stand-ins that read the written synthetic data
 
         datamodule = build_sections(config, ("data",), data)["data"]
         datamodule.prepare_data()
-        if datamodule.train_mode == "fusion":
+        if getattr(datamodule, "train_mode", None) == "fusion":
             data += cos_file_standin(datamodule, scratch)
+        if hasattr(datamodule, "wordtoix"):  # AttnGAN's vocabulary sizes the BiLSTM's embedding table
+            vocab_size = datamodule.vocab_size
     model_class = import_class(merged["model"]["class_path"])
     command, _ = smoke_command(model_class)
     model = []
@@ -312,7 +340,9 @@ def standin_args(config: str, scratch: str, batch_size: int | None = 2, num_work
     backbone = (merged["model"].get("init_args") or {}).get("backbone") or {}
     if command == "predict" and backbone.get("class_path", "").endswith("registered_model"):
         model += backbone_checkpoint_standin(backbone["init_args"], scratch)
-    return [*data, *standin_overrides(merged), *class_count_overrides(merged, datamodule), *model]
+    if not data_class.startswith("datamodules.episodes."):
+        datamodule = None
+    return [*data, *standin_overrides(merged, vocab_size), *class_count_overrides(merged, datamodule), *model]
 
 
 def backbone_checkpoint_standin(init_args: dict, scratch: str) -> list[str]:
