@@ -104,19 +104,28 @@ def without_external_weights(tree):
     return tree
 
 
-def data_arg(config: dict, name: str):
-    """The data section's ``name``: the config's value, else the DataModule class's default (None if it has none)."""
+def section_arg(config: dict, section: str, name: str):
+    """``config[section]``'s init argument ``name``: the config's value, else the class's default (None if it has
+    none)."""
     import inspect
 
-    data = config.get("data") or {}
-    init = data.get("init_args") or {}
+    part = config.get(section) or {}
+    init = part.get("init_args") or {}
     if name in init:
         return init[name]
     try:
-        parameter = inspect.signature(import_class(data["class_path"])).parameters.get(name)
-    except (KeyError, ImportError, AttributeError):
+        parameter = inspect.signature(import_class(part["class_path"])).parameters.get(name)
+    except (KeyError, ImportError, AttributeError, ValueError):
         return None
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def data_arg(config: dict, name: str):
+    return section_arg(config, "data", name)
+
+
+def model_arg(config: dict, name: str):
+    return section_arg(config, "model", name)
 
 
 def _config_of_run(checkpoint: str) -> Path | None:
@@ -124,21 +133,6 @@ def _config_of_run(checkpoint: str) -> Path | None:
     match = RUN_CHECKPOINT.search(checkpoint)
     found = sorted((REPO / "configs").rglob(f"{match.group(1)}.yaml")) if match else []
     return found[0] if found else None
-
-
-def model_arg(config: dict, name: str):
-    """The model section's ``name``: the config's value, else the module class's default (None if it has none)."""
-    import inspect
-
-    model = config.get("model") or {}
-    init = model.get("init_args") or {}
-    if name in init:
-        return init[name]
-    try:
-        parameter = inspect.signature(import_class(model["class_path"])).parameters.get(name)
-    except (KeyError, ImportError, AttributeError, ValueError):
-        return None
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def standin_overrides(config: dict, vocab_size: int | None = None) -> list[str]:
