@@ -95,9 +95,6 @@ def build(config: str, scratch: str, batch_size: int, compile_model: bool):
     from experiments.smoke import standin_args
 
     overrides = standin_args(config, scratch, batch_size=batch_size, num_workers=None, keep_toy_root=True)
-    if "--model.init_args.optim.warmup_steps" in overrides:
-        # a step schedule's milestones must lie inside the run: the timed run is a handful of steps (same cost)
-        overrides += ["--model.init_args.optim.schedule", "cosine"]
     if compile_model:
         overrides += ["--model.init_args.compile", "true"]
     built = build_sections(config, ("model", "data"), overrides)

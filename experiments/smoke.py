@@ -15,7 +15,8 @@ to minutes per config: for each config it runs ``python -m experiments fit`` in 
   Inception-v3 (random, 2048-d features as FID's); COSOC's COS file is written for the synthetic split
   (:func:`cos_file_standin`); a re-ID classifier gets one class per synthetic identity (:func:`class_count_overrides`);
 * the **trainer** forced to one CPU device, fp32, a per-device batch of 2 (2 identities x K tracklets for re-ID's
-  P x K sampler), no workers, no warm-up, 2 training steps, 1 validation
+  P x K sampler), no workers, no warm-up and a cosine schedule (a step schedule's milestones must lie inside the
+  run), 2 training steps, 1 validation
   step (the module's ``validation_step`` and its epoch-end ``compute()`` of the metric), no checkpoint written.
 
 It reports per config: pass / fail, seconds, peak memory of the child (its peak resident set, which includes the
@@ -327,7 +328,9 @@ def standin_args(config: str, scratch: str, batch_size: int | None = 2, num_work
     command, _ = smoke_command(model_class)
     model = []
     if accepts(model_class, "optim"):
-        model += ["--model.init_args.optim.warmup_steps", "0"]  # a warm-up longer than the 2 steps is refused
+        # a warm-up longer than the 2 steps, or step milestones (mmdet's 60k / 80k iterations) beyond them, are
+        # refused: no warm-up and the cosine schedule (the step's cost is the same)
+        model += ["--model.init_args.optim.warmup_steps", "0", "--model.init_args.optim.schedule", "cosine"]
     output = (merged["model"].get("init_args") or {}).get("output")
     if isinstance(output, str):  # a module that writes a file of its own (the COS stage) writes it into scratch
         model += ["--model.init_args.output", str(Path(scratch) / "output" / Path(output).name)]
