@@ -108,13 +108,16 @@ def config_batch_size(config: str) -> int:
 
 
 def measure(task: str, config: str, *, compile_model: bool, batch_size: int, steps: int, warmup: int,
-            precision: str, loader_batches: int, flops: float | None = None) -> dict:  # fmt: skip
-    """One row: ``batch_size`` halved on each CUDA out-of-memory error until it fits."""
+            precision: str, loader_batches: int, flops_cache: dict[int, float] | None = None) -> dict:  # fmt: skip
+    """One row: ``batch_size`` halved on each CUDA out-of-memory error until it fits. ``flops_cache`` maps a batch
+    size to its FLOPs per step (counted once, on the eager model; the compiled row of the same config reuses it, and
+    a halved batch is counted again)."""
     import torch
 
     from experiments.bench import bench_loader, bench_training, device_peak_flops
 
     wanted = batch_size
+    flops_cache = {} if flops_cache is None else flops_cache
     while True:
         with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
             try:
@@ -122,8 +125,9 @@ def measure(task: str, config: str, *, compile_model: bool, batch_size: int, ste
                 data.prepare_data()
                 data.setup("fit")
                 batch = next(iter(data.train_dataloader()))
-                if flops is None:
-                    flops = train_flops_per_step(model, batch, precision)
+                if batch_size not in flops_cache:
+                    flops_cache[batch_size] = train_flops_per_step(model, batch, precision)
+                flops = flops_cache[batch_size]
                 timing = bench_training(model, batch, steps, warmup, precision)
                 loader = bench_loader(data, loader_batches) if loader_batches else None
                 workers = getattr(data, "num_workers", 0)
@@ -229,7 +233,7 @@ def eager_compile():
 def run_plan(plan, args, budget, start, rows, skipped, failed, steps, warmup, precision) -> None:
     """Measure each row of ``plan`` into ``rows`` (``skipped`` past the budget, ``failed`` with the error)."""
     for task, config, with_compile in plan:
-        flops = None
+        flops_cache: dict[int, float] = {}
         for compile_model in (False, True) if with_compile else (False,):
             if time.perf_counter() - start > budget:
                 skipped.append(f"{task}{' (compiled)' if compile_model else ''}")
@@ -237,12 +241,12 @@ def run_plan(plan, args, budget, start, rows, skipped, failed, steps, warmup, pr
             batch = 2 if args.dry_run else config_batch_size(config)
             try:
                 r = measure(task, config, compile_model=compile_model, batch_size=batch, steps=steps, warmup=warmup,
-                            precision=precision, loader_batches=2 if args.dry_run else 20, flops=flops)  # fmt: skip
+                            precision=precision, loader_batches=2 if args.dry_run else 20,
+                            flops_cache=flops_cache)  # fmt: skip
             except Exception as err:  # noqa: BLE001 - one broken row is reported, the others still run
                 failed.append(f"{task} ({config}{', compiled' if compile_model else ''}): {type(err).__name__}: {err}")
                 print(f"FAIL {failed[-1]}", flush=True)
                 continue
-            flops = r["flops"]
             rows.append(markdown_row(r))
             goal = ""
             if r["mfu"] is not None and task in ("Visformer-S", "iTPN-B CLIP pre-training"):
