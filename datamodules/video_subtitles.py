@@ -222,7 +222,8 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         test_json: test annotations (subtitle-level).
         val_movies: with ``val_json: None``, hold out this many training movies (drawn with ``seed``) as a
             validation split with clip-level labels, disjoint by movie as train and test are: checkpoints are then
-            chosen on ``val/clip_map`` without touching the test split (0: no validation).
+            chosen on ``val/clip_map`` without touching the test split (0: no validation; the toy then has its own
+            ``val.json``).
         visual: ``none`` (subtitle-only), ``frames`` (decode the mp4 files) or ``features`` (read the shards).
         video_root: ``<video_root>/<movie>/<clip>.mp4`` (and ``.srt``).
         features_root: ``<features_root>/<movie>/<clip>.npy``.
@@ -274,7 +275,7 @@ class VideoSubtitlesDataModule(SuiteDataModule):
         self.toy_options = dict(num_classes=toy_classes, train=toy_train, val=toy_val, test=toy_test, seed=seed)
         self.num_classes = toy_classes if dataset == "toy" else len(EMOTIONS)
         self.class_names = EMOTIONS[: self.num_classes]
-        if dataset == "toy" and val_json is None:
+        if dataset == "toy" and val_json is None and not val_movies:  # else the toy's training movies are held out
             self.paths["val"] = base / "val.json"
         if val_movies < 0 or (val_movies and self.paths["val"] is not None):
             raise ConfigError(f"data.init_args.val_movies is {val_movies}: it holds out that many training movies "

@@ -4,12 +4,13 @@
 dataset: layout, counts per split, unreadable files. Every problem is printed with its path; the exit code is 1 when
 there is any.
 
-``extract [--backbone NAME] [--batch_size N] [--device cuda]`` (video datasets): decodes every clip of the config's
-splits with decord at the data's ``fps``, embeds the frames once with a frozen timm backbone (default: the config's
-``model.init_args.net.init_args.visual_backbone``) and writes one feature shard per clip,
+``extract [--backbone NAME] [--batch_size N] [--device cuda] [--random_weights]`` (video datasets): decodes every
+clip of the config's splits with decord at the data's ``fps``, embeds the frames once with a frozen timm backbone
+(default: the config's ``model.init_args.net.init_args.visual_backbone``) and writes one feature shard per clip,
 ``<features_root>/<movie>/<clip>.npy`` (``[frames, dim]`` float16, written atomically; existing shards are kept, so an
 interrupted run resumes), plus ``features.json`` (fps, backbone, width). Training then reads the shards with
-``data.init_args.visual: features``.
+``data.init_args.visual: features``. ``--random_weights`` leaves the backbone random (seeded) instead of loading the
+config's weights: a dry run of the pipeline offline (the smoke run's stand-in), not features to train on.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def check(config: str, overrides: list[str], decode: bool = True) -> int:
     return 1 if problems else 0
 
 
-def extract(config: str, overrides: list[str], backbone: str | None, batch_size: int, device: str) -> int:
+def extract(config: str, overrides: list[str], backbone: str | None, batch_size: int, device: str,
+            random_weights: bool = False) -> int:  # fmt: skip
     import io
 
     import numpy as np
@@ -81,7 +83,8 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     if not name:
         raise ConfigError(f"no backbone: pass --backbone NAME or set {key}.visual_backbone in the config")
     # the config's weights belong to the config's backbone; another --backbone starts random
-    pretrained = net_args.get("visual_pretrained") if backbone in (None, net_args.get("visual_backbone")) else None
+    own = backbone in (None, net_args.get("visual_backbone")) and not random_weights
+    pretrained = net_args.get("visual_pretrained") if own else None
     torch.manual_seed(0)  # a backbone without pretrained weights is then the same in every extraction
     net = create_backbone(name, pretrained, weights_key=f"{key}.visual_pretrained", num_classes=0,
                           **(net_args.get("visual_backbone_kwargs") or {}))  # fmt: skip
@@ -95,7 +98,10 @@ def extract(config: str, overrides: list[str], backbone: str | None, batch_size:
     mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=device).view(1, 3, 1, 1)
     root = datamodule.features_root
-    splits = [split for split in ("train", "val", "test") if datamodule.paths[split] is not None]
+    # the training movies held out for validation (val_movies) are a split of their own, absent from clips("train")
+    held_out = getattr(datamodule, "val_movies", 0)
+    splits = [split for split in ("train", "val", "test") if datamodule.paths[split] is not None or
+              (split == "val" and held_out)]  # fmt: skip
     clips = {c.key: c for split in splits for c in datamodule.clips(split)}
     frames_total, decode_s, embed_s, written = 0, 0.0, 0.0, 0
     # a tqdm bar on a terminal; in a file (a SLURM .out) about ten plain lines with the rate and the time left
@@ -136,11 +142,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backbone", default=None, help="extract: timm model (default: the config's visual_backbone)")
     parser.add_argument("--batch_size", type=int, default=64, help="extract: frames per backbone call")
     parser.add_argument("--device", default="cpu", help="extract: torch device")
+    parser.add_argument("--random_weights", action="store_true",
+                        help="extract: a random backbone instead of the config's weights (an offline dry run)")
     argv = canonical_flags(argv, parser._option_string_actions, prog="data")  # --no-decode, --batch-size: old
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--data.")]
     if bad:
         raise ConfigError(f"data {args.action} takes only --data.* overrides, got {bad}")
     if args.action == "extract":
-        return extract(args.config, overrides, args.backbone, args.batch_size, args.device)
+        return extract(args.config, overrides, args.backbone, args.batch_size, args.device, args.random_weights)
     return check(args.config, overrides, decode=not args.no_decode)

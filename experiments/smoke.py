@@ -339,7 +339,28 @@ def standin_args(config: str, scratch: str, batch_size: int | None = 2, num_work
         model += backbone_checkpoint_standin(backbone["init_args"], scratch)
     if not data_class.startswith("datamodules.episodes."):
         datamodule = None
-    return [*data, *standin_overrides(merged, vocab_size), *class_count_overrides(merged, datamodule), *model]
+    classes = class_count_overrides(merged, datamodule)
+    if (merged["data"].get("init_args") or {}).get("visual") == "features":
+        data += features_standin(config, [*data, *classes])
+    return [*data, *standin_overrides(merged, vocab_size), *classes, *model]
+
+
+def features_standin(config: str, data: list[str]) -> list[str]:
+    """A config that trains on frame features (TEL with ``visual: features``) reads shards that ``python -m
+    experiments data extract`` writes first: smoke runs that extraction on the synthetic clips, with the config's
+    backbone random (``--random_weights``) and the frames decoded at 64 px instead of 224 (the backbone pools
+    globally, so the shards keep their width; 12x fewer pixels through a ResNet-50 on the CPU), over 100 / 20 / 20
+    clips (5 training movies: the official configs hold 4 out for validation)."""
+    import contextlib
+    import io
+
+    from experiments.data import extract
+
+    data = [*data, "--data.init_args.frame_size", "64", "--data.init_args.toy_train", "100",
+            "--data.init_args.toy_val", "20", "--data.init_args.toy_test", "20"]  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        extract(config, data, backbone=None, batch_size=64, device="cpu", random_weights=True)
+    return data[-8:]
 
 
 def backbone_checkpoint_standin(init_args: dict, scratch: str) -> list[str]:

@@ -187,6 +187,25 @@ def test_extract_writes_shards_that_training_reads(tmp_path, capsys):
     torch.testing.assert_close(item["frame_times"], torch.from_numpy((np.arange(len(frames)) + 0.5) / 4.0).float())
 
 
+def test_extract_covers_the_training_movies_held_out_for_validation(tmp_path, capsys):
+    """With ``val_movies`` the validation clips are training clips of held-out movies: they need shards too (an
+    extraction of ``clips("train")`` alone left them out); the toy then has no val.json of its own."""
+    from experiments.data import main as data_main
+
+    sizes = ["--data.init_args.toy_train", "21", "--data.init_args.toy_val", "1", "--data.init_args.toy_test", "1"]
+    args = ["--data.init_args.root", str(tmp_path), "--data.init_args.val_movies", "1", *sizes]
+    assert data_main(["extract", "--config", "configs/tel/toy.yaml", *args, "--random_weights"]) == 0
+    assert "22 clips written" in capsys.readouterr().out  # 21 training clips (2 movies) + 1 test clip
+    dm = VideoSubtitlesDataModule(root=str(tmp_path), dataset="toy", visual="features", val_movies=1, toy_classes=6,
+                                  toy_train=21, toy_val=1, toy_test=1, batch_size=2, num_workers=0)  # fmt: skip
+    assert dm.paths["val"] is None
+    held, kept = dm.clips("val"), dm.clips("train")
+    assert len({c.movie for c in held}) == 1 and len(held) + len(kept) == 21
+    shards = {p.relative_to(tmp_path / "features").with_suffix("").as_posix()
+              for p in (tmp_path / "features").glob("*/*.npy")}  # fmt: skip
+    assert {f"{c.movie}/{c.clip}" for c in held + kept} <= shards
+
+
 def test_extract_checks_the_backbone_width_against_visual_dim(tmp_path):
     from experiments.configs import load_config
     from experiments.data import main as data_main
