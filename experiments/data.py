@@ -142,8 +142,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backbone", default=None, help="extract: timm model (default: the config's visual_backbone)")
     parser.add_argument("--batch_size", type=int, default=64, help="extract: frames per backbone call")
     parser.add_argument("--device", default="cpu", help="extract: torch device")
-    parser.add_argument("--random_weights", action="store_true",
-                        help="extract: a random backbone instead of the config's weights (an offline dry run)")
+    parser.add_argument(
+        "--random_weights",
+        action="store_true",
+        help="extract: a random backbone instead of the config's weights (an offline dry run)",
+    )
     argv = canonical_flags(argv, parser._option_string_actions, prog="data")  # --no-decode, --batch-size: old
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("--") and not o.startswith("--data.")]
