@@ -264,6 +264,7 @@ class ImageNetDataModule(SuiteDataModule):
             seed=self.seed,
             on_corrupt=self.on_corrupt,
             layout_hint=LAYOUT,
+            item_seed=None if train else self.seed,  # evaluation's random views (BYOL's): one per sample
         )
 
     def setup(self, stage: str) -> None:

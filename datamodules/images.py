@@ -72,7 +72,7 @@ def select_classes(classes: Sequence[str], class_subset: int | Sequence[str] | N
 
 
 class ImageFolderDataset(Dataset):
-    """Images in ``<split_dir>/<class>/<file>``; items are ``{"image": tensor, "target": int}``.
+    """Images in ``<split_dir>/<class>/<file>``; items are ``{"image": tensor, "target": int, "index": int}``.
 
     Args:
         split_dir: folder holding one sub-folder per class.
@@ -83,6 +83,9 @@ class ImageFolderDataset(Dataset):
         on_corrupt: ``raise`` stops on an undecodable file; ``skip`` returns ``None`` for it (the collate drops
             it and counts it) and logs the file once.
         layout_hint: the expected layout, quoted in errors.
+        item_seed: when set, the transform's random draws (torch's generator) are seeded by ``(item_seed,
+            index)``: an evaluation split's random views (BYOL's) are then a function of the sample, the same
+            whichever process, worker or batch reads it (DDP validation agrees with one process).
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class ImageFolderDataset(Dataset):
         seed: int = 0,
         on_corrupt: OnCorrupt = "raise",
         layout_hint: str = "<split>/<class>/<image>.JPEG",
+        item_seed: int | None = None,
     ) -> None:
         if not 0 < subset_fraction <= 1:
             raise DataError(f"data.subset_fraction must be in (0, 1], got {subset_fraction}")
@@ -103,6 +107,7 @@ class ImageFolderDataset(Dataset):
         self.classes = list(classes)
         self.transform = transform
         self.on_corrupt = on_corrupt
+        self.item_seed = item_seed
         self.samples: list[tuple[str, int]] = []
         for label, name in enumerate(self.classes):
             folder = self.split_dir / name
@@ -134,11 +139,15 @@ class ImageFolderDataset(Dataset):
                 raise
             log_skipped(err)
             return None
-        if self.transform is not None:
+        if self.transform is not None and self.item_seed is not None:
+            with torch.random.fork_rng(devices=[]):  # the caller's generator state is left as it was
+                torch.manual_seed(self.item_seed * 1_000_003 + index)
+                image = self.transform(image)
+        elif self.transform is not None:
             image = self.transform(image)
         if isinstance(image, dict):
-            return {**image, "target": target}
-        return {"image": image, "target": target}
+            return {**image, "target": target, "index": index}
+        return {"image": image, "target": target, "index": index}
 
 
 def collate_skipping_corrupt(items: list[dict | None]) -> dict:

@@ -16,7 +16,7 @@ to minutes per config: for each config it runs ``python -m experiments fit`` in 
   (:func:`cos_file_standin`); a re-ID classifier gets one class per synthetic identity (:func:`class_count_overrides`);
 * the **trainer** forced to one CPU device, fp32, a per-device batch of 2 (2 identities x K tracklets for re-ID's
   P x K sampler), no workers, no warm-up and a cosine schedule (a step schedule's milestones must lie inside the
-  run), 2 training steps, 1 validation
+  run), 2 training steps (LOUPE's Shapley interactions from one sampled order, :func:`sampling_limits`), 1 validation
   step (the module's ``validation_step`` and its epoch-end ``compute()`` of the metric), no checkpoint written.
 
 It reports per config: pass / fail, seconds, peak memory of the child (its peak resident set, which includes the
@@ -218,6 +218,17 @@ def validation_limits(config: dict) -> list[str]:
     return []
 
 
+def sampling_limits(config: dict) -> list[str]:
+    """LOUPE's token-level payoff re-encodes the image once per Shapley coalition (``token_payoff: encoder``):
+    ``shapley_samples`` orders x 4 coalitions x 16 candidate boxes per image through Swin-L, about 8 CPU-minutes per
+    training step at the paper's 4 orders. Smoke samples one order: the same code path and shapes at a quarter of
+    the cost (the GPU check keeps the config's count: its step time is the config's)."""
+    model = (config.get("model") or {}).get("init_args") or {}
+    if int(model.get("shapley_samples") or 1) > 1:
+        return ["--model.init_args.shapley_samples", "1"]
+    return []
+
+
 def class_count_overrides(config: dict, datamodule=None) -> list[str]:
     """Re-ID, few-shot, detection and segmentation modules check that their classifier has one class per class /
     identity of the data: the head is sized to the synthetic data (``toy_train_ids`` identities, ``toy_num_classes``
@@ -297,7 +308,7 @@ def smoke_args(config: str, scratch: str) -> list[str]:
     merged = load_config(config)
     command, limits = smoke_command(import_class(merged["model"]["class_path"]))
     trainer = [token for key, value in TRAINER.items() for token in (f"--trainer.{key}", value)]
-    limits += validation_limits(merged)
+    limits += validation_limits(merged) + sampling_limits(merged)
     return [command, "--config", config, *trainer, *limits, *standin_args(config, scratch),
             "--runs_dir", str(Path(scratch) / "runs"), "--trainer.enable_progress_bar", "false"]  # fmt: skip
 

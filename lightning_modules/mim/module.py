@@ -236,8 +236,15 @@ class MaskedImageModeling(SuiteModule):
             x = blk(x, shared_rel_pos_bias=rel_pos_bias)
         return enc.norm(x)[:, 1:]
 
-    def _masks(self, batch_size: int, device, seed: int | None):
-        """Random (ids_keep, ids_restore, mask) or block ``[B, N]`` masks; seeded (CPU generator) when ``seed``."""
+    def _masks(self, batch_size: int, device, seed: int | torch.Tensor | None):
+        """Random (ids_keep, ids_restore, mask) or block ``[B, N]`` masks; seeded (CPU generator) when ``seed``: an
+        int seeds the batch's draw, a ``[B]`` tensor each sample's own (validation: the dataset index, so a sample
+        gets the same mask in whichever process and batch it is read)."""
+        if isinstance(seed, torch.Tensor):
+            rows = [self._masks(1, device, int(s)) for s in seed.tolist()]
+            if self.mask_type == "random":
+                return tuple(torch.cat(parts) for parts in zip(*rows, strict=True))
+            return torch.cat(rows)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         dev = "cpu" if gen is not None else device
         if self.mask_type == "random":
@@ -275,7 +282,7 @@ class MaskedImageModeling(SuiteModule):
 
         Args:
             batch: ``{"image": [B, 3, H, W]}`` (plus ``teacher_image`` for the CLIP recipes).
-            seed: fixes the drawn masks (validation).
+            seed: fixes the drawn masks (validation): an int for the batch, a ``[B]`` tensor per sample.
             masks: use these masks instead of drawing them: ``(ids_keep [B, L], ids_restore [B, N], mask [B, N])``
                 for the pixel recipe (MAE's / the released ``masking_id``'s triple, mask 1 = removed), a ``[B, N]``
                 boolean mask for block masking. The pixel terms then also hold the pyramid ``levels`` (P16, P8, P4
@@ -346,14 +353,20 @@ class MaskedImageModeling(SuiteModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=B)
         return terms["loss"]
 
+    @staticmethod
+    def eval_seed(batch: dict, batch_idx: int) -> int | torch.Tensor:
+        """Evaluation masks: drawn from each sample's dataset ``index`` (the same under any number of processes:
+        DDP validation equals one process's), else from the batch index."""
+        return batch["index"] if "index" in batch else batch_idx
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        terms = self.shared_step(batch, seed=batch_idx)
+        terms = self.shared_step(batch, seed=self.eval_seed(batch, batch_idx))
         self._log_terms(terms, "val", batch["image"].shape[0])
         if batch_idx == 0 and self.log_images and self._trainer is not None:
             self.log_image_grid(f"val/{self.target}", self.visualise(batch, terms), nrow=8)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        terms = self.shared_step(batch, seed=batch_idx)
+        terms = self.shared_step(batch, seed=self.eval_seed(batch, batch_idx))
         self._log_terms(terms, "test", batch["image"].shape[0])
         if batch_idx == 0 and self.log_images and self._trainer is not None:
             self.log_image_grid(f"test/{self.target}", self.visualise(batch, terms), nrow=8)

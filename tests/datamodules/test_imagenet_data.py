@@ -164,3 +164,20 @@ def test_skipped_counts_per_split_reach_metrics_json(toy_imagenet, tmp_path, cap
     assert skips and all(str(p) in " ".join(skips) for p in bad)
     # the file is already being skipped: the line does not advise setting on_corrupt: skip
     assert not any("set data.on_corrupt" in line for line in skips)
+
+
+def test_evaluation_views_are_a_function_of_the_sample(toy_imagenet):
+    """BYOL's validation views are random crops; with ``item_seed`` (the DataModule sets it on evaluation splits) a
+    sample's views depend on its index only, whichever process or worker reads it, and the caller's generator is left
+    as it was. Items carry their ``index``."""
+    dm = make_dm(toy_imagenet, train_transform="byol")
+    dm.setup("fit")
+    assert dm.val_set.item_seed == dm.seed and dm.train_set.item_seed is None
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, again, other = dm.val_set[2], dm.val_set[2], dm.val_set[3]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert first["index"] == 2 and other["index"] == 3
+    assert torch.equal(first["views"], again["views"]) and not torch.equal(first["views"][0], first["views"][1])
+    a, b = dm.train_set[2], dm.train_set[2]  # training views stay random
+    assert not torch.equal(a["views"], b["views"])

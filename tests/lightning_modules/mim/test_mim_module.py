@@ -263,3 +263,21 @@ def test_auxiliary_blocks_continue_the_encoders_drop_path_and_layer_scale():
         teacher=teacher(),
     )  # fmt: skip
     assert all(blk.gamma_1 is None for blk in plain.head.cls_pt_layers)
+
+
+@pytest.mark.parametrize("make", [pixel_module, clip_module], ids=["random", "block"])
+def test_evaluation_masks_follow_the_sample_index_not_the_batch(make):
+    """Validation under DDP reads every other sample per process: a sample's mask must depend on its dataset index
+    only, so that the batch [3, 8] and the batches [3] and [8] give the same masks (and 2 processes equal 1)."""
+    module = make()
+    seed = module.eval_seed({"index": torch.tensor([3, 8])}, batch_idx=5)
+    assert seed.tolist() == [3, 8] and module.eval_seed({}, batch_idx=5) == 5
+    pair = module._masks(2, "cpu", torch.tensor([3, 8]))
+    alone = [module._masks(1, "cpu", torch.tensor([i])) for i in (3, 8)]
+    mask = pair[-1] if isinstance(pair, tuple) else pair
+    masks_alone = [m[-1] if isinstance(m, tuple) else m for m in alone]
+    assert torch.equal(mask, torch.cat(masks_alone))
+    assert not torch.equal(mask[0], mask[1])  # two samples, two masks
+    if isinstance(pair, tuple):  # the pixel recipe's ids_keep / ids_restore follow the same rows
+        for got, *rows in zip(pair, *alone, strict=True):
+            assert torch.equal(got, torch.cat(rows))
