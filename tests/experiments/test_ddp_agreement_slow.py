@@ -87,7 +87,8 @@ def validate(config: str, ckpt: Path, tmp: Path, extra: list[str], devices: int)
     record = run_cli(["validate", "--config", str(REPO / config), *extra, "--ckpt_path", str(ckpt),
                       "--runs_dir", str(tmp / "runs"), "--run_name", f"validate_{devices}", "--trainer.accelerator",
                       "cpu", "--trainer.devices", str(devices), "--trainer.num_nodes", "1", *strategy,
-                      "--trainer.precision", "32-true", "--trainer.limit_val_batches", "1.0"], tmp, processes=devices)  # fmt: skip
+                      "--trainer.precision", "32-true", "--trainer.limit_val_batches", "1.0"], tmp,
+                     processes=devices)  # fmt: skip
     return record["val"]
 
 
