@@ -421,6 +421,10 @@ def _child(config: str, scratch: str, queue) -> None:
                           error="" if written else "predict wrote nothing")  # fmt: skip
         elif args[0] == "fit" and trainer.global_step < 2:
             result["error"] = f"ran {trainer.global_step} of 2 training steps"
+        elif args[0] == "fit" and not result["metric"] and not sum(trainer.num_val_batches or [0]):
+            # a config without a validation split (LOUPE's pre-training: val_shards null) trains only
+            loss = trainer.callback_metrics.get("train/loss")
+            result.update(ok=True, metric="no validation split" + (f"; train/loss {float(loss):.4g}" if loss else ""))
         elif not result["metric"]:
             result["error"] = "validation logged no val/ metric"
         else:

@@ -81,3 +81,15 @@ def test_paper_configs_are_the_non_toy_run_configs():
     assert "configs/visformer/visformer_small_in1k.yaml" in configs and "configs/stt/mars.yaml" in configs
     assert not [c for c in configs if Path(c).name.startswith(("_", "toy")) or "sweeps" in c]
     assert "configs/evaluation/in1k_resnet50.yaml" not in configs  # an evaluate config: no model section
+
+
+def test_a_config_without_a_validation_split_passes_on_its_training_steps(tmp_path, monkeypatch, capsys):
+    """LOUPE's pre-training config has no validation shards (``val_shards: null``): its 2 training steps pass, and the
+    table says there was no validation split instead of a metric."""
+    monkeypatch.chdir(REPO)
+    config = tmp_path / "loupe_pretrain_no_val.yaml"
+    base = str(REPO / "configs/loupe/toy_pretrain.yaml")
+    config.write_text(yaml.safe_dump({"base": base, "data": {"init_args": {"val_shards": None}}}))
+    assert smoke.main(["--config", str(config)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[1/1]"))
+    assert line.startswith(f"[1/1] pass {config}") and "no validation split; train/loss" in line, line
