@@ -233,7 +233,8 @@ def class_count_overrides(config: dict, datamodule=None) -> list[str]:
     """Re-ID, few-shot, detection and segmentation modules check that their classifier has one class per class /
     identity of the data: the head is sized to the synthetic data (``toy_train_ids`` identities, ``toy_num_classes``
     categories, the few-shot scenes' classes read from ``datamodule``'s prepared training split) instead of the
-    paper dataset's (625 for MARS, 64 for miniImageNet, 80 for COCO, 150 for ADE20K); nothing else of the network
+    paper dataset's (625 for MARS, 64 for miniImageNet, 80 for COCO, 150 for ADE20K, the 100 classes of the
+    limited-data ImageNet-100 subset against the toy's 10 shapes); nothing else of the network
     changes. TEL's synthetic clips are drawn with the model's class count instead (``toy_classes``: 18)."""
     model = (config.get("model") or {}).get("init_args") or {}
     net, head = model.get("net") or {}, model.get("classifier") or {}
@@ -241,6 +242,12 @@ def class_count_overrides(config: dict, datamodule=None) -> list[str]:
     if data_arg(config, "toy_classes") is not None:  # TEL's toy clips are drawn with the model's 18 emotions
         count = model.get("num_classes") or (net.get("init_args") or {}).get("num_classes")
         return ["--data.init_args.toy_classes", str(count)] if count else []
+    subset = data_arg(config, "class_subset")
+    if isinstance(subset, int) and toy_classes and subset > toy_classes:  # ImageNet-100 -> the toy's 10 shapes
+        out = ["--data.init_args.class_subset", str(toy_classes)]
+        if "num_classes" in (net.get("init_args") or {}):
+            out += ["--model.init_args.net.init_args.num_classes", str(toy_classes)]
+        return out
     if "num_classes" in model and toy_classes:  # detection, segmentation: 80 / 150 -> the toy's
         return ["--model.init_args.num_classes", str(toy_classes)]
     if "num_classes" in (net.get("init_args") or {}) and toy_ids:

@@ -76,6 +76,19 @@ def test_data_is_swapped_for_the_synthetic_set_with_a_batch_of_two(tmp_path):
     assert pairs["--data.init_args.root"].startswith(str(tmp_path))
 
 
+def test_class_counts_of_paper_datasets_become_the_synthetic_sets():
+    """ImageNet-100 (limited data) asks for 100 classes of the toy's 10 shapes: the subset and the head take 10;
+    ImageNet-10 fits and keeps its own; TEL's toy clips take the model's 18 emotions."""
+    in100 = load_config("configs/visformer/limited_data/deit_small_in100.yaml")
+    assert smoke.class_count_overrides(in100) == [
+        "--data.init_args.class_subset", "10", "--model.init_args.net.init_args.num_classes", "10"
+    ]  # fmt: skip
+    assert smoke.class_count_overrides(load_config("configs/visformer/limited_data/deit_small_in10.yaml")) == []
+    assert smoke.class_count_overrides(load_config("configs/tel/subtitles_official.yaml")) == [
+        "--data.init_args.toy_classes", "18"
+    ]  # fmt: skip
+
+
 def test_paper_configs_are_the_non_toy_run_configs():
     configs = smoke.paper_configs()
     assert "configs/visformer/visformer_small_in1k.yaml" in configs and "configs/stt/mars.yaml" in configs
