@@ -106,3 +106,23 @@ def test_a_config_without_a_validation_split_passes_on_its_training_steps(tmp_pa
     assert smoke.main(["--config", str(config)]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("[1/1]"))
     assert line.startswith(f"[1/1] pass {config}") and "no validation split; train/loss" in line, line
+
+
+def test_a_run_killed_for_memory_is_run_again_at_batch_one(monkeypatch):
+    """The kernel's out-of-memory kill (SIGKILL, exit code -9) gets one more try at batch 1, said in the row; any
+    other failure is reported as it is."""
+    calls = []
+
+    def fake(config, timeout, batch_size):
+        calls.append(batch_size)
+        if batch_size == 2:
+            return {"ok": False, "error": "the run died (exit code -9)", "exitcode": -9, "seconds": 196.0}
+        return {"ok": True, "metric": "val/bbox_mAP 0", "seconds": 90.0}
+
+    monkeypatch.setattr(smoke, "_run_child", fake)
+    result = smoke.run_one("c.yaml", timeout=10)
+    assert calls == [2, 1] and result["ok"]
+    assert result["metric"] == "val/bbox_mAP 0; batch 1 (batch 2 was killed, out of memory, after 196 s)"
+    calls.clear()
+    monkeypatch.setattr(smoke, "_run_child", lambda *a: calls.append(a[2]) or {"ok": False, "exitcode": 1})
+    assert not smoke.run_one("c.yaml", timeout=10)["ok"] and calls == [2]
