@@ -375,11 +375,11 @@ def features_standin(config: str, data: list[str]) -> list[str]:
 
     from experiments.data import extract
 
-    data = [*data, "--data.init_args.frame_size", "64", "--data.init_args.toy_train", "100",
-            "--data.init_args.toy_val", "20", "--data.init_args.toy_test", "20"]  # fmt: skip
+    sizes = ["--data.init_args.frame_size", "64", "--data.init_args.toy_train", "100",
+             "--data.init_args.toy_val", "20", "--data.init_args.toy_test", "20"]  # fmt: skip
     with contextlib.redirect_stdout(io.StringIO()):
-        extract(config, data, backbone=None, batch_size=64, device="cpu", random_weights=True)
-    return data[-8:]
+        extract(config, [*data, *sizes], backbone=None, batch_size=64, device="cpu", random_weights=True)
+    return sizes
 
 
 def backbone_checkpoint_standin(init_args: dict, scratch: str) -> list[str]:
@@ -432,7 +432,9 @@ def _child(config: str, scratch: str, queue, batch_size: int = 2) -> None:
         elif args[0] == "fit" and not result["metric"] and not sum(trainer.num_val_batches or [0]):
             # a config without a validation split (LOUPE's pre-training: val_shards null) trains only
             loss = trainer.callback_metrics.get("train/loss")
-            result.update(ok=True, metric="no validation split" + (f"; train/loss {float(loss):.4g}" if loss else ""))
+            result.update(
+                ok=True, metric="no validation split" + (f"; train/loss {float(loss):.4g}" if loss is not None else "")
+            )
         elif not result["metric"]:
             result["error"] = "validation logged no val/ metric"
         else:
