@@ -30,8 +30,9 @@ test: setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
 # The toy comparisons over seeds, the DDP agreement tests and a smoke run of every paper config (README: time).
+# loadgroup: the smoke runs (up to 21 GiB each) share one worker, so that two never run side by side.
 test-slow: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m slow --durations=15
 
 # 2 CPU training steps + 1 validation step of every non-toy config on synthetic data of its shapes; the table is
 # printed and written into docs/benchmarks.md.

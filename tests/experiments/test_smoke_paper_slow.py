@@ -1,6 +1,10 @@
 """``make smoke-paper`` as slow tests (issue 27): every non-toy config under ``configs/`` takes 2 training steps, 1
 validation step and its metric's ``compute()`` on synthetic data of its shapes (``python -m experiments smoke``), each
-config its own test so pytest-xdist spreads them over the workers. A failure names the config and its error."""
+config its own test. A failure names the config and its error.
+
+All of them run on one pytest-xdist worker, one after another (``xdist_group`` under ``make test-slow``'s
+``--dist loadgroup``): half of the paper configs need 8-21 GiB each on the CPU, and two of them side by side on the
+two workers would not fit in this machine's 24 GiB; the other worker runs the toy comparisons meanwhile."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from experiments.smoke import paper_configs, run_one
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke-paper")]
 
 
 @pytest.mark.parametrize("config", paper_configs())
