@@ -108,21 +108,71 @@ def test_a_config_without_a_validation_split_passes_on_its_training_steps(tmp_pa
     assert line.startswith(f"[1/1] pass {config}") and "no validation split; train/loss" in line, line
 
 
-def test_a_run_killed_for_memory_is_run_again_at_batch_one(monkeypatch):
-    """The kernel's out-of-memory kill (SIGKILL, exit code -9) gets one more try at batch 1, said in the row; any
+def test_a_run_killed_for_memory_is_run_again_with_checkpointing_then_at_batch_one(monkeypatch):
+    """The kernel's out-of-memory kill (SIGKILL, exit code -9) gets one more try at the same batch with activation
+    checkpointing, and then (killed again, or no module offers checkpointing) one at batch 1, said in the row; any
     other failure is reported as it is."""
     calls = []
 
-    def fake(config, timeout, batch_size):
-        calls.append(batch_size)
-        if batch_size == 2:
-            return {"ok": False, "error": "the run died (exit code -9)", "exitcode": -9, "seconds": 196.0}
-        return {"ok": True, "metric": "val/bbox_mAP 0", "seconds": 90.0}
+    def fake(outcomes):
+        def run(config, timeout, batch_size, checkpointing=False):
+            calls.append((batch_size, checkpointing))
+            return dict(outcomes[(batch_size, checkpointing)])
 
-    monkeypatch.setattr(smoke, "_run_child", fake)
+        return run
+
+    killed = {"ok": False, "error": "the run died (exit code -9)", "exitcode": -9, "seconds": 196.0}
+    passed = {"ok": True, "metric": "val/mIoU 0.5", "seconds": 90.0}
+    no_module = {"ok": False, "error": "NoCheckpointing: ...", "exitcode": 0, "no_checkpointing": True, "seconds": 9.0}
+
+    monkeypatch.setattr(smoke, "_run_child", fake({(2, False): killed, (2, True): passed}))
     result = smoke.run_one("c.yaml", timeout=10)
-    assert calls == [2, 1] and result["ok"]
-    assert result["metric"] == "val/bbox_mAP 0; batch 1 (batch 2 was killed, out of memory, after 196 s)"
+    assert calls == [(2, False), (2, True)] and result["ok"]
+    assert result["metric"] == (
+        "val/mIoU 0.5; activation checkpointing at batch 2 (batch 2 was killed, out of memory, after 196 s)"
+    )
     calls.clear()
-    monkeypatch.setattr(smoke, "_run_child", lambda *a: calls.append(a[2]) or {"ok": False, "exitcode": 1})
-    assert not smoke.run_one("c.yaml", timeout=10)["ok"] and calls == [2]
+    monkeypatch.setattr(smoke, "_run_child", fake({(2, False): killed, (2, True): no_module, (1, False): passed}))
+    result = smoke.run_one("c.yaml", timeout=10)
+    assert calls == [(2, False), (2, True), (1, False)] and result["ok"]
+    assert result["metric"] == (
+        "val/mIoU 0.5; batch 1 (batch 2 was killed, out of memory, after 196 s; no module offers activation "
+        "checkpointing)"
+    )
+    calls.clear()
+    monkeypatch.setattr(smoke, "_run_child", fake({(2, False): killed, (2, True): killed, (1, False): killed}))
+    result = smoke.run_one("c.yaml", timeout=10)
+    assert calls == [(2, False), (2, True), (1, False)] and not result["ok"]
+    assert result["error"].endswith("batch 1 (batch 2 was killed, out of memory, after 196 s; with activation "
+                                    "checkpointing it was killed too, after 196 s)")  # fmt: skip
+    calls.clear()
+    monkeypatch.setattr(smoke, "_run_child", fake({(2, False): {"ok": False, "exitcode": 1, "seconds": 1.0}}))
+    assert not smoke.run_one("c.yaml", timeout=10)["ok"] and calls == [(2, False)]
+
+
+def test_the_checkpointing_retry_trains_the_same_numbers(monkeypatch):
+    """The retry's callback reaches the backbone (HiViT's blocks recomputed in the backward pass) and changes no
+    number: the toy iTPN fine-tuning's 2 steps and its validation give the same losses with and without it. A model
+    without ``set_grad_checkpointing`` anywhere reports it, so that the caller halves the batch instead."""
+    monkeypatch.chdir(REPO)
+    config = "configs/itpn/toy_finetune.yaml"
+    plain = smoke._run_child(config, timeout=600, batch_size=2)
+    checkpointed = smoke._run_child(config, timeout=600, batch_size=2, checkpointing=True)
+    assert plain["ok"] and checkpointed["ok"], (plain, checkpointed)
+    assert checkpointed["metric"] == plain["metric"] and plain["metric"].startswith("val/")
+    assert {"train/loss", "val/loss"} <= set(plain["metrics"]), plain["metrics"]
+    assert checkpointed["metrics"] == pytest.approx(plain["metrics"], rel=1e-5)
+
+    import lightning as L
+    import torch
+
+    from lightning_modules.backbones.hivit import HiViT
+
+    callback = smoke.activation_checkpointing()
+    holder = L.LightningModule()
+    holder.net = torch.nn.Linear(2, 2)
+    with pytest.raises(smoke.NoCheckpointing, match="LightningModule offers"):
+        callback.setup(None, holder, "fit")
+    holder.net = HiViT(img_size=32, embed_dim=64, mlp_depth=1, depth=2, num_heads=2, num_classes=0)
+    callback.setup(None, holder, "fit")
+    assert holder.net.grad_checkpointing
