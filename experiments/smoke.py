@@ -15,11 +15,11 @@ to minutes per config: for each config it runs ``python -m experiments fit`` in 
   Inception-v3 (random, 2048-d features as FID's); COSOC's COS file is written for the synthetic split
   (:func:`cos_file_standin`); a re-ID classifier gets one class per synthetic identity (:func:`class_count_overrides`);
 * the **trainer** forced to one CPU device, fp32, a per-device batch of 2 (2 identities x K tracklets for re-ID's
-  P x K sampler; a config whose batch of 2 the kernel killed for memory is run again with activation checkpointing,
-  then at batch 1, said in its row: :func:`run_one`), no workers, no
-  warm-up and a cosine schedule (a step schedule's milestones must lie inside the run), 2 training steps (LOUPE's
-  Shapley interactions from one sampled order, :func:`sampling_limits`), 1 validation step (the module's
-  ``validation_step`` and its epoch-end ``compute()`` of the metric), no checkpoint written.
+  P x K sampler; a config whose batch of 2 was killed for memory, by the kernel or by smoke's watchdog when under
+  0.75 GiB is left, is run again with activation checkpointing, then at batch 1, said in its row: :func:`run_one`),
+  no workers, no warm-up and a cosine schedule (a step schedule's milestones must lie inside the run), 2 training
+  steps (LOUPE's Shapley interactions from one sampled order, :func:`sampling_limits`), 1 validation step (the
+  module's ``validation_step`` and its epoch-end ``compute()`` of the metric), no checkpoint written.
 
 It reports per config: pass / fail, seconds, peak memory of the child (its peak resident set, which includes the
 ~1 GiB of imported libraries) and the first validation metric, or the error that stopped it (the config's name and
@@ -477,8 +477,9 @@ def _child(config: str, scratch: str, queue, batch_size: int = 2, checkpointing:
 
 def run_one(config: str, timeout: float, batch_size: int = 2) -> dict:
     """Smoke-run ``config`` in a forked child (its own peak memory; a crash or hang fails only this config). A child
-    killed by the kernel (SIGKILL: out of memory: iTPN-L UperNet at 512 px needs about 21 GiB at batch 2, which a
-    test running beside it on the other pytest worker can push past this machine's 24 GiB) is run again once at the
+    killed for memory (SIGKILL by the kernel, or by :func:`_run_child` when the machine has under
+    ``SMOKE_MEMORY_FLOOR_GIB`` left: iTPN-L UperNet at 512 px needs about 21 GiB at batch 2, which a test running
+    beside it on the other pytest worker can push past this machine's 24 GiB) is run again once at the
     same batch with activation checkpointing (:func:`activation_checkpointing`), and, when the model offers none or
     that run is killed too, at batch 1; the table says which."""
     result = _run_child(config, timeout, batch_size)
@@ -503,7 +504,31 @@ def run_one(config: str, timeout: float, batch_size: int = 2) -> dict:
     return retry
 
 
+MEMORY_FLOOR_GIB = 0.75
+MEMORY_GRACE_S = 5.0
+
+
+def available_gib() -> float | None:
+    """The kernel's estimate of memory available without swapping (``MemAvailable`` in ``/proc/meminfo``), in GiB;
+    ``None`` where there is no such file."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
 def _run_child(config: str, timeout: float, batch_size: int, checkpointing: bool = False) -> dict:
+    """Run one config in a forked child, waiting at most ``timeout`` seconds. The child is also killed, and its result
+    counted as killed for memory (exit code -9), when the machine's available memory stays under
+    ``SMOKE_MEMORY_FLOOR_GIB`` (default :data:`MEMORY_FLOOR_GIB`) for :data:`MEMORY_GRACE_S` seconds: without swap
+    the kernel does not always kill; it can keep evicting the libraries' code pages and crawl for tens of minutes
+    (iTPN-L Mask R-CNN at batch 2 beside the other pytest worker's toy test: 21.8 GiB resident, 5 MiB available,
+    "full" memory pressure 67 %, 11 CPU-minutes in 23 minutes), so a run on the edge would end on the timeout, a
+    failure, instead of being run again with activation checkpointing (:func:`run_one`)."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     start = time.perf_counter()
@@ -512,12 +537,24 @@ def _run_child(config: str, timeout: float, batch_size: int, checkpointing: bool
         child.start()
         result = None
         deadline = start + timeout
+        floor = float(os.environ.get("SMOKE_MEMORY_FLOOR_GIB", MEMORY_FLOOR_GIB))
+        low_since = None
         while result is None and time.perf_counter() < deadline:
             try:
                 result = queue.get(timeout=1.0)
             except Exception:  # queue.Empty: still running, or dead
                 if not child.is_alive():
                     break
+                available = available_gib()
+                if available is None or available >= floor:
+                    low_since = None
+                elif low_since is None:
+                    low_since = time.perf_counter()
+                elif time.perf_counter() - low_since >= MEMORY_GRACE_S:
+                    child.kill()
+                    result = {"ok": False, "metric": "", "peak_gib": float("nan"), "exitcode": -9,
+                              "error": f"killed by smoke: {available:.2f} GiB of memory left (floor {floor:g} GiB) "
+                                       f"for {MEMORY_GRACE_S:.0f} s"}  # fmt: skip
         if result is None:
             child.kill()
             reason = f"no result after {timeout:.0f} s" if child.is_alive() or child.exitcode is None else ""
