@@ -485,7 +485,8 @@ def run_one(config: str, timeout: float, batch_size: int = 2) -> dict:
     result = _run_child(config, timeout, batch_size)
     if batch_size <= 1 or result["ok"] or result.get("exitcode") != -9:
         return result
-    notes = [f"batch {batch_size} was killed, out of memory, after {result['seconds']:.0f} s"]
+    by = " (smoke's watchdog)" if str(result.get("error", "")).startswith("killed by smoke") else ""
+    notes = [f"batch {batch_size} was killed, out of memory{by}, after {result['seconds']:.0f} s"]
     retry = _run_child(config, timeout, batch_size, checkpointing=True)
     if retry["ok"] or (retry.get("exitcode") != -9 and not retry.get("no_checkpointing")):
         how = f"activation checkpointing at batch {batch_size}"

@@ -148,6 +148,13 @@ def test_a_run_killed_for_memory_is_run_again_with_checkpointing_then_at_batch_o
     assert result["error"].endswith("batch 1 (batch 2 was killed, out of memory, after 196 s; with activation "
                                     "checkpointing it was killed too, after 196 s)")  # fmt: skip
     calls.clear()
+    by_smoke = dict(killed, error="killed by smoke: 0.20 GiB of memory left (floor 0.75 GiB) for 5 s")
+    monkeypatch.setattr(smoke, "_run_child", fake({(2, False): by_smoke, (2, True): passed}))
+    assert smoke.run_one("c.yaml", timeout=10)["metric"] == (
+        "val/mIoU 0.5; activation checkpointing at batch 2 (batch 2 was killed, out of memory (smoke's watchdog), "
+        "after 196 s)"
+    )
+    calls.clear()
     monkeypatch.setattr(smoke, "_run_child", fake({(2, False): {"ok": False, "exitcode": 1, "seconds": 1.0}}))
     assert not smoke.run_one("c.yaml", timeout=10)["ok"] and calls == [(2, False)]
 
