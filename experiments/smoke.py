@@ -529,7 +529,9 @@ def _run_child(config: str, timeout: float, batch_size: int, checkpointing: bool
     the kernel does not always kill; it can keep evicting the libraries' code pages and crawl for tens of minutes
     (iTPN-L Mask R-CNN at batch 2 beside the other pytest worker's toy test: 21.8 GiB resident, 5 MiB available,
     "full" memory pressure 67 %, 11 CPU-minutes in 23 minutes), so a run on the edge would end on the timeout, a
-    failure, instead of being run again with activation checkpointing (:func:`run_one`)."""
+    failure, instead of being run again with activation checkpointing (:func:`run_one`). The floor is the machine's,
+    not the child's: memory taken by another process (the other pytest worker) also kills the child, which then only
+    costs the retry; where ``/proc/meminfo`` is missing (not Linux) the watchdog is off."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     start = time.perf_counter()
