@@ -3,8 +3,10 @@
 COSOC with fusion sampling from the COS file and SOC at test time (configs/cosoc/toy_cosoc.yaml), the baseline with
 plain crops and centre-view prototypes (configs/cosoc/toy_cc.yaml with
 --model.init_args.backbone.init_args.pretrained). Toy test split: backgrounds carry no class information. docs/cosoc.md
-("Toy results") records the per-seed numbers; the assertion is on the seed means with the margin those numbers
-support."""
+("Toy results") records the per-seed numbers. They do not tell the two apart: the paired difference was +4.9 +- 3.5
+on 2026-12-02 and -0.3 +- 3.4 on 2026-12-04, at code whose whole make test-slow run had passed a positive-sign
+assertion on 2026-12-03 (the machine or the resolved packages differed), so the test asserts no winner: COS keeps object
+crops, both models learn well above chance, and the per-seed table is printed."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def chain(tmp_path, seed: int) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_toy_cosoc_against_cosine_classifier_over_seeds(tmp_path):
+def test_toy_cos_finds_objects_and_cosoc_and_its_baseline_learn_over_seeds(tmp_path):
     rows = [chain(tmp_path, seed) for seed in SEEDS]
     for seed, row in zip(SEEDS, rows, strict=True):
         print(f"seed {seed}: COSOC {row['cosoc']:.2f}, cosine classifier {row['cc']:.2f}, "
@@ -55,9 +57,7 @@ def test_toy_cosoc_against_cosine_classifier_over_seeds(tmp_path):
     print(f"means: COSOC {statistics.mean(cosoc):.2f} +- {statistics.stdev(cosoc):.2f}, cosine classifier "
           f"{statistics.mean(cc):.2f} +- {statistics.stdev(cc):.2f}, difference {statistics.mean(diff):.2f} +- "
           f"{statistics.stdev(diff):.2f}")  # fmt: skip
-    assert all(r["cos_top1"] > r["random"] + 0.1 for r in rows), rows  # measured at seed 0: 0.78 against 0.57
+    assert all(r["cos_top1"] > r["random"] + 0.1 for r in rows), rows  # measured: 0.76-0.81 against 0.57
     assert min(cosoc + cc) > 20.0 + 5.0, (cosoc, cc)  # chance is 20 % (5-way)
-    # measured 2026-12-02 (docs/cosoc.md): COSOC 43.79 +- 2.44, baseline 38.92 +- 4.11, paired difference +4.87 +- 3.45,
-    # positive on every seed but only about 2.4 standard errors from zero with 3 seeds: the seeds support the sign of
-    # the mean difference, not a margin
-    assert statistics.mean(diff) > 0.0, (cosoc, cc)
+    # no assertion on diff: on this toy the paired difference is inside its noise (docs/cosoc.md, "Toy results":
+    # +4.87 +- 3.45 measured 2026-12-02, -0.34 +- 3.42 on 2026-12-04, same seeds)
